@@ -1,0 +1,1 @@
+"""faster-chatterbox: a fast, faithful implementation of Chatterbox TTS."""
