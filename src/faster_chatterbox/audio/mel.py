@@ -10,6 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _F_SP = 200.0 / 3  # Slaney scale: linear below 1 kHz, 3 mels per 200 Hz
 _MIN_LOG_HZ = 1000.0
@@ -58,3 +59,31 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: fl
     Returns a new (n_mels, n_fft // 2 + 1) tensor.
     """
     return torch.from_numpy(_mel_filterbank_np(sr, n_fft, n_mels, float(fmin), fmax, htk).copy())
+
+
+S3GEN_SR = 24000
+_S3GEN_N_FFT, _S3GEN_HOP, _S3GEN_N_MELS, _S3GEN_FMAX = 1920, 480, 80, 8000.0
+
+
+@lru_cache(maxsize=8)
+def _s3gen_mel_constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(filterbank (80, 961), Hann window (1920,)) for S3Gen's mel, cached per device and dtype."""
+    basis = mel_filterbank(S3GEN_SR, _S3GEN_N_FFT, _S3GEN_N_MELS, 0.0, _S3GEN_FMAX)
+    window = torch.hann_window(_S3GEN_N_FFT)  # float32 on the CPU, then moved, like the trained front-end
+    return basis.to(device, dtype), window.to(device, dtype)
+
+
+def s3gen_mel_spectrogram(wav: torch.Tensor) -> torch.Tensor:
+    """S3Gen's log-mel of 24 kHz audio: wav (B, N) or (N,) -> (B, 80, N // 480), 50 frames per second.
+
+    STFT with n_fft = window = 1920, hop 480, no centering but a reflect pre-pad of (n_fft - hop) / 2
+    on each side; magnitude sqrt(re^2 + im^2 + 1e-9); Slaney mel 0-8 kHz; natural log floored at 1e-5.
+    """
+    if wav.dim() == 1:
+        wav = wav[None]
+    basis, window = _s3gen_mel_constants(wav.device, wav.dtype)
+    pad = (_S3GEN_N_FFT - _S3GEN_HOP) // 2
+    wav = F.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]  # (B, N + 1440)
+    spec = torch.stft(wav, _S3GEN_N_FFT, _S3GEN_HOP, _S3GEN_N_FFT, window=window, center=False, return_complex=True)
+    magnitude = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + 1e-9)  # (B, 961, N // 480)
+    return torch.log(torch.clamp(basis @ magnitude, min=1e-5))

@@ -1,0 +1,127 @@
+"""`faster-chatterbox` command line: speak, init-random, bench.
+
+User errors (bad text, files, parameters, devices) print one line and exit with status 2;
+Ctrl-C exits with 130. Neither prints a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", metavar="DIR", help="local checkpoint directory (default: download ResembleAI/chatterbox)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--preset", default="exact", help="engine preset (default: exact)")
+
+
+def _load_model(args, watermark: bool = True):
+    from .tts import ChatterboxTTS
+
+    if args.checkpoint:
+        return ChatterboxTTS.from_local(args.checkpoint, device=args.device, preset=args.preset, watermark=watermark)
+    return ChatterboxTTS.from_pretrained(device=args.device, preset=args.preset, watermark=watermark)
+
+
+def _read_text(args) -> str:
+    if args.text is not None and args.text_file is not None:
+        raise ValueError("give the text either as an argument or with --text-file, not both")
+    if args.text_file is not None:
+        try:
+            return Path(args.text_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read text file {args.text_file}: {exc}") from exc
+    if args.text is None:
+        raise ValueError("no text: give it as an argument or with --text-file")
+    return args.text
+
+
+def cmd_speak(args) -> None:
+    from .audio.io import write_audio
+
+    text = _read_text(args)
+    if not text.strip():
+        raise ValueError("text is empty: give some words to speak")
+    tts = _load_model(args, watermark=not args.no_watermark)  # warns when the weights are random
+    wav = tts.generate(text, audio_prompt_path=args.voice, exaggeration=args.exaggeration, cfg_weight=args.cfg_weight,
+                       temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    write_audio(args.output, wav.squeeze(0).numpy(), tts.sr)
+    print(f"wrote {args.output}: {wav.shape[-1] / tts.sr:.2f} s at {tts.sr} Hz", file=sys.stderr)
+
+
+def cmd_init_random(args) -> None:
+    from .random_checkpoint import write_random_checkpoint
+
+    write_random_checkpoint(args.dir, seed=args.seed, small=args.small)
+    size = "small test" if args.small else "full-size"
+    print(f"wrote a {size} RANDOM-weight checkpoint to {args.dir}: it speaks noise, for tests and benchmarks only",
+          file=sys.stderr)
+
+
+def cmd_bench(args) -> None:
+    from .bench import run_bench
+
+    run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faster-chatterbox", description="Fast, faithful Chatterbox text-to-speech.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("speak", help="synthesise speech to an audio file")
+    p.add_argument("text", nargs="?", help="the text to speak")
+    p.add_argument("--text-file", metavar="F", help="read the text from a UTF-8 file")
+    p.add_argument("-o", "--output", required=True, help="output audio file (.wav, .flac, .ogg)")
+    p.add_argument("--voice", metavar="WAV", help="reference clip of the voice to clone (default: the built-in voice)")
+    _add_model_args(p)
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--max-new-tokens", type=int, default=1000, help="speech-token budget, 25 per second (default 1000)")
+    p.add_argument("--exaggeration", type=float, default=0.5)
+    p.add_argument("--cfg-weight", type=float, default=0.5)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--no-watermark", action="store_true", help="do not watermark the output")
+    p.set_defaults(func=cmd_speak)
+
+    p = sub.add_parser("init-random", help="write a random-weight checkpoint in the official layout")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small", action="store_true", help="tiny model sizes for fast tests (not the official shapes)")
+    p.set_defaults(func=cmd_init_random)
+
+    p = sub.add_parser("bench", help="time one fixed job stage by stage")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory")
+    source.add_argument("--random-weights", action="store_true", help="make (once) and use a full-size random checkpoint")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", default="exact")
+    p.add_argument("--tokens", type=int, default=100, help="decode steps (default 100)")
+    p.add_argument("--compare-upstream", action="store_true", help="also run upstream chatterbox-tts on the same job")
+    p.add_argument("--json", metavar="FILE", help="append the result as one JSON line to FILE")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
+
+    try:
+        args.func(args)
+    except (ValueError, CheckpointError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""T3's logits processors as plain tensor ops, in upstream's order.
+
+CFG combine -> repetition penalty -> temperature -> min_p -> top_p -> softmax -> multinomial. Each step
+repeats the arithmetic of the matching Hugging Face processor, so equal logits give bit-identical
+probabilities and, from the same RNG state, the same token. A processor that is the identity at its
+setting (penalty 1, temperature 1, min_p 0, top_p 1) is skipped: it cannot change the probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    cfg_weight: float = 0.5
+    repetition_penalty: float = 1.2
+    min_p: float = 0.05
+    top_p: float = 1.0
+
+
+def cfg_combine(logits: Tensor, cfg_weight: float) -> Tensor:
+    """(2, V) conditional and unconditional rows -> (1, V) guided logits."""
+    cond, uncond = logits[0:1], logits[1:2]
+    return cond + torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype) * (cond - uncond)
+
+
+def repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """Push down every token already generated (`seen`, a (B, V) bool mask): x/penalty if x >= 0 else x*penalty."""
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
+    """Drop tokens less probable than min_p times the most probable one."""
+    probs = torch.softmax(logits, dim=-1)
+    # Hugging Face also re-admits the top-1 token (min_tokens_to_keep=1); it can never fall below the bar.
+    return logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), -float("inf"))
+
+
+def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+    """Nucleus filtering: drop the least probable tokens whose total mass is at most 1 - top_p (keeps the top-1)."""
+    sorted_logits, order = torch.sort(logits, descending=False)
+    cum_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cum_probs <= (1 - top_p)
+    drop_sorted[..., -1:] = False
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, -float("inf"))
+
+
+def next_token_probs(logits: Tensor, seen: Tensor, p: SamplingParams) -> Tensor:
+    """logits: (2, V) CFG pair or (1, V) when cfg_weight == 0; seen: (1, V) bool -> probabilities (1, V)."""
+    if logits.shape[0] == 2:
+        logits = cfg_combine(logits, p.cfg_weight)
+    if p.repetition_penalty != 1.0:
+        logits = repetition_penalty(logits, seen, p.repetition_penalty)
+    if p.temperature != 1.0:
+        logits = logits / p.temperature
+    if p.min_p > 0.0:
+        logits = min_p_filter(logits, p.min_p)
+    if p.top_p < 1.0:
+        logits = top_p_filter(logits, p.top_p)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample(probs: Tensor) -> Tensor:
+    """One draw per row from the global RNG, as upstream does: (B, V) -> (B, 1)."""
+    return torch.multinomial(probs, num_samples=1)

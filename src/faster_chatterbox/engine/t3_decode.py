@@ -1,0 +1,64 @@
+"""T3's autoregressive speech-token decode loop, token for token what upstream's `T3.inference` samples.
+
+One prefill into the static KV cache, then one backbone forward per token. With cfg_weight > 0 the
+backbone runs the conditional and unconditional rows as a batch of two; with cfg_weight == 0 only the
+conditional row runs (upstream crashes there; unguided sampling is what the setting means).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..models.t3 import T3, T3Cond
+from .sampling import SamplingParams, next_token_probs, sample
+
+
+@torch.inference_mode()
+def generate_speech_tokens(
+    t3: T3,
+    cond: T3Cond,
+    text_tokens: Tensor,
+    *,
+    max_new_tokens: int = 1000,
+    temperature: float = 0.8,
+    cfg_weight: float = 0.5,
+    repetition_penalty: float = 1.2,
+    min_p: float = 0.05,
+    top_p: float = 1.0,
+) -> Tensor:
+    """Sample speech tokens for `text_tokens` (L,) (wrapped in start/stop text tokens).
+
+    Returns the sampled tokens (N,), the stop token included when it was sampled.
+    """
+    cfg = t3.cfg
+    device = t3.speech_emb.weight.device
+    params = SamplingParams(temperature, cfg_weight, repetition_penalty, min_p, top_p)
+    assert max_new_tokens < cfg.max_speech_tokens + 4, "speech positions run past the learned table"
+
+    # Upstream appends the start-of-speech token (speech position 0) once more after the prefix.
+    prefix = t3.prefix_embeds(cond, text_tokens, cfg=cfg_weight > 0)  # (R, P - 1, D)
+    bos = torch.full((1, 1), cfg.start_speech_token, dtype=torch.long, device=device)
+    speech_pos = torch.arange(max_new_tokens + 1, device=device)  # token i sits at speech position i + 1
+    x = torch.cat((prefix, t3.speech_embeds(bos, speech_pos[:1]).expand(prefix.shape[0], -1, -1)), dim=1)
+    rows, prefill_len = x.shape[:2]
+    cache_pos = torch.arange(prefill_len + max_new_tokens, device=device)
+    t3.tfmr.setup_caches(rows, prefill_len + max_new_tokens)
+
+    h = t3.tfmr(x, cache_pos[:prefill_len], kv_len=prefill_len)[:, -1]  # (R, D)
+    # The repetition penalty sees every generated id, BOS included.
+    seen = torch.zeros(1, cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
+    seen[0, cfg.start_speech_token] = True
+    tokens = []
+    for i in tqdm(range(max_new_tokens), desc="Sampling", leave=False, disable=None):
+        probs = next_token_probs(t3.speech_head(h).float(), seen, params)  # (1, V)
+        token = sample(probs)  # (1, 1)
+        tokens.append(token)
+        if token.item() == cfg.stop_speech_token or i == max_new_tokens - 1:
+            break
+        seen.scatter_(1, token, True)
+        x = t3.speech_embeds(token, speech_pos[i + 1 : i + 2]).expand(rows, -1, -1)  # (R, 1, D)
+        pos = prefill_len + i
+        h = t3.tfmr(x, cache_pos[pos : pos + 1], kv_len=pos + 1)[:, -1]
+    return torch.cat(tokens).view(-1)

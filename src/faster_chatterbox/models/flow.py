@@ -1,0 +1,105 @@
+"""S3Gen token-to-mel: speech tokens + reference prompt + x-vector -> 80-bin mel at 50 Hz.
+
+prompt and target tokens are embedded and encoded together (upsampling conformer, 25 -> 50 Hz),
+projected to 80 channels (mu), and a conditional flow-matching ODE is solved from Gaussian noise with
+the reference mel as in-context condition over the prompt frames. Only the target frames are returned.
+Attribute names match the official checkpoint's `flow.*` keys (the ODE network is `decoder.estimator`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.flow_solvers import cosine_t_span, euler_cfg_solve, euler_solve, linear_t_span
+from .cfm_estimator import CFMEstimatorConfig, ConditionalDecoder
+from .flow_encoder import FlowEncoderConfig, UpsampleConformerEncoder
+
+
+@dataclass
+class FlowConfig:
+    vocab_size: int = 6561
+    token_dim: int = 512
+    mel_dim: int = 80
+    spk_embed_dim: int = 192
+    token_mel_ratio: int = 2
+    inference_cfg_rate: float = 0.7
+    encoder: FlowEncoderConfig = field(default_factory=FlowEncoderConfig)
+    estimator: CFMEstimatorConfig = field(default_factory=CFMEstimatorConfig)
+
+
+class CausalConditionalCFM(nn.Module):
+    """Holds the estimator; solves the flow ODE (cosine schedule + CFG Euler, or linear + plain Euler for meanflow)."""
+
+    def __init__(self, cfg: CFMEstimatorConfig, cfg_rate: float):
+        super().__init__()
+        self.estimator = ConditionalDecoder(cfg)
+        self.cfg_rate = cfg_rate
+
+    def forward(
+        self, noise: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+        n_timesteps: int,
+    ) -> torch.Tensor:
+        """noise, mu, cond: (B, 80, T); mask: (B, 1, T); spks: (B, 80) -> mel (B, 80, T)."""
+        if self.estimator.cfg.meanflow:
+            # The meanflow (Turbo) decoder is distilled with guidance baked in: no CFG, uniform times.
+            t_span = linear_t_span(n_timesteps, mu.device, mu.dtype)
+            return euler_solve(self.estimator, noise, mu, mask, spks, cond, t_span)
+        t_span = cosine_t_span(n_timesteps, mu.device, mu.dtype)
+        return euler_cfg_solve(self.estimator, noise, mu, mask, spks, cond, t_span, self.cfg_rate)
+
+
+class CausalMaskedDiffWithXvec(nn.Module):
+    def __init__(self, cfg: FlowConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or FlowConfig()
+        self.input_embedding = nn.Embedding(cfg.vocab_size, cfg.token_dim)
+        self.spk_embed_affine_layer = nn.Linear(cfg.spk_embed_dim, cfg.mel_dim)
+        self.encoder = UpsampleConformerEncoder(cfg.encoder)
+        self.encoder_proj = nn.Linear(cfg.encoder.hidden_dim, cfg.mel_dim)
+        self.decoder = CausalConditionalCFM(cfg.estimator, cfg.inference_cfg_rate)
+
+    @torch.inference_mode()
+    def inference(
+        self,
+        token: torch.Tensor,
+        token_len: torch.Tensor,
+        prompt_token: torch.Tensor,
+        prompt_token_len: torch.Tensor,
+        prompt_feat: torch.Tensor,
+        embedding: torch.Tensor,
+        n_timesteps: int = 10,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Generate the mel for `token` in the voice of the prompt.
+
+        token: (B, T) long, right-padded; token_len: (B,); prompt_token: (1 or B, Tp); prompt_token_len: (1 or B,);
+        prompt_feat: (1 or B, Tm, 80) reference mel (Tm = 2*Tp); embedding: (1 or B, 192) x-vector.
+        noise: optional starting noise (B, 80, Tm + 2T); by default drawn as `torch.randn` of that shape,
+        consuming the global RNG exactly like the reference implementation.
+        Returns mel (B, 80, 2T); frames past 2*token_len of a padded row are left-over noise.
+        """
+        B = token.size(0)
+        affine = self.spk_embed_affine_layer
+        spks = affine(F.normalize(torch.atleast_2d(embedding).to(affine.weight.dtype), dim=1)).expand(B, -1)  # (B, 80)
+        prompt_token = prompt_token.expand(B, -1)
+        prompt_feat = prompt_feat.expand(B, -1, -1)
+
+        token = torch.cat([prompt_token, token], dim=1)  # (B, Tp + T)
+        token_len = prompt_token_len.expand(B) + token_len
+        valid = torch.arange(token.size(1), device=token.device)[None, :] < token_len[:, None]  # (B, Tp + T)
+        x = self.input_embedding(token.long()) * valid.unsqueeze(-1).to(spks.dtype)
+
+        h, mel_mask = self.encoder(x, token_len)  # (B, Tm + 2T, 512), (B, 1, Tm + 2T)
+        mu = self.encoder_proj(h).transpose(1, 2).contiguous()  # (B, 80, Tm + 2T)
+        n_prompt = prompt_feat.size(1)
+        cond = torch.zeros_like(mu)
+        cond[:, :, :n_prompt] = prompt_feat.transpose(1, 2)
+
+        if noise is None:
+            noise = torch.randn_like(mu)
+        mel = self.decoder(noise, mu, mel_mask.to(mu.dtype), spks, cond, n_timesteps)
+        return mel[:, :, n_prompt:]

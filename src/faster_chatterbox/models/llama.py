@@ -1,0 +1,185 @@
+"""Llama backbone of T3, gpt-fast style: input embeddings in, final-norm hidden states out.
+
+The KV cache is preallocated once per (batch, max_seq_len) by `setup_caches`; every forward writes its
+keys/values at `input_pos` and attends over cache slots [0, kv_len) with a causal mask built from the
+positions. Parameter names follow Hugging Face's `LlamaModel` so T3's checkpoint loads unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class LlamaConfig:
+    dim: int = 1024
+    n_layers: int = 30
+    n_heads: int = 16
+    n_kv_heads: int = 16
+    head_dim: int = 64
+    ffn_dim: int = 4096
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    # Llama 3 frequency rescaling of RoPE
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_pos: int = 8192
+    # `embed_tokens` is never used (T3 feeds embeddings), but the checkpoint holds it.
+    vocab_size: int = 8
+
+
+def llama3_inv_freq(cfg: LlamaConfig, device: torch.device | None = None) -> Tensor:
+    """RoPE inverse frequencies with Llama 3 scaling, computed in float32 as Hugging Face does. (head_dim/2,)"""
+    exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float32)
+    inv_freq = 1.0 / (cfg.rope_theta ** (exponents / cfg.head_dim))
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = cfg.rope_original_max_pos / cfg.rope_low_freq_factor
+    high_freq_wavelen = cfg.rope_original_max_pos / cfg.rope_high_freq_factor
+    # long wavelengths are slowed down by `factor`, short ones kept, the band between interpolated
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / cfg.rope_factor, inv_freq)
+    smooth = (cfg.rope_original_max_pos / wavelen - cfg.rope_low_freq_factor) / (
+        cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
+    )
+    interpolated = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+    in_band = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(in_band, interpolated, scaled)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: (B, H, S, head_dim); cos, sin: (S, head_dim)
+    return x * cos + rotate_half(x) * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_seq_len, head_dim)
+        # zeros, not empty: unwritten slots are masked, but 0 * NaN would still poison the output
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # input_pos: (S,); k, v: (B, H_kv, S, head_dim)
+        self.k_cache.index_copy_(2, input_pos, k)
+        self.v_cache.index_copy_(2, input_pos, v)
+        return self.k_cache, self.v_cache
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
+        # x: (B, S, D); cos, sin: (S, head_dim); input_pos: (S,); mask: (S, kv_len) bool
+        B, S, _ = x.shape
+        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, hd)
+        k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
+        v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all, v_all = self.kv_cache.update(input_pos, k, v)  # (B, H_kv, max_seq_len, hd)
+        kv_len = mask.shape[-1]
+        y = F.scaled_dot_product_attention(
+            q, k_all[:, :, :kv_len], v_all[:, :, :kv_len], attn_mask=mask,
+            enable_gqa=self.n_heads != self.n_kv_heads,
+        )  # (B, H, S, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.max_batch = self.max_seq_len = 0
+        self.register_buffer("rope_cos", None, persistent=False)  # (max_seq_len, head_dim), by setup_caches
+        self.register_buffer("rope_sin", None, persistent=False)
+
+    def setup_caches(self, batch: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate the KV caches and RoPE tables (on the weights' device; call after moving the model).
+
+        Caches of the same batch and dtype that are at least `max_seq_len` long are kept.
+        """
+        weight = self.norm.weight
+        dtype = dtype or weight.dtype
+        cache = self.layers[0].self_attn.kv_cache
+        if (cache is not None and batch == self.max_batch and max_seq_len <= self.max_seq_len
+                and cache.k_cache.dtype == dtype and cache.k_cache.device == weight.device):
+            return
+        self.max_batch, self.max_seq_len = batch, max_seq_len
+        for layer in self.layers:
+            layer.self_attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_seq_len, self.cfg.head_dim, dtype,
+                                               weight.device)
+        # RoPE tables in float32 whatever the model dtype, cast on use as Hugging Face does
+        inv_freq = llama3_inv_freq(self.cfg, weight.device)  # (head_dim/2,)
+        freqs = torch.arange(max_seq_len, device=weight.device, dtype=torch.float32)[:, None] * inv_freq
+        angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
+        self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
+
+    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int | None = None) -> Tensor:
+        """x: (B, S, D) input embeddings at positions input_pos (S,) -> final-norm hidden states (B, S, D).
+
+        Attention covers cache slots [0, kv_len) (default: the whole cache), causally masked by position.
+        """
+        kv_len = kv_len or self.max_seq_len
+        mask = torch.arange(kv_len, device=x.device) <= input_pos[:, None]  # (S, kv_len)
+        cos = self.rope_cos[input_pos].to(x.dtype)  # (S, head_dim)
+        sin = self.rope_sin[input_pos].to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, input_pos, mask)
+        return self.norm(x)

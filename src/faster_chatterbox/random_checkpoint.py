@@ -1,0 +1,78 @@
+"""`faster-chatterbox init-random DIR`: a random-weight checkpoint in the official file layout.
+
+No model weights can be downloaded in CI or on an offline machine, so everything in this
+repository (tests, benchmarks, the main job) can run on one of these. The architecture and the
+file layout are the real ones; the audio is noise.
+
+  --small  writes tiny model sizes plus a `config.json` that `from_local` reads, for fast tests.
+           The official checkpoint has no config.json: the official sizes are the defaults.
+A `RANDOM-WEIGHTS.txt` file marks the directory so every load can warn about it.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from .audio.synthetic import synthetic_voice
+from .config import ChatterboxConfig, small_config
+
+RANDOM_MARKER = "RANDOM-WEIGHTS.txt"
+_SPECIALS = ["[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]"]  # ids 0..6, as the official file
+_START_ID = 255
+_VOCAB_SIZE = 704
+
+
+def write_tokenizer(path: Path) -> None:
+    """A character-level English tokenizer.json in the official id scheme:
+    [STOP]=0, [UNK]=1, [SPACE]=2, [START]=255, 704 ids (unused ids are placeholders)."""
+    vocab = {tok: i for i, tok in enumerate(_SPECIALS)}
+    for ch in string.ascii_letters + string.digits + string.punctuation + "àâäçéèêëîïôöùûüñ":
+        vocab[ch] = len(vocab)
+    for i in range(len(vocab), _VOCAB_SIZE):
+        vocab["[START]" if i == _START_ID else f"[UNUSED_{i}]"] = i
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(_SPECIALS + ["[START]"])
+    tokenizer.save(str(path))
+
+
+def _randomize_(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Small random values everywhere, so that no tensor keeps a trivial init (ones, zeros)."""
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.5 + 0.75)
+            elif tensor.dim() >= 2:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) / fan_in**0.5)
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05 + (1.0 if "norm" in name else 0.0))
+
+
+def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False) -> Path:
+    from .tts import ChatterboxTTS
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = small_config() if small else ChatterboxConfig()
+    generator = torch.Generator().manual_seed(seed)
+    for name, module in config.build_modules().items():
+        _randomize_(module, generator)
+        state = {k: v.contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(directory / name))
+    write_tokenizer(directory / "tokenizer.json")
+    if small:
+        config.save(directory / "config.json")
+    (directory / RANDOM_MARKER).write_text("These weights are random: faster-chatterbox init-random wrote them for "
+                                           "tests and benchmarks. The audio they make is noise.\n")
+    # The built-in voice: the conditionals of a synthetic clip, computed by this very checkpoint.
+    tts = ChatterboxTTS.from_local(directory, device="cpu", watermark=False)
+    tts.conditionals_from_wav(synthetic_voice(10.0, 24000, seed=seed), 24000).save(directory / "conds.pt")
+    return directory
