@@ -17,10 +17,10 @@ import soxr
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Band-limited resampling (soxr HQ), output length ceil(len * sr_out / sr_in) as librosa's."""
+    """Band-limited resampling (soxr HQ) with librosa's output length, ceil(len * (sr_out / sr_in))."""
     if sr_in == sr_out:
         return wav
-    n_out = int(math.ceil(wav.shape[-1] * sr_out / sr_in))
+    n_out = int(math.ceil(wav.shape[-1] * (sr_out / sr_in)))  # librosa's float rounding, kept on purpose
     out = soxr.resample(wav, sr_in, sr_out, quality="HQ").astype(wav.dtype, copy=False)
     if out.shape[-1] < n_out:
         out = np.pad(out, (0, n_out - out.shape[-1]))

@@ -35,12 +35,12 @@ def generate_speech_tokens(
     cfg = t3.cfg
     device = t3.speech_emb.weight.device
     params = SamplingParams(temperature, cfg_weight, repetition_penalty, min_p, top_p)
-    assert max_new_tokens < cfg.max_speech_tokens + 4, "speech positions run past the learned table"
+    assert 0 < max_new_tokens <= t3.speech_pos_emb.emb.num_embeddings, "speech positions run past the learned table"
 
     # Upstream appends the start-of-speech token (speech position 0) once more after the prefix.
     prefix = t3.prefix_embeds(cond, text_tokens, cfg=cfg_weight > 0)  # (R, P - 1, D)
     bos = torch.full((1, 1), cfg.start_speech_token, dtype=torch.long, device=device)
-    speech_pos = torch.arange(max_new_tokens + 1, device=device)  # token i sits at speech position i + 1
+    speech_pos = torch.arange(max_new_tokens, device=device)  # token i is fed at speech position i + 1
     x = torch.cat((prefix, t3.speech_embeds(bos, speech_pos[:1]).expand(prefix.shape[0], -1, -1)), dim=1)
     rows, prefill_len = x.shape[:2]
     cache_pos = torch.arange(prefill_len + max_new_tokens, device=device)

@@ -162,20 +162,23 @@ class Llama(nn.Module):
                 and cache.k_cache.dtype == dtype and cache.k_cache.device == weight.device):
             return
         self.max_batch, self.max_seq_len = batch, max_seq_len
-        for layer in self.layers:
-            layer.self_attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_seq_len, self.cfg.head_dim, dtype,
-                                               weight.device)
-        # RoPE tables in float32 whatever the model dtype, cast on use as Hugging Face does
-        inv_freq = llama3_inv_freq(self.cfg, weight.device)  # (head_dim/2,)
-        freqs = torch.arange(max_seq_len, device=weight.device, dtype=torch.float32)[:, None] * inv_freq
-        angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
-        self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
+        # normal tensors even when called under inference_mode, so that later forwards may run either way
+        with torch.inference_mode(False):
+            for layer in self.layers:
+                layer.self_attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_seq_len, self.cfg.head_dim,
+                                                   dtype, weight.device)
+            # RoPE tables in float32 whatever the model dtype, cast on use as Hugging Face does
+            inv_freq = llama3_inv_freq(self.cfg, weight.device)  # (head_dim/2,)
+            freqs = torch.arange(max_seq_len, device=weight.device, dtype=torch.float32)[:, None] * inv_freq
+            angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
+            self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
 
     def forward(self, x: Tensor, input_pos: Tensor, kv_len: int | None = None) -> Tensor:
         """x: (B, S, D) input embeddings at positions input_pos (S,) -> final-norm hidden states (B, S, D).
 
         Attention covers cache slots [0, kv_len) (default: the whole cache), causally masked by position.
         """
+        assert self.rope_cos is not None, "call setup_caches() first"
         kv_len = kv_len or self.max_seq_len
         mask = torch.arange(kv_len, device=x.device) <= input_pos[:, None]  # (S, kv_len)
         cos = self.rope_cos[input_pos].to(x.dtype)  # (S, head_dim)

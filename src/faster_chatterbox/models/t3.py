@@ -81,7 +81,7 @@ class T3CondEnc(nn.Module):
                           if cfg.use_perceiver_resampler else None)
 
     def forward(self, speaker_emb: Tensor, prompt_emb: Tensor | None, emotion_adv: Tensor | None) -> Tensor:
-        # speaker_emb: (B, S_e); prompt_emb: (B, T, D) or None; emotion_adv: (B,) values or None
+        # speaker_emb: (B, S_e); prompt_emb: (B, T, D) or None; emotion_adv: B values (any shape) or None
         parts = [self.spkr_enc(speaker_emb)[:, None]]  # (B, 1, D)
         if prompt_emb is not None:
             parts.append(self.perceiver(prompt_emb) if self.perceiver is not None else prompt_emb)  # (B, 32, D)
