@@ -232,3 +232,18 @@ def test_batched_padding_matches_single():
         single = ours.inference(tokens[1:, :6], lens[1:], **shared, n_timesteps=3, noise=noise[1:, :, :32])
     assert batched.shape == (2, 80, 18)
     assert rel_error(batched[1:, :, :12], single) < 1e-5
+
+
+def test_changed_algorithm_step_is_detected(full_pair, monkeypatch):
+    """The parity check catches an algorithm change too: a uniform time grid instead of the cosine one."""
+    import faster_chatterbox.models.flow as flow_module
+
+    up, ours = full_pair
+    inputs = _flow_inputs(seed=3, n_prompt=25, n_tokens=15)
+    monkeypatch.setattr(flow_module, "cosine_t_span", flow_module.linear_t_span)
+    with torch.inference_mode():
+        torch.manual_seed(7)
+        ref, _ = up.inference(**inputs, prompt_feat_len=None, finalize=True, n_timesteps=10)
+        torch.manual_seed(7)
+        out = ours.inference(**inputs, n_timesteps=10)
+    assert rel_error(out, ref) > 100 * TOL

@@ -307,3 +307,18 @@ def test_t3cond_to_casts_floats_only():
     assert half.speaker_emb.dtype == torch.float16 and half.emotion_adv.dtype == torch.float16
     assert half.cond_prompt_speech_tokens.dtype == torch.long
     assert dataclasses.asdict(T3Cond(torch.zeros(1, 256)))["emotion_adv"] == 0.5
+
+
+def test_changed_sampling_step_is_detected(small, monkeypatch):
+    """The token parity check catches an algorithm change: classifier-free guidance pushed the wrong way."""
+    import faster_chatterbox.engine.sampling as sampling
+
+    up, ours = small
+    text, cond = _inputs()
+    kw = GEN_CASES[0]
+    monkeypatch.setattr(sampling, "cfg_combine", lambda logits, w: logits[:1] + w * (logits[1:] - logits[:1]))
+    torch.manual_seed(11)
+    ref = _upstream_generate(up, cond, text, 40, **kw)
+    torch.manual_seed(11)
+    got = generate_speech_tokens(ours, T3Cond(**cond), text, max_new_tokens=40, **kw)
+    assert not torch.equal(got, ref)

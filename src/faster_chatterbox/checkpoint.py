@@ -53,25 +53,30 @@ def download_checkpoint(repo_id: str = REPO_ID, revision: str | None = None, cac
     Honours HF_HOME / HF_HUB_CACHE and HF_HUB_OFFLINE=1 (then only the cache is consulted).
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     paths = []
     for name in CHECKPOINT_FILES:
         try:
             paths.append(Path(hf_hub_download(repo_id=repo_id, filename=name, revision=revision, cache_dir=cache_dir)))
-        except EntryNotFoundError:
+        except EntryNotFoundError as exc:
+            if isinstance(exc, LocalEntryNotFoundError):  # offline, or the hub unreachable, and not cached
+                raise _download_error(name, repo_id, revision, exc) from exc
             if name == "conds.pt":  # the built-in voice is optional
                 continue
             raise CheckpointError(f"{repo_id} (revision {revision or 'main'}) has no file {name}") from None
-        except Exception as exc:  # offline, no network, unknown repo or revision, ...
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-            why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else type(exc).__name__
-            raise CheckpointError(
-                f"cannot download {name} from the Hugging Face hub ({repo_id}, revision {revision or 'main'}): {why}. "
-                "Without network, pass a local checkpoint directory (--checkpoint DIR / from_local(DIR)); "
-                "`faster-chatterbox init-random DIR` makes a random-weight one for testing."
-            ) from exc
+        except Exception as exc:  # no network, unknown repo or revision, ...
+            raise _download_error(name, repo_id, revision, exc) from exc
     return paths[0].parent
+
+
+def _download_error(name: str, repo_id: str, revision: str | None, exc: Exception) -> CheckpointError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else f"{type(exc).__name__}: {exc}"
+    return CheckpointError(
+        f"cannot download {name} from the Hugging Face hub ({repo_id}, revision {revision or 'main'}): {why}. "
+        "Without network, pass a local checkpoint directory (--checkpoint DIR / from_local(DIR)); "
+        "`faster-chatterbox init-random DIR` makes a random-weight one for testing.")
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
