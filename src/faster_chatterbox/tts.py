@@ -19,7 +19,8 @@ import torch
 
 from .audio.io import load_audio, resample
 from .config import ChatterboxConfig
-from .checkpoint import CheckpointError, check_checkpoint_dir, download_checkpoint, load_weights, read_safetensors, REPO_ID
+from .checkpoint import (REPO_ID, CheckpointError, check_checkpoint_dir, download_checkpoint, load_weights,
+                         read_safetensors, skip_weight_init)
 from .devices import resolve_device
 from .engine.t3_decode import generate_speech_tokens
 from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
@@ -102,7 +103,8 @@ class ChatterboxTTS:
         config = ChatterboxConfig.load(config_path) if config_path.is_file() else ChatterboxConfig()
         tokenizer = EnglishTokenizer(ckpt_dir / "tokenizer.json")
 
-        modules = config.build_modules()
+        with skip_weight_init():
+            modules = config.build_modules()
         for name, module in modules.items():
             load_weights(module, read_safetensors(ckpt_dir / name), ckpt_dir / name,
                          ignore_unexpected=name == "s3gen.safetensors")  # upstream loads it non-strictly
