@@ -21,3 +21,15 @@ def oracle():
             pytest.fail(f"the parity oracle is required but does not import: {exc}")
         pytest.skip("upstream chatterbox-tts is not installed (bash scripts/install-oracle.sh)")
     return chatterbox
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for modules of many small ops (CAMPPlus, the CFM U-Net, small T3 configs):
+    on a shared or oversubscribed CPU, OpenMP threads waiting on each other make them up to ~50x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,19 +12,12 @@ from faster_chatterbox.models.flow_encoder import FlowEncoderConfig
 
 from helpers import rel_error
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TOL = 1e-4
 # Small variant for multi-step solves: upstream hard-codes 512 encoder channels and 4 upsampled blocks.
 SMALL_ENCODER = FlowEncoderConfig(ffn_dim=256, num_blocks=1)
 SMALL_ESTIMATOR = CFMEstimatorConfig(hidden_dim=64, num_heads=2, head_dim=16, n_blocks=1, num_mid_blocks=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU the OpenMP pool makes these small ops ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> None:

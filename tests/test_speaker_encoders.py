@@ -16,7 +16,7 @@ from faster_chatterbox.models.voice_encoder import VoiceEncoder
 
 from helpers import rel_error
 
-pytestmark = pytest.mark.oracle
+pytestmark = [pytest.mark.oracle, pytest.mark.usefixtures("single_thread")]
 
 SR = 16000
 
@@ -57,15 +57,6 @@ def swapped(state: dict, a: str, b: str) -> dict:
     state = dict(state)
     state[a], state[b] = state[b], state[a]
     return state
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """CAMPPlus is ~230 tiny convolutions; on a loaded 2-core box, two intra-op threads make it ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

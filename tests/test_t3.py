@@ -14,6 +14,8 @@ from faster_chatterbox.models.t3 import T3, T3Cond, T3Config
 
 from helpers import rel_error
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # Small variant: 3 layers of width 256, grouped-query attention (4 query heads over 2 KV heads).
 SMALL_LLAMA = LlamaConfig(dim=256, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=64, ffn_dim=512)
 TOL = 1e-4
@@ -106,15 +108,6 @@ def _upstream_generate(up, cond: dict, text, n: int, **kw):
     with torch.inference_mode():
         return up.inference(t3_cond=_upstream_cond(cond), text_tokens=text.expand(2, -1), max_new_tokens=n,
                             **kw)[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Single-threaded: on a shared CPU, multi-threaded small matmuls stall on descheduled threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
