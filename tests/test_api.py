@@ -221,3 +221,16 @@ def test_cli_offline_without_cache_points_to_checkpoint(tmp_path, monkeypatch, c
     assert main(["speak", "Hello world.", "-o", str(tmp_path / "x.wav"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "--checkpoint" in err and "Traceback" not in err
+
+
+def test_bench_reports_every_stage(small_ckpt, tmp_path):
+    import json
+
+    out = tmp_path / "bench.jsonl"
+    assert main(["bench", "--checkpoint", str(small_ckpt), "--tokens", "4", "--json", str(out)]) == 0
+    result = json.loads(out.read_text().splitlines()[-1])
+    for key in ("conditioning_s", "t3_prefill_s", "t3_tokens", "t3_ms_per_token", "flow_encoder_s", "cfm_steps",
+                "cfm_s", "hift_s", "total_s", "audio_s", "rtf", "peak_rss_mb"):
+        assert key in result, key
+    assert result["t3_tokens"] == 4 and result["cfm_steps"] == 10 and result["peak_rss_mb"] > 0
+    assert result["machine"]["cpu_count"] >= 1
