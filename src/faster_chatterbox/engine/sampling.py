@@ -8,7 +8,7 @@ setting (penalty 1, temperature 1, min_p 0, top_p 1) is skipped: it cannot chang
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -67,6 +67,71 @@ def next_token_probs(logits: Tensor, seen: Tensor, p: SamplingParams) -> Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def sample(probs: Tensor) -> Tensor:
-    """One draw per row from the global RNG, as upstream does: (B, V) -> (B, 1)."""
-    return torch.multinomial(probs, num_samples=1)
+def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One draw per row from `generator`, by default the global RNG as upstream does: (B, V) -> (B, 1)."""
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# --- batches of independent sequences ----------------------------------------------------------------
+# Every processor runs on every row. At its identity setting (weight 0 against the row itself, penalty 1,
+# temperature 1, min_p 0, top_p 1) it leaves the row's probabilities bit for bit unchanged (top_p 1 only
+# turns logits of probability 0 into -inf), so each row gets what `next_token_probs` gives it alone.
+
+
+@dataclass
+class RowSamplingParams:
+    """Per-row sampling parameters of a batch, each (N, 1) float32."""
+
+    temperature: Tensor
+    cfg_weight: Tensor
+    repetition_penalty: Tensor
+    min_p: Tensor
+    # 1 - top_p taken in float64, then rounded to float32: the threshold top_p_filter's comparison uses
+    # (1 - top_p in float32 can differ in the last bit)
+    top_p_drop: Tensor
+    use_top_p: bool  # False when every row has top_p == 1: the sort is skipped, as next_token_probs skips it
+
+    @classmethod
+    def stack(cls, params: list[SamplingParams], device: torch.device | None = None) -> RowSamplingParams:
+        def column(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+        return cls(column([p.temperature for p in params]), column([p.cfg_weight for p in params]),
+                   column([p.repetition_penalty for p in params]), column([p.min_p for p in params]),
+                   column([1 - p.top_p for p in params]), any(p.top_p < 1.0 for p in params))
+
+    def select(self, rows: Tensor) -> RowSamplingParams:
+        """The parameters of rows `rows` (K,), in that order."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{name: v[rows] for name, v in values.items() if isinstance(v, Tensor)})
+
+
+def cfg_combine_rows(cond: Tensor, uncond: Tensor, weight: Tensor) -> Tensor:
+    """(N, V) conditional and unconditional logits, weights (N, 1) -> (N, V) guided logits, as cfg_combine."""
+    return cond + weight * (cond - uncond)
+
+
+def top_p_filter_rows(logits: Tensor, drop_mass: Tensor) -> Tensor:
+    """top_p_filter with per-row thresholds drop_mass = 1 - top_p (N, 1), see RowSamplingParams.top_p_drop."""
+    sorted_logits, order = torch.sort(logits, descending=False)
+    cum_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cum_probs <= drop_mass
+    drop_sorted[..., -1:] = False
+    return logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -float("inf"))
+
+
+def next_token_probs_rows(cond: Tensor, uncond: Tensor, seen: Tensor, p: RowSamplingParams) -> Tensor:
+    """Row-wise next_token_probs. cond, uncond: (N, V) logits (uncond = cond for a row without guidance);
+    seen: (N, V) bool -> probabilities (N, V)."""
+    logits = cfg_combine_rows(cond, uncond, p.cfg_weight)
+    logits = repetition_penalty(logits, seen, p.repetition_penalty)
+    logits = logits / p.temperature
+    logits = min_p_filter(logits, p.min_p)
+    if p.use_top_p:
+        logits = top_p_filter_rows(logits, p.top_p_drop)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_rows(probs: Tensor, generators: list[torch.Generator]) -> Tensor:
+    """One draw per row, row i from generators[i], each as `sample` draws it alone: (N, V) -> (N, 1)."""
+    return torch.cat([sample(probs[i : i + 1], g) for i, g in enumerate(generators)])

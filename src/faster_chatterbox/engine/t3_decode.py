@@ -27,8 +27,11 @@ def generate_speech_tokens(
     repetition_penalty: float = 1.2,
     min_p: float = 0.05,
     top_p: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Sample speech tokens for `text_tokens` (L,) (wrapped in start/stop text tokens).
+
+    generator: the random stream to sample from; None: the global RNG, as upstream.
 
     Returns the sampled tokens (N,), the stop token included when it was sampled.
     """
@@ -53,7 +56,7 @@ def generate_speech_tokens(
     tokens = []
     for i in tqdm(range(max_new_tokens), desc="Sampling", leave=False, disable=None):
         probs = next_token_probs(t3.speech_head(h).float(), seen, params)  # (1, V)
-        token = sample(probs)  # (1, 1)
+        token = sample(probs, generator)  # (1, 1)
         tokens.append(token)
         if token.item() == cfg.stop_speech_token or i == max_new_tokens - 1:
             break

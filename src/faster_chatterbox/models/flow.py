@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.flow_solvers import cosine_t_span, euler_cfg_solve, euler_solve, linear_t_span
+from ..engine.flow_solvers import (cosine_t_span, euler_cfg_solve, euler_solve, linear_t_span, make_t_span,
+                                   make_velocity, solve)
 from .cfm_estimator import CFMEstimatorConfig, ConditionalDecoder
 from .flow_encoder import FlowEncoderConfig, UpsampleConformerEncoder
 
@@ -32,7 +33,11 @@ class FlowConfig:
 
 
 class CausalConditionalCFM(nn.Module):
-    """Holds the estimator; solves the flow ODE (cosine schedule + CFG Euler, or linear + plain Euler for meanflow)."""
+    """Holds the estimator; solves the flow ODE (cosine schedule + CFG Euler, or linear + plain Euler for meanflow).
+
+    `solver`, `schedule`, `sway_coef` and `cfg_rate` select another solve (engine.flow_solvers); all None
+    (the default) is upstream's. The meanflow decoder only has its own distilled solve.
+    """
 
     def __init__(self, cfg: CFMEstimatorConfig, cfg_rate: float):
         super().__init__()
@@ -41,15 +46,28 @@ class CausalConditionalCFM(nn.Module):
 
     def forward(
         self, noise: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-        n_timesteps: int,
+        n_timesteps: int, *, solver: str | None = None, schedule: str | None = None, sway_coef: float | None = None,
+        cfg_rate: float | None = None,
     ) -> torch.Tensor:
-        """noise, mu, cond: (B, 80, T); mask: (B, 1, T); spks: (B, 80) -> mel (B, 80, T)."""
+        """noise, mu, cond: (B, 80, T); mask: (B, 1, T); spks: (B, 80) -> mel (B, 80, T).
+
+        n_timesteps counts steps (grid intervals): Heun and midpoint call the estimator twice per step.
+        """
+        upstream = solver is None and schedule is None and sway_coef is None and cfg_rate is None
         if self.estimator.cfg.meanflow:
+            if not upstream:
+                raise ValueError("the meanflow decoder is distilled for its own solve: "
+                                 "solver, schedule, sway_coef and cfg_rate must be left unset")
             # The meanflow (Turbo) decoder is distilled with guidance baked in: no CFG, uniform times.
             t_span = linear_t_span(n_timesteps, mu.device, mu.dtype)
             return euler_solve(self.estimator, noise, mu, mask, spks, cond, t_span)
-        t_span = cosine_t_span(n_timesteps, mu.device, mu.dtype)
-        return euler_cfg_solve(self.estimator, noise, mu, mask, spks, cond, t_span, self.cfg_rate)
+        if upstream:
+            t_span = cosine_t_span(n_timesteps, mu.device, mu.dtype)
+            return euler_cfg_solve(self.estimator, noise, mu, mask, spks, cond, t_span, self.cfg_rate)
+        t_span = make_t_span(n_timesteps, schedule or "cosine", sway_coef=-1.0 if sway_coef is None else sway_coef,
+                             device=mu.device, dtype=mu.dtype)
+        velocity = make_velocity(self.estimator, mu, mask, spks, cond, self.cfg_rate if cfg_rate is None else cfg_rate)
+        return solve(velocity, noise, t_span, solver or "euler")
 
 
 class CausalMaskedDiffWithXvec(nn.Module):
@@ -63,7 +81,7 @@ class CausalMaskedDiffWithXvec(nn.Module):
         self.decoder = CausalConditionalCFM(cfg.estimator, cfg.inference_cfg_rate)
 
     @torch.inference_mode()
-    def inference(
+    def decoder_inputs(
         self,
         token: torch.Tensor,
         token_len: torch.Tensor,
@@ -71,16 +89,11 @@ class CausalMaskedDiffWithXvec(nn.Module):
         prompt_token_len: torch.Tensor,
         prompt_feat: torch.Tensor,
         embedding: torch.Tensor,
-        n_timesteps: int = 10,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Generate the mel for `token` in the voice of the prompt.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode prompt + target tokens: the ODE's conditioning. Arguments as in `inference`.
 
-        token: (B, T) long, right-padded; token_len: (B,); prompt_token: (1 or B, Tp); prompt_token_len: (1 or B,);
-        prompt_feat: (1 or B, Tm, 80) reference mel (Tm = 2*Tp); embedding: (1 or B, 192) x-vector.
-        noise: optional starting noise (B, 80, Tm + 2T); by default drawn as `torch.randn` of that shape,
-        consuming the global RNG exactly like the reference implementation.
-        Returns mel (B, 80, 2T); frames past 2*token_len of a padded row are left-over noise.
+        Returns mu (B, 80, Tm + 2T), mask (B, 1, Tm + 2T) in mu's dtype, spks (B, 80), cond (B, 80, Tm + 2T)
+        (the prompt mel over the first Tm frames, zero after).
         """
         B = token.size(0)
         affine = self.spk_embed_affine_layer
@@ -95,11 +108,40 @@ class CausalMaskedDiffWithXvec(nn.Module):
 
         h, mel_mask = self.encoder(x, token_len)  # (B, Tm + 2T, 512), (B, 1, Tm + 2T)
         mu = self.encoder_proj(h).transpose(1, 2).contiguous()  # (B, 80, Tm + 2T)
-        n_prompt = prompt_feat.size(1)
         cond = torch.zeros_like(mu)
-        cond[:, :, :n_prompt] = prompt_feat.transpose(1, 2)
+        cond[:, :, :prompt_feat.size(1)] = prompt_feat.transpose(1, 2)
+        return mu, mel_mask.to(mu.dtype), spks, cond
 
+    @torch.inference_mode()
+    def inference(
+        self,
+        token: torch.Tensor,
+        token_len: torch.Tensor,
+        prompt_token: torch.Tensor,
+        prompt_token_len: torch.Tensor,
+        prompt_feat: torch.Tensor,
+        embedding: torch.Tensor,
+        n_timesteps: int = 10,
+        noise: torch.Tensor | None = None,
+        *,
+        solver: str | None = None,
+        schedule: str | None = None,
+        sway_coef: float | None = None,
+        cfg_rate: float | None = None,
+    ) -> torch.Tensor:
+        """Generate the mel for `token` in the voice of the prompt.
+
+        token: (B, T) long, right-padded; token_len: (B,); prompt_token: (1 or B, Tp); prompt_token_len: (1 or B,);
+        prompt_feat: (1 or B, Tm, 80) reference mel (Tm = 2*Tp); embedding: (1 or B, 192) x-vector.
+        noise: optional starting noise (B, 80, Tm + 2T); by default drawn as `torch.randn` of that shape,
+        consuming the global RNG exactly like the reference implementation.
+        solver, schedule, sway_coef, cfg_rate: the ODE solve, see `CausalConditionalCFM` (None: upstream's).
+        Returns mel (B, 80, 2T); frames past 2*token_len of a padded row are left-over noise.
+        """
+        mu, mask, spks, cond = self.decoder_inputs(token, token_len, prompt_token, prompt_token_len, prompt_feat,
+                                                   embedding)
         if noise is None:
             noise = torch.randn_like(mu)
-        mel = self.decoder(noise, mu, mel_mask.to(mu.dtype), spks, cond, n_timesteps)
-        return mel[:, :, n_prompt:]
+        mel = self.decoder(noise, mu, mask, spks, cond, n_timesteps, solver=solver, schedule=schedule,
+                           sway_coef=sway_coef, cfg_rate=cfg_rate)
+        return mel[:, :, prompt_feat.size(1):]

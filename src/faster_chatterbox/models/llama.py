@@ -3,6 +3,9 @@
 The KV cache is preallocated once per (batch, max_seq_len) by `setup_caches`; every forward writes its
 keys/values at `input_pos` and attends over cache slots [0, kv_len) with a causal mask built from the
 positions. Parameter names follow Hugging Face's `LlamaModel` so T3's checkpoint loads unchanged.
+
+Batches of independent sequences are left-padded: `seq_start` (B,) gives each row's first cache slot, RoPE
+positions count from there and the padding slots are masked out; `keep_rows` drops finished rows.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # x: (B, H, S, head_dim); cos, sin: (S, head_dim)
+    # x: (B, H, S, head_dim); cos, sin: (S, head_dim), or (B, 1, S, head_dim) for per-row positions
     return x * cos + rotate_half(x) * sin
 
 
@@ -88,6 +91,16 @@ class KVCache(nn.Module):
         self.v_cache.index_copy_(2, input_pos, v)
         return self.k_cache, self.v_cache
 
+    def keep_rows(self, rows: list[int], kv_len: int) -> None:
+        """Row i takes row rows[i]'s first kv_len slots, in place; the cache becomes a view of len(rows) rows."""
+        moved = [i for i, row in enumerate(rows) if row != i]
+        if moved:
+            dst = torch.tensor(moved, device=self.k_cache.device)
+            src = torch.tensor([rows[i] for i in moved], device=self.k_cache.device)
+            for cache in (self.k_cache, self.v_cache):
+                cache[dst, :, :kv_len] = cache[src, :, :kv_len]  # the right side is gathered first
+        self.k_cache, self.v_cache = self.k_cache[: len(rows)], self.v_cache[: len(rows)]
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
@@ -100,7 +113,8 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
-        # x: (B, S, D); cos, sin: (S, head_dim); input_pos: (S,); mask: (S, kv_len) bool
+        # x: (B, S, D); cos, sin: (S, head_dim) or (B, 1, S, head_dim); input_pos: (S,);
+        # mask: (S, kv_len) or (B, 1, S, kv_len) bool
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, hd)
         k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
@@ -173,16 +187,44 @@ class Llama(nn.Module):
             angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
             self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
 
-    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int | None = None) -> Tensor:
-        """x: (B, S, D) input embeddings at positions input_pos (S,) -> final-norm hidden states (B, S, D).
+    def keep_rows(self, rows: list[int], kv_len: int | None = None) -> None:
+        """Shrink the batch to len(rows) rows: row i takes what row rows[i] held in cache slots [0, kv_len)
+        (default: all). Only rows that change are copied, in place, so dropping finished sequences by
+        moving a few tail rows into their places costs little."""
+        kv_len = kv_len or self.max_seq_len
+        with torch.inference_mode(False):  # normal tensors and views, as setup_caches makes them
+            for layer in self.layers:
+                layer.self_attn.kv_cache.keep_rows(rows, kv_len)
+        self.max_batch = len(rows)
+
+    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int | None = None,
+                seq_start: Tensor | None = None) -> Tensor:
+        """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
         Attention covers cache slots [0, kv_len) (default: the whole cache), causally masked by position.
+        seq_start: (B,) first slot of each row's sequence when rows are left-padded; None: all rows start at 0.
         """
         assert self.rope_cos is not None, "call setup_caches() first"
         kv_len = kv_len or self.max_seq_len
-        mask = torch.arange(kv_len, device=x.device) <= input_pos[:, None]  # (S, kv_len)
-        cos = self.rope_cos[input_pos].to(x.dtype)  # (S, head_dim)
-        sin = self.rope_sin[input_pos].to(x.dtype)
+        if seq_start is None:
+            mask = torch.arange(kv_len, device=x.device) <= input_pos[:, None]  # (S, kv_len)
+            cos = self.rope_cos[input_pos].to(x.dtype)  # (S, head_dim)
+            sin = self.rope_sin[input_pos].to(x.dtype)
+        else:
+            mask, cos, sin = self._left_padded(input_pos, kv_len, seq_start, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos, mask)
         return self.norm(x)
+
+    def _left_padded(self, input_pos: Tensor, kv_len: int, seq_start: Tensor,
+                     dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """Mask (B, 1, S, kv_len) and RoPE tables (B, 1, S, head_dim) for rows starting at slots seq_start (B,)."""
+        slots = torch.arange(kv_len, device=input_pos.device)  # (kv_len,)
+        query = input_pos[:, None]  # (S, 1)
+        start = seq_start[:, None, None]  # (B, 1, 1)
+        # A padding query sees only itself: a row with every key masked would turn into NaN.
+        mask = (slots <= query) & ((slots >= start) | (slots == query))  # (B, S, kv_len)
+        pos = (input_pos - seq_start[:, None]).clamp_min(0)  # (B, S) each row's own positions
+        cos = self.rope_cos[pos].to(dtype)[:, None]
+        sin = self.rope_sin[pos].to(dtype)[:, None]
+        return mask[:, None], cos, sin

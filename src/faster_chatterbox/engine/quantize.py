@@ -1,0 +1,157 @@
+"""Reduced-precision T3: bfloat16 weights, and gpt-fast-style weight-only int8 for the Linear layers.
+
+A decode step reads every weight of T3 once for one or two rows (the CFG pair), so its cost is the bytes
+read: ~2.1 GB in float32, half in bf16, a quarter for int8 Linears. Apply these after the checkpoint is
+loaded: they change dtypes and replace modules, so the official state-dict no longer loads into the
+result (`load_weights` would cast float weights into the int8 buffers).
+
+  to_bf16_(t3)        bf16 weights, activations and KV cache; RMSNorm statistics, RoPE angles and the
+                      logits stay float32 (the speech head becomes a `Float32Linear`).
+  quantize_int8_(m)   every nn.Linear under `m` -> `Int8Linear` (int8 weights, one scale per output row).
+  reduce_precision_(t3, "fp32" | "bf16" | "int8")   the presets: int8 = int8 backbone Linears + to_bf16_.
+
+benchmarks/t3_precision.py measures speed and quality against float32 for each.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models.t3 import T3
+
+PRECISIONS = ("fp32", "bf16", "int8")
+# `_weight_int8pack_mm` (CPU) beats dequantize-then-matmul up to a few rows and loses from ~8 rows on
+# (measured on AVX-512 with 1 and 2 threads); prefill takes the dequantizing path.
+PACKED_MAX_ROWS = 4
+
+
+def quantize_weight(weight: Tensor, scale_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-channel int8: (out, in) float -> int8 (out, in), scales (out,) in `scale_dtype`.
+
+    The scale is rounded to `scale_dtype` before the weights are divided by it, so that int8 * scale is
+    exactly the dequantized weight whatever dtype the scales are kept in.
+    """
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127).to(scale_dtype)  # (out,)
+    scales = torch.where(scales == 0, torch.ones_like(scales), scales)  # an all-zero row stays zero
+    q = torch.round(w / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
+    return q, scales
+
+
+def int8_mm_packed(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """CPU kernel reading int8 weights directly: x (M, in), weight (out, in) int8, scales (out,) -> (M, out)."""
+    return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
+
+
+def int8_mm_dequant(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """gpt-fast's form (torch.compile fuses it on CUDA): x (..., in) -> (..., out)."""
+    return F.linear(x, weight.to(x.dtype)) * scales
+
+
+class Int8Linear(nn.Module):
+    """y = (x @ W_int8^T) * scales, without bias; the output has the activations' dtype.
+
+    On CPU with bf16 activations and few rows (decode) this is `int8_mm_packed`, elsewhere (prefill,
+    float32 activations, CUDA) `int8_mm_dequant`.
+    """
+
+    def __init__(self, weight: Tensor, scales: Tensor):
+        super().__init__()
+        if weight.dtype != torch.int8 or weight.dim() != 2 or scales.shape != weight.shape[:1]:
+            raise ValueError(f"Int8Linear wants int8 weights (out, in) and scales (out,), got {weight.dtype} "
+                             f"{tuple(weight.shape)} and {tuple(scales.shape)}")
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight)  # (out, in) int8
+        self.register_buffer("scales", scales)  # (out,) floating point
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scale_dtype: torch.dtype | None = None) -> Int8Linear:
+        """Quantize `linear` (no bias); scales in `scale_dtype`, by default the weight's dtype."""
+        if linear.bias is not None:
+            raise ValueError("Int8Linear has no bias: leave Linear layers with a bias out of quantize_int8_")
+        return cls(*quantize_weight(linear.weight, scale_dtype or linear.weight.dtype))
+
+    def dequantized(self) -> Tensor:
+        """The weights this layer multiplies by, (out, in) float32."""
+        return self.weight.float() * self.scales.float()[:, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (..., in) -> (..., out)
+        scales = self.scales.to(x.dtype)
+        rows = x.numel() // self.in_features
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and rows <= PACKED_MAX_ROWS:
+            y = int8_mm_packed(x.reshape(rows, self.in_features), self.weight, scales)
+            return y.view(*x.shape[:-1], self.out_features)
+        return int8_mm_dequant(x, self.weight, scales)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, scales={self.scales.dtype}"
+
+
+class Float32Linear(nn.Linear):
+    """A Linear that stays float32 inside a bf16 model: casts its input up and returns float32."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Float32Linear:
+        out = torch.nn.utils.skip_init(cls, linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                       device=linear.weight.device)
+        out.weight = nn.Parameter(linear.weight.detach().float(), requires_grad=False)
+        if linear.bias is not None:
+            out.bias = nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.float(), self.weight, self.bias)
+
+
+def quantize_int8_(module: nn.Module, *, skip: tuple[str, ...] = (),
+                   scale_dtype: torch.dtype | None = None) -> list[str]:
+    """Replace every nn.Linear under `module` by an Int8Linear, in place; returns the replaced names.
+
+    skip: names (relative to `module`) of Linears, or of modules whose Linears, to leave alone.
+    scale_dtype: the dtype of the scales, by default each weight's own; pass the activation dtype the
+    model will run in (bf16) when quantizing float32 weights before `to_bf16_`.
+    """
+    targets = [(name, child) for name, child in module.named_modules()
+               if type(child) is nn.Linear and not any(name == s or name.startswith(s + ".") for s in skip)]
+    for name, linear in targets:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent_name), attr, Int8Linear.from_linear(linear, scale_dtype))
+    return [name for name, _ in targets]
+
+
+def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
+    """Cast T3 to bfloat16 in place (int8 weights stay int8).
+
+    Float32 stays where it matters: RMSNorm normalizes in float32 and RoPE angles are computed in float32
+    (both in models/llama.py); with `fp32_logits` the speech head keeps float32 weights and output (its
+    weights are <2% of T3's bytes). The KV cache follows the weights' dtype at the next `setup_caches`.
+    """
+    head = t3.speech_head
+    keep_head = fp32_logits and isinstance(head, nn.Linear)
+    for name, child in t3.named_children():
+        if not (keep_head and name == "speech_head"):
+            child.to(torch.bfloat16)
+    if keep_head:
+        t3.speech_head = Float32Linear.from_linear(head)
+    return t3
+
+
+def reduce_precision_(t3: T3, precision: str) -> T3:
+    """One of PRECISIONS, in place, on a loaded float32 T3.
+
+    fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (q/k/v/o, gate/up/down) to int8 with
+    bf16 scales, then `to_bf16_` (bf16 activations, float32 logits).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    dtype = t3.tfmr.norm.weight.dtype
+    if dtype != torch.float32 or type(t3.speech_head) is not nn.Linear:
+        raise ValueError(f"reduce_precision_ wants a float32 T3 as loaded, got {dtype} weights")
+    if precision == "int8":
+        quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
+    if precision != "fp32":
+        to_bf16_(t3)
+    return t3
