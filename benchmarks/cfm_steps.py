@@ -57,7 +57,7 @@ DEFAULT_NFE = (2, 3, 4, 5, 6, 8, 10, 16)
 FULL_NFE = (2, 3, 4, 5, 6, 8, 10, 16, 25, 50)
 DEFAULT_METHODS = ("euler/cosine", "euler/epss", "heun/cosine", "midpoint/cosine", "ab2/cosine", "ab2/sway:-0.6")
 ROBUSTNESS_NFE = (6, 8, 10)
-MIXTURE_SHAPE = (4, 80, 100)  # noise of the stand-in: (samples, 80, frames); a few frames switching mode dominate
+MIXTURE_SHAPE = (3, 80, 80)  # noise of the stand-in: (samples, 80, frames); a few frames switching mode dominate
 ROBUSTNESS_SHAPE = (8, 80, 200)  # its error, so it gets more frames than the network study
 METRICS = {  # key -> table title
     "mel_rel_l2_ref": "mel relative L2 distance from the converged solution",
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE), help="NFE budgets (network field)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="solver/schedule[:sway][@cfg]")
     p.add_argument("--reference", default="midpoint/cosine", help="the converged solution's method")
-    p.add_argument("--reference-steps", type=int, default=32, help="its steps (network field; mixture: 200)")
+    p.add_argument("--reference-steps", type=int, default=24, help="its steps (network field; mixture: 200)")
     p.add_argument("--full", action="store_true", help="NFE up to 50, a 200-step reference, 50 + 50 tokens")
     p.add_argument("--timing-frames", type=int, default=650, help="frames for the CFG timing (upstream's size)")
     p.add_argument("--timing-rounds", type=int, default=3)

@@ -17,8 +17,9 @@ copy of the same float32 model converted by engine/quantize.py, all in one proce
         top1    agreement of the argmax of the raw CFG-combined logits
       Random weights give flat logits; a "peaky" model (speech head x`--head-scale`, exact in every
       dtype for a power of two) is measured too. fp32's entropy (final distribution) is reported.
-  (c) int8 kernels (CPU): one pass over the backbone's Linears with M bf16 rows, for the two int8 matmuls
-      Int8Linear chooses between (by M) and bf16 F.linear; medians over `--rounds`.
+  (c) kernels (CPU): one pass over the backbone's Linears with M bf16 rows, for the two int8 matmuls
+      Int8Linear chooses between (by M) and bf16 F.linear; and the step's attention (every layer's SDPA
+      for the CFG pair at KV length `--context`) in float32 and bf16. Medians over `--rounds`.
 
     python benchmarks/t3_precision.py [--checkpoint DIR] [--steps 300] [--rounds 5] [--json FILE]
 """
@@ -145,7 +146,7 @@ def measure_speed(models: dict[str, T3], rounds: int, steps: int, context: int, 
 # ---- (c) int8 kernels -------------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def measure_kernels(bf16: T3, int8: T3, rounds: int, row_counts=(1, 2, 4, 8, 64)) -> dict:
+def measure_kernels(bf16: T3, int8: T3, rounds: int, row_counts=(1, 2, 4, 8, 16, 32, 64)) -> dict:
     """ms per pass over the backbone's Linears (bf16 weights / the int8 model's) with M activation rows."""
     linears = [m for m in bf16.tfmr.modules() if type(m) is nn.Linear]
     quantized = [m for m in int8.tfmr.modules() if isinstance(m, Int8Linear)]
@@ -166,6 +167,25 @@ def measure_kernels(bf16: T3, int8: T3, rounds: int, row_counts=(1, 2, 4, 8, 64)
                     kernel(xs[m.in_features], i)
                 times[name].append((time.perf_counter() - start) * 1e3)
         result[f"rows_{rows}"] = {name: statistics.median(t) for name, t in times.items()}
+    return result
+
+
+@torch.inference_mode()
+def measure_attention(t3: T3, context: int, rounds: int) -> dict:
+    """ms of one decode step's attention: SDPA of every layer for the CFG pair over `context` cached keys."""
+    cfg = t3.cfg.llama
+    mask = torch.ones(1, context, dtype=torch.bool)
+    result = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(2, cfg.n_heads, 1, cfg.head_dim, dtype=dtype)
+        k, v = (torch.randn(2, cfg.n_kv_heads, context, cfg.head_dim, dtype=dtype) for _ in range(2))
+        times = []
+        for _ in range(rounds * 10):
+            start = time.perf_counter()
+            for _ in range(cfg.n_layers):
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=cfg.n_heads != cfg.n_kv_heads)
+            times.append((time.perf_counter() - start) * 1e3)
+        result[str(dtype).removeprefix("torch.")] = statistics.median(times)
     return result
 
 
@@ -233,11 +253,14 @@ def print_tables(result: dict) -> None:
     if "kernels" in result:
         kernels = result["kernels"]
         names = list(next(iter(kernels.values())))
-        print("\nint8 kernels: ms per pass over the backbone's Linears with M bf16 rows (median)\n")
+        print("\nLinear kernels: ms per pass over the backbone's Linears with M bf16 rows (median)\n")
         print("| M | " + " | ".join(names) + " |")
         print("|---:|" + "---:|" * len(names))
         for rows, t in kernels.items():
             print(f"| {rows.removeprefix('rows_')} | " + " | ".join(f"{t[n]:.1f}" for n in names) + " |")
+    if "attention_ms" in result:
+        print(f"\nattention of one decode step (all layers, CFG pair, KV length {result['args']['context']}), ms: "
+              + ", ".join(f"{dtype} {ms:.1f}" for dtype, ms in result["attention_ms"].items()))
     for label, q in result["quality"].items():
         entropy = q["fp32"]["entropy_fp32"]
         print(f"\nquality vs fp32, {label}: {q['tokens']} teacher-forced steps, fp32 entropy {entropy:.2f} nats "
@@ -280,6 +303,7 @@ def main() -> None:
     result["speed"] = measure_speed(models, args.rounds, args.timed_steps, args.context, sync)
     if device.type == "cpu" and {"bf16", "int8"} <= models.keys():
         result["kernels"] = measure_kernels(models["bf16"], models["int8"], args.rounds)
+        result["attention_ms"] = measure_attention(fp32, args.context, args.rounds)
     result["quality"] = {}
     if args.steps:
         result["quality"]["model as loaded"] = measure_quality(models, cond, text, args.steps, args.seed)

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from ..models.t3 import T3
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# `_weight_int8pack_mm` (CPU) beats dequantize-then-matmul up to a few rows and loses from ~8 rows on
-# (measured on AVX-512 with 1 and 2 threads); prefill takes the dequantizing path.
-PACKED_MAX_ROWS = 4
+# CPU, bf16 activations: `_weight_int8pack_mm` beats dequantize-then-matmul up to 8 rows and loses from
+# 16 on (benchmarks/t3_precision.py, Linear kernels); prefill takes the dequantizing path.
+PACKED_MAX_ROWS = 8
 
 
 def quantize_weight(weight: Tensor, scale_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
