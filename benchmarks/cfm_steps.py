@@ -56,7 +56,7 @@ SIGMA_MIN = 1e-6  # CosyVoice's flow-matching path
 DEFAULT_NFE = (2, 3, 4, 5, 6, 8, 10, 16)
 FULL_NFE = (2, 3, 4, 5, 6, 8, 10, 16, 25, 50)
 DEFAULT_METHODS = ("euler/cosine", "euler/epss", "heun/cosine", "midpoint/cosine", "ab2/cosine", "ab2/sway:-0.6")
-ROBUSTNESS_NFE = (6, 8, 10)
+ROBUSTNESS_NFE = (4, 5, 6, 8, 10)
 MIXTURE_SHAPE = (3, 80, 80)  # noise of the stand-in: (samples, 80, frames); a few frames switching mode dominate
 ROBUSTNESS_SHAPE = (8, 80, 200)  # its error, so it gets more frames than the network study
 METRICS = {  # key -> table title
@@ -330,8 +330,14 @@ def robustness(refs: list[dict], methods: list[Method], args) -> dict:
                 if steps is not None:
                     error = mean(distances(solve_field(field, method, steps), ref)[1])
                     table[method.label].setdefault(nfe, []).append(error / up)
+    # per NFE, the method with the smallest worst-case ratio: `fast` is the cheapest of these with worst <= 1
+    best = {nfe: min((max(row[nfe]), mean(row[nfe]), label) for label, row in table.items() if nfe in row)
+            for nfe in ROBUSTNESS_NFE}
+    best = {nfe: dict(method=label, worst_ratio=worst, mean_ratio=avg) for nfe, (worst, avg, label) in best.items()}
+    fast = min((nfe for nfe, b in best.items() if b["worst_ratio"] <= 1.0), default=None)
     return {"configs": [vars(c) for c in MIXTURES], "points": noise.size(0) * noise.size(2),
-            "nfe": list(ROBUSTNESS_NFE), "ratio_to_upstream": table}
+            "nfe": list(ROBUSTNESS_NFE), "ratio_to_upstream": table, "best_per_nfe": best,
+            "fast": fast and dict(nfe=fast, **best[fast])}
 
 
 def time_cfg(s3gen: S3Gen, frames: int, rounds: int) -> dict:
@@ -417,6 +423,12 @@ def markdown(result: dict) -> str:
         cells = [row.get(n) for n in rob["nfe"]]
         lines.append(f"| {method} | " + " | ".join(
             f"{min(c):.2f} - {max(c):.2f} ({mean(c):.2f})" if c else "" for c in cells) + " |")
+    fast = rob["fast"]
+    lines += ["", "Best method per NFE (by worst ratio): " + "; ".join(
+        f"{nfe}: {b['method']} ({b['worst_ratio']:.2f} worst, {b['mean_ratio']:.2f} mean)"
+        for nfe, b in rob["best_per_nfe"].items()) + ".",
+        "fast (the cheapest no worse than upstream in every stand-in field): " + (
+            "none" if fast is None else f"{fast['method']} at NFE {fast['nfe']}.")]
     return "\n".join(lines) + "\n"
 
 

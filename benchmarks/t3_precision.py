@@ -11,8 +11,8 @@ copy of the same float32 model converted by engine/quantize.py, all in one proce
       temperature 0.8, min_p 0.05: engine/sampling.py's next_token_probs) is compared with float32's:
         kl      KL(fp32 || variant) before min_p (min_p's hard cut makes KL infinite whenever one
                 token crosses the bar in only one of the two), mean and max over steps
-        tv      total variation of the final sampling distributions (after min_p), mean and max:
-                the most a draw from the variant can differ from a draw from fp32
+        tv      total variation distance of the final sampling distributions (after min_p), mean and
+                max: the probability mass that moved (0 = same distribution, 1 = disjoint)
         cut     fraction of steps where min_p keeps a different set of tokens
         top1    agreement of the argmax of the raw CFG-combined logits
       Random weights give flat logits; a "peaky" model (speech head x`--head-scale`, exact in every
@@ -207,11 +207,12 @@ def compare(ref: torch.Tensor, low: torch.Tensor, tokens: torch.Tensor, start_to
     for i in range(ref.shape[1]):
         p, q = (next_token_probs(lg[:, i], seen, params) for lg in (ref, low))  # (1, V) final distributions
         p_s, q_s = (next_token_probs(lg[:, i], seen, smooth) for lg in (ref, low))  # before min_p
+        top_ref, top_low = (cfg_combine(lg[:, i], params.cfg_weight).argmax() for lg in (ref, low))
         rows.append({
             "kl": float((torch.xlogy(p_s, p_s) - torch.xlogy(p_s, q_s)).sum()),
             "tv": float(0.5 * (p - q).abs().sum()),
             "cut": float(((p > 0) != (q > 0)).any()),
-            "top1": float(cfg_combine(ref[:, i], params.cfg_weight).argmax() == cfg_combine(low[:, i], params.cfg_weight).argmax()),
+            "top1": float(top_ref == top_low),
             "entropy_fp32": float(-torch.xlogy(p, p).sum()),
         })
         seen[0, tokens[i]] = True
@@ -278,7 +279,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: random full-size T3)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--steps", type=int, default=300, help="teacher-forced steps for the quality figures (0: skip them)")
+    ap.add_argument("--steps", type=int, default=300,
+                    help="teacher-forced steps for the quality figures (0: skip them)")
     ap.add_argument("--head-scale", type=float, default=4.0, help="speech head factor of the peaky model")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--timed-steps", type=int, default=8, help="timed decode steps per variant and round")
@@ -298,7 +300,8 @@ def main() -> None:
     cond = (cond or random_cond).to(device)
     models = {name: VARIANTS[name](copy.deepcopy(fp32) if name != "fp32" else fp32).to(device) for name in variants}
 
-    result = {"benchmark": "t3_precision", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    result = {"benchmark": "t3_precision",
+              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "machine": _machine(args.device), "checkpoint": str(args.checkpoint or "random")}
     result["speed"] = measure_speed(models, args.rounds, args.timed_steps, args.context, sync)
     if device.type == "cpu" and {"bf16", "int8"} <= models.keys():

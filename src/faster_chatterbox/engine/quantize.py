@@ -115,7 +115,7 @@ def quantize_int8_(module: nn.Module, *, skip: tuple[str, ...] = (),
     model will run in (bf16) when quantizing float32 weights before `to_bf16_`.
     """
     targets = [(name, child) for name, child in module.named_modules()
-               if type(child) is nn.Linear and not any(name == s or name.startswith(s + ".") for s in skip)]
+               if name and type(child) is nn.Linear and not any(name == s or name.startswith(s + ".") for s in skip)]
     for name, linear in targets:
         parent_name, _, attr = name.rpartition(".")
         setattr(module.get_submodule(parent_name), attr, Int8Linear.from_linear(linear, scale_dtype))
@@ -125,9 +125,10 @@ def quantize_int8_(module: nn.Module, *, skip: tuple[str, ...] = (),
 def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
     """Cast T3 to bfloat16 in place (int8 weights stay int8).
 
-    Float32 stays where it matters: RMSNorm normalizes in float32 and RoPE angles are computed in float32
-    (both in models/llama.py); with `fp32_logits` the speech head keeps float32 weights and output (its
-    weights are <2% of T3's bytes). The KV cache follows the weights' dtype at the next `setup_caches`.
+    Float32 stays where it matters: RMSNorm normalizes in float32 and the RoPE angles are float32 tables
+    (models/llama.py; cos/sin are rounded to bf16 on use, as Hugging Face does); with `fp32_logits` the
+    speech head keeps float32 weights and output (its weights are <2% of T3's bytes). The KV cache
+    follows the weights' dtype at the next `setup_caches`.
     """
     head = t3.speech_head
     keep_head = fp32_logits and isinstance(head, nn.Linear)
@@ -149,7 +150,8 @@ def reduce_precision_(t3: T3, precision: str) -> T3:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     dtype = t3.tfmr.norm.weight.dtype
     if dtype != torch.float32 or type(t3.speech_head) is not nn.Linear:
-        raise ValueError(f"reduce_precision_ wants a float32 T3 as loaded, got {dtype} weights")
+        raise ValueError(f"reduce_precision_ wants a float32 T3 as loaded, not one already converted "
+                         f"({dtype} weights, speech head {type(t3.speech_head).__name__})")
     if precision == "int8":
         quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
     if precision != "fp32":
