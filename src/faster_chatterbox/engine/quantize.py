@@ -1,7 +1,7 @@
 """Reduced-precision T3: bfloat16 weights, and gpt-fast-style weight-only int8 for the Linear layers.
 
 A decode step reads every weight of T3 once for one or two rows (the CFG pair), so its cost is the bytes
-read: ~2.1 GB in float32, half in bf16, a quarter for int8 Linears. Apply these after the checkpoint is
+read: ~2 GB in float32, half in bf16, a quarter for int8 Linears. Apply these after the checkpoint is
 loaded: they change dtypes and replace modules, so the official state-dict no longer loads into the
 result (`load_weights` would cast float weights into the int8 buffers).
 
