@@ -10,7 +10,6 @@ Pipeline: text -> punc_norm -> tokenizer -> T3 (speech tokens, 25 Hz) -> S3Gen f
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .config import ChatterboxConfig
 from .checkpoint import (REPO_ID, CheckpointError, check_checkpoint_dir, download_checkpoint, load_weights,
                          read_safetensors, skip_weight_init)
 from .devices import resolve_device
+from .engine.sampling import SAMPLING_RANGES, check_range
 from .engine.t3_decode import generate_speech_tokens
 from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
 from .models.t3 import T3, T3Cond
@@ -61,13 +61,6 @@ class Conditionals:
             return cls(T3Cond(**data["t3"]), dict(data["gen"]))
         except Exception as exc:
             raise CheckpointError(f"{path} is not a Chatterbox voice file (conds.pt): {exc}") from exc
-
-
-def _check_range(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
 
 
 class ChatterboxTTS:
@@ -136,13 +129,13 @@ class ChatterboxTTS:
     # ---- voices ---------------------------------------------------------------------------
     def prepare_conditionals(self, wav_fpath: str | Path, exaggeration: float = 0.5) -> None:
         """Make the voice of a reference clip (ideally 10 s or more of clean speech) the current voice."""
-        _check_range("exaggeration", exaggeration, 0.0)
+        check_range("exaggeration", exaggeration, 0.0)
         self.conds = self.conditionals_from_wav(load_audio(wav_fpath, S3GEN_SR), S3GEN_SR, exaggeration)
 
     @torch.inference_mode()
     def conditionals_from_wav(self, wav: np.ndarray, sr: int, exaggeration: float = 0.5) -> Conditionals:
         """The voice of a mono float32 clip, computed as upstream's prepare_conditionals does."""
-        _check_range("exaggeration", exaggeration, 0.0)
+        check_range("exaggeration", exaggeration, 0.0)
         wav_24k = resample(np.asarray(wav, dtype=np.float32), sr, S3GEN_SR)  # as librosa.load(sr=24000)
         wav_16k = resample(wav_24k, S3GEN_SR, S3_SR)
         gen = self.s3gen.embed_ref(torch.from_numpy(wav_24k[: self.DEC_COND_LEN]).to(self.device), S3GEN_SR)
@@ -172,12 +165,11 @@ class ChatterboxTTS:
         """
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text is empty: give some words to speak")
-        _check_range("temperature", temperature, 0.0, low_open=True)
-        _check_range("cfg_weight", cfg_weight, 0.0)
-        _check_range("min_p", min_p, 0.0, 1.0)
-        _check_range("top_p", top_p, 0.0, 1.0, low_open=True)
-        _check_range("repetition_penalty", repetition_penalty, 0.0, low_open=True)
-        _check_range("exaggeration", exaggeration, 0.0)
+        sampling = dict(temperature=temperature, cfg_weight=cfg_weight, min_p=min_p, top_p=top_p,
+                        repetition_penalty=repetition_penalty)
+        for name, value in sampling.items():
+            check_range(name, value, *SAMPLING_RANGES[name])
+        check_range("exaggeration", exaggeration, 0.0)
         max_speech = self.t3.cfg.max_speech_tokens
         if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= max_speech:
             raise ValueError(f"max_new_tokens must be an integer in [1, {max_speech}], got {max_new_tokens!r}")

@@ -17,7 +17,6 @@ Rows that finished since the last check run on until it, and what they sample is
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.t3 import T3, T3Cond
-from .sampling import RowSamplingParams, SamplingParams, next_token_probs_rows, sample_rows
+from .sampling import (SAMPLING_RANGES, RowSamplingParams, SamplingParams, check_range, next_token_probs_rows,
+                       sample_rows)
 
 
 @dataclass
@@ -204,24 +204,14 @@ def _validate(t3: T3, requests: list[DecodeRequest], check_every: int) -> None:
             raise ValueError(f"request {n}: {problem}")
 
 
-_RANGES = {  # name: (low, high, low excluded)
-    "temperature": (0.0, math.inf, True),
-    "cfg_weight": (0.0, math.inf, False),
-    "repetition_penalty": (0.0, math.inf, True),
-    "min_p": (0.0, 1.0, False),
-    "top_p": (0.0, 1.0, True),
-}
-
-
 def _request_problem(t3: T3, r: DecodeRequest) -> str | None:
     if not isinstance(r, DecodeRequest):
         return f"expected a DecodeRequest, got {type(r).__name__}"
-    for name, (low, high, low_open) in _RANGES.items():
-        value = getattr(r, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value <= high
-                and (value > low if low_open else value >= low)):
-            bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
-            return f"{name} must be a number {bound}, got {value!r}"
+    for name, limits in SAMPLING_RANGES.items():
+        try:
+            check_range(name, getattr(r, name), *limits)
+        except ValueError as exc:
+            return str(exc)
     max_steps = t3.speech_pos_emb.emb.num_embeddings
     if not isinstance(r.max_new_tokens, int) or not 1 <= r.max_new_tokens <= max_steps:
         return f"max_new_tokens must be an integer in [1, {max_steps}], got {r.max_new_tokens!r}"

@@ -8,10 +8,31 @@ setting (penalty 1, temperature 1, min_p 0, top_p 1) is skipped: it cannot chang
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
+
+
+# Valid ranges of the sampling parameters: name -> (low, high, low excluded).
+SAMPLING_RANGES = {
+    "temperature": (0.0, math.inf, True),
+    "cfg_weight": (0.0, math.inf, False),
+    "repetition_penalty": (0.0, math.inf, True),
+    "min_p": (0.0, 1.0, False),
+    "top_p": (0.0, 1.0, True),
+}
+
+
+def check_range(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    """Raise a ValueError naming `name` unless `value` is a finite number in the range."""
+    ok = (isinstance(value, (int, float)) and math.isfinite(value) and value <= high
+          and (value > low if low_open else value >= low))
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
 
 
 @dataclass
