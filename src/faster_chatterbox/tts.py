@@ -1,16 +1,21 @@
 """The public API: a drop-in for upstream's `chatterbox.tts.ChatterboxTTS`.
 
-    tts = ChatterboxTTS.from_pretrained(device="cuda")
+    tts = ChatterboxTTS.from_pretrained(device="cuda")          # preset="fast" (default), "fastest", "exact"
     wav = tts.generate("Hello there.", audio_prompt_path="voice.wav")  # (1, N) float32 at tts.sr
+    result = tts.synthesize(chapter_text)                        # any length, with per-chunk metadata
+    for piece in tts.generate_stream(chapter_text): ...          # audio as soon as each chunk is ready
 
-Pipeline: text -> punc_norm -> tokenizer -> T3 (speech tokens, 25 Hz) -> S3Gen flow (mel, 50 Hz)
--> HiFT (24 kHz audio) -> watermark.
+Per chunk: text -> punc_norm -> tokenizer -> T3 (speech tokens, 25 Hz) -> S3Gen flow (mel, 50 Hz)
+-> HiFT (24 kHz audio); chunks are joined (pipeline.py), then watermarked.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +26,21 @@ from .config import ChatterboxConfig
 from .checkpoint import (REPO_ID, CheckpointError, check_checkpoint_dir, download_checkpoint, load_weights,
                          read_safetensors, skip_weight_init)
 from .devices import resolve_device
+from .engine.quantize import reduce_precision_
 from .engine.sampling import SAMPLING_RANGES, check_range
-from .engine.t3_decode import generate_speech_tokens
 from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
 from .models.t3 import T3, T3Cond
 from .models.voice_encoder import VoiceEncoder
+from .pipeline import Job, Piece, SynthesisResult, _Clock, assemble, chunk_results, streamed_pieces
+from .presets import DEFAULT_PRESET, EXACT, Preset, get_preset
 from .random_checkpoint import RANDOM_MARKER
+from .text.chunking import Chunk, check_text, pack_chunks
+from .text.english import normalize_english
 from .text.normalize import punc_norm
 from .text.tokenizer import EnglishTokenizer
 from .watermark import Watermarker
 
 log = logging.getLogger(__name__)
-
-PRESETS = ("exact",)  # `exact`: fp32 and upstream's algorithms step for step (the oracle)
 
 
 @dataclass
@@ -66,27 +73,28 @@ class Conditionals:
 class ChatterboxTTS:
     ENC_COND_LEN = 6 * S3_SR  # T3's speech prompt: the first 6 s of the clip
     DEC_COND_LEN = 10 * S3GEN_SR  # S3Gen's reference: the first 10 s
+    VOICE_CACHE_SIZE = 8  # voices (reference clips) kept in memory
+    MAX_CHARS = 300  # longest chunk of text one T3 call speaks
 
     def __init__(self, t3: T3, s3gen: S3Gen, ve: VoiceEncoder, tokenizer: EnglishTokenizer, device,
-                 conds: Conditionals | None = None, preset: str = "exact", watermark: bool = True):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+                 conds: Conditionals | None = None, preset: str = DEFAULT_PRESET, watermark: bool = True):
+        self.preset: Preset = get_preset(preset, device)
         self.sr = S3GEN_SR
         self.t3, self.s3gen, self.ve, self.tokenizer = t3, s3gen, ve, tokenizer
         self.device = torch.device(device)
         self.conds = conds
-        self.preset = preset
         self.watermark = watermark
         self._watermarker = Watermarker() if watermark else None
         self.random_weights = False  # set by from_local for init-random checkpoints
+        self.t3_lock = threading.Lock()  # one KV cache: one T3 decode at a time
+        self._voices: OrderedDict[tuple, Conditionals] = OrderedDict()
 
     # ---- loading --------------------------------------------------------------------------
     @classmethod
-    def from_local(cls, ckpt_dir: str | Path, device: str = "auto", preset: str = "exact",
+    def from_local(cls, ckpt_dir: str | Path, device: str = "auto", preset: str = DEFAULT_PRESET,
                    watermark: bool = True) -> ChatterboxTTS:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
         device = resolve_device(device)
+        settings = get_preset(preset, device)
         ckpt_dir = check_checkpoint_dir(ckpt_dir)
         random_weights = (ckpt_dir / RANDOM_MARKER).is_file()
         if random_weights:
@@ -106,6 +114,11 @@ class ChatterboxTTS:
             raise CheckpointError(f"{ckpt_dir / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but T3 "
                                   f"embeds only {t3.cfg.text_tokens_dict_size}")
         s3gen.mel2wav.fold_weight_norm()
+        reduce_precision_(t3, settings.t3_precision)
+        if settings.t3_precision != "fp32" and torch.device(device).type == "cpu":
+            # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster
+            # (BENCHMARKS.md, T3 precision)
+            t3.tfmr.kv_dtype = torch.float32
 
         conds = None
         if (ckpt_dir / "conds.pt").is_file():
@@ -116,32 +129,54 @@ class ChatterboxTTS:
         return tts
 
     @classmethod
-    def from_pretrained(cls, device: str = "auto", preset: str = "exact", watermark: bool = True, *,
+    def from_pretrained(cls, device: str = "auto", preset: str = DEFAULT_PRESET, watermark: bool = True, *,
                         repo_id: str = REPO_ID, revision: str | None = None,
                         cache_dir: str | Path | None = None) -> ChatterboxTTS:
         """Download (or find in the Hugging Face cache) the official files, then `from_local`."""
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        resolve_device(device)  # fail before a multi-GB download
+        get_preset(preset, resolve_device(device))  # fail before a multi-GB download
         ckpt_dir = download_checkpoint(repo_id, revision=revision, cache_dir=cache_dir)
         return cls.from_local(ckpt_dir, device=device, preset=preset, watermark=watermark)
 
     # ---- voices ---------------------------------------------------------------------------
     def prepare_conditionals(self, wav_fpath: str | Path, exaggeration: float = 0.5) -> None:
-        """Make the voice of a reference clip (ideally 10 s or more of clean speech) the current voice."""
+        """Make the voice of a reference clip (ideally 10 s or more of clean speech) the current voice.
+
+        Voices are cached in memory by file (path, size, modification time): a clip used again costs nothing.
+        """
         check_range("exaggeration", exaggeration, 0.0)
-        self.conds = self.conditionals_from_wav(load_audio(wav_fpath, S3GEN_SR), S3GEN_SR, exaggeration)
+        path = Path(wav_fpath)
+        try:
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            key = None  # load_audio names the problem
+        voice = self._voices.get(key) if key else None
+        if voice is None:
+            voice = self.conditionals_from_wav(load_audio(wav_fpath, S3GEN_SR), S3GEN_SR, exaggeration)
+            self._voices[key] = voice
+            while len(self._voices) > self.VOICE_CACHE_SIZE:
+                self._voices.popitem(last=False)
+        self._voices.move_to_end(key)
+        self.conds = _with_exaggeration(voice, exaggeration, self.device)
 
     @torch.inference_mode()
     def conditionals_from_wav(self, wav: np.ndarray, sr: int, exaggeration: float = 0.5) -> Conditionals:
-        """The voice of a mono float32 clip, computed as upstream's prepare_conditionals does."""
+        """The voice of a mono float32 clip, computed as upstream's prepare_conditionals does.
+
+        Presets other than `exact` run the S3 tokenizer once: T3's prompt tokens (the first 6 s) are
+        taken from the decoder's pass over the first 10 s instead of a second pass over 6 s.
+        """
         check_range("exaggeration", exaggeration, 0.0)
         wav_24k = resample(np.asarray(wav, dtype=np.float32), sr, S3GEN_SR)  # as librosa.load(sr=24000)
         wav_16k = resample(wav_24k, S3GEN_SR, S3_SR)
         gen = self.s3gen.embed_ref(torch.from_numpy(wav_24k[: self.DEC_COND_LEN]).to(self.device), S3GEN_SR)
 
         prompt_len = self.t3.cfg.speech_cond_prompt_len
-        t3_prompt, _ = self.s3gen.tokenizer([torch.from_numpy(wav_16k[: self.ENC_COND_LEN])], max_len=prompt_len)
+        if self.preset.tokenize_voice_once:
+            six_seconds = round(25 * min(len(wav_16k), self.ENC_COND_LEN) / S3_SR)  # 25 tokens per second
+            t3_prompt = gen["prompt_token"][:, : min(prompt_len, six_seconds)]
+        else:
+            t3_prompt, _ = self.s3gen.tokenizer([torch.from_numpy(wav_16k[: self.ENC_COND_LEN])], max_len=prompt_len)
         ve_embed = torch.from_numpy(self.ve.embeds_from_wavs([wav_16k], sample_rate=S3_SR))
         t3_cond = T3Cond(
             speaker_emb=ve_embed.mean(dim=0, keepdim=True),
@@ -150,19 +185,82 @@ class ChatterboxTTS:
         ).to(device=self.device)
         return Conditionals(t3_cond, gen)
 
+    def text_tokens(self, text: str) -> torch.Tensor:
+        """T3's input for one chunk: (L,) ids wrapped in the start/stop text tokens."""
+        ids = self.tokenizer.encode(punc_norm(text))
+        max_text = self.t3.cfg.max_text_tokens - 2
+        if len(ids) > max_text:
+            raise ValueError(f"a chunk of text is {len(ids)} tokens long; T3 takes at most {max_text}")
+        return torch.tensor([self.t3.cfg.start_text_token, *ids, self.t3.cfg.stop_text_token],
+                            dtype=torch.long, device=self.device)
+
     # ---- synthesis ------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, text: str, repetition_penalty: float = 1.2, min_p: float = 0.05, top_p: float = 1.0,
                  audio_prompt_path: str | Path | None = None, exaggeration: float = 0.5, cfg_weight: float = 0.5,
                  temperature: float = 0.8, *, seed: int | None = None, max_new_tokens: int = 1000,
-                 n_timesteps: int = 10, watermark: bool | None = None) -> torch.Tensor:
-        """Speak `text`; returns a (1, N) float32 tensor at `self.sr` (24 kHz).
+                 n_timesteps: int | None = None, watermark: bool | None = None, fast_inference: bool = True,
+                 optimize_quality: bool = False) -> torch.Tensor:
+        """Speak `text` (any length); returns a (1, N) float32 tensor at `self.sr` (24 kHz).
 
-        seed: if given, torch.manual_seed(seed) first (otherwise the global RNG is used as is).
-        max_new_tokens: T3's token budget (25 tokens per second of speech; upstream fixes 1000).
-        n_timesteps: flow-matching steps of the S3Gen decoder (upstream: 10).
+        Upstream's arguments, plus:
+        seed: if given, the call is reproducible (exact preset: torch.manual_seed(seed) first, as upstream
+            users do; otherwise the global RNG is used as is).
+        max_new_tokens: each chunk's speech-token cap (25 tokens per second of speech; upstream: 1000).
+        n_timesteps: flow-matching steps of the S3Gen decoder (default: the preset's; upstream: 10).
         watermark: override the instance's watermark setting for this call.
+        fast_inference: False runs upstream's algorithms for this call (one chunk after another on the
+            global RNG, Euler 10 steps, no text normalisation) on the weights as loaded (load with
+            preset="exact" for float32).
+        optimize_quality: post-process the audio (high-pass, de-click, edge trim, loudness, peak limit).
+        Texts longer than MAX_CHARS are split into chunks (see `synthesize` for the metadata).
         """
+        return torch.from_numpy(self.synthesize(
+            text, repetition_penalty=repetition_penalty, min_p=min_p, top_p=top_p,
+            audio_prompt_path=audio_prompt_path, exaggeration=exaggeration, cfg_weight=cfg_weight,
+            temperature=temperature, seed=seed, max_new_tokens=max_new_tokens, n_timesteps=n_timesteps,
+            watermark=watermark, fast_inference=fast_inference, optimize_quality=optimize_quality,
+        ).audio).unsqueeze(0)
+
+    @torch.inference_mode()
+    def synthesize(self, text: str, *, progress: bool | None = None, **kwargs) -> SynthesisResult:
+        """`generate`'s work with its metadata: the audio, every chunk's text, tokens, attempts and failure
+        reasons, the join positions and stage timings. Keyword arguments as `generate`, plus
+        max_retries (default: the preset's; 0 on random-weight checkpoints, whose audio is noise),
+        token_budget_factor (a chunk's token budget in multiples of its expected length; exact: None,
+        the cap alone), max_chars (chunk length), progress (a progress bar; default: for 4+ chunks)."""
+        job, options = self._job(text, **kwargs)
+        clock = _Clock()
+        results = list(chunk_results(self, job, clock, overlap=self.device.type == "cuda",
+                                     progress=len(job.chunks) >= 4 if progress is None else progress))
+        audio, joins = assemble(results, self.sr, trim=len(results) > 1 or options["optimize_quality"])
+        audio = self._finish(audio, options)
+        clock.stages["total_s"] = clock.elapsed()
+        return SynthesisResult(audio, self.sr, results, joins, clock.stages)
+
+    def generate_stream(self, text: str, **kwargs) -> Iterator[Piece]:
+        """Yield the audio of `text` piece by piece as soon as each is ready (arguments as `generate`).
+
+        The first chunk is decoded alone (time to first audio is one short chunk's time); the T3 of each
+        next window of chunks runs in a background thread while the current one is rendered. Concatenating
+        the pieces' audio gives the whole output. Each piece carries its position and readiness time.
+        """
+        job, options = self._job(text, **kwargs)
+        clock = _Clock()
+        with torch.inference_mode():
+            results = chunk_results(self, job, clock, first_alone=True, overlap=True)
+            for piece in streamed_pieces(results, self.sr, clock):
+                piece.audio = self._finish(piece.audio, options)
+                yield piece
+
+    # ---- internals ------------------------------------------------------------------------
+    def _job(self, text: str, repetition_penalty: float = 1.2, min_p: float = 0.05, top_p: float = 1.0,
+             audio_prompt_path: str | Path | None = None, exaggeration: float = 0.5, cfg_weight: float = 0.5,
+             temperature: float = 0.8, *, seed: int | None = None, max_new_tokens: int = 1000,
+             n_timesteps: int | None = None, watermark: bool | None = None, fast_inference: bool = True,
+             optimize_quality: bool = False, max_retries: int | None = None,
+             token_budget_factor: float | None = -1.0, max_chars: int = MAX_CHARS) -> tuple[Job, dict]:
+        """Validate a call's arguments; returns its Job and the output options."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text is empty: give some words to speak")
         sampling = dict(temperature=temperature, cfg_weight=cfg_weight, min_p=min_p, top_p=top_p,
@@ -173,8 +271,12 @@ class ChatterboxTTS:
         max_speech = self.t3.cfg.max_speech_tokens
         if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= max_speech:
             raise ValueError(f"max_new_tokens must be an integer in [1, {max_speech}], got {max_new_tokens!r}")
-        if not isinstance(n_timesteps, int) or n_timesteps < 1:
+        if n_timesteps is not None and (not isinstance(n_timesteps, int) or n_timesteps < 1):
             raise ValueError(f"n_timesteps must be a positive integer, got {n_timesteps!r}")
+        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
+            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        preset = self.preset if fast_inference else replace(EXACT, t3_precision=self.preset.t3_precision)
+        check_text(text)
 
         if audio_prompt_path is not None:
             self.prepare_conditionals(audio_prompt_path, exaggeration=exaggeration)
@@ -182,29 +284,42 @@ class ChatterboxTTS:
             raise ValueError("no voice: pass audio_prompt_path, call prepare_conditionals(), "
                              "or load a checkpoint that has conds.pt")
         if exaggeration != float(self.conds.t3.emotion_adv.reshape(-1)[0]):
-            t3c = self.conds.t3
-            self.conds.t3 = T3Cond(speaker_emb=t3c.speaker_emb, cond_prompt_speech_tokens=t3c.cond_prompt_speech_tokens,
-                                   emotion_adv=exaggeration * torch.ones(1, 1, 1)).to(device=self.device)
+            self.conds = _with_exaggeration(self.conds, exaggeration, self.device)
 
-        ids = self.tokenizer.encode(punc_norm(text))
-        max_text = self.t3.cfg.max_text_tokens
-        if len(ids) > max_text:
-            raise ValueError(f"text is {len(ids)} tokens long; one call takes at most {max_text}")
-        text_tokens = torch.tensor([self.t3.cfg.start_text_token, *ids, self.t3.cfg.stop_text_token],
-                                   dtype=torch.long, device=self.device)
-
+        chunks = self._chunks(text, preset, max_chars)
         if seed is not None:
-            torch.manual_seed(seed)
-        tokens = generate_speech_tokens(self.t3, self.conds.t3, text_tokens, max_new_tokens=max_new_tokens,
-                                        temperature=temperature, cfg_weight=cfg_weight,
-                                        repetition_penalty=repetition_penalty, min_p=min_p, top_p=top_p)
-        tokens = tokens[tokens < self.s3gen.vocab_size]  # drop start/stop and other special ids
-        if tokens.numel() == 0:
-            log.warning("T3 produced no speech tokens; returning silence")
-            return torch.zeros(1, 0)
-        wav = self.s3gen.inference(tokens, self.conds.gen, n_timesteps=n_timesteps)  # (1, N)
-        wav = wav.squeeze(0).float().cpu().numpy()
-        if self.watermark if watermark is None else watermark:
+            torch.manual_seed(seed)  # the exact preset's stream, and the vocoder's source noise in all presets
+        base_seed = int(torch.randint(0, 2**62, (), dtype=torch.long)) if preset.batched else 0
+        if max_retries is None:
+            max_retries = 0 if self.random_weights or not preset.batched else 2
+        if token_budget_factor == -1.0:
+            token_budget_factor = 2.5 if preset.batched else None
+        solve = preset.solve if n_timesteps is None else {**preset.solve, "n_timesteps": n_timesteps}
+        job = Job(chunks, self.conds, sampling, max_new_tokens, token_budget_factor, solve, preset.batched,
+                  base_seed, max_retries, batch_size=(8 if self.device.type == "cpu" else 32) if preset.batched else 1)
+        return job, dict(watermark=watermark, optimize_quality=optimize_quality)
+
+    def _chunks(self, text: str, preset: Preset, max_chars: int) -> list[Chunk]:
+        if preset.normalize_text:
+            text = normalize_english(text)
+        if not preset.batched and len(text) <= max_chars:
+            return [Chunk(text, "end")]  # the exact preset speaks a short text as upstream does, untouched
+        return pack_chunks(text, max_chars)
+
+    def _finish(self, audio: np.ndarray, options: dict) -> np.ndarray:
+        if options["optimize_quality"] and len(audio):
+            from .audio.postprocess import postprocess
+
+            audio = postprocess(audio, self.sr)
+        if (self.watermark if options["watermark"] is None else options["watermark"]) and len(audio):
             self._watermarker = self._watermarker or Watermarker()
-            wav = self._watermarker(wav, self.sr)
-        return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).unsqueeze(0)
+            audio = self._watermarker(audio, self.sr)
+        return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _with_exaggeration(voice: Conditionals, exaggeration: float, device) -> Conditionals:
+    """The voice with T3's emotion control set to `exaggeration` (the cached voice is not modified)."""
+    t3c = voice.t3
+    t3 = T3Cond(speaker_emb=t3c.speaker_emb, cond_prompt_speech_tokens=t3c.cond_prompt_speech_tokens,
+                emotion_adv=exaggeration * torch.ones(1, 1, 1)).to(device=device)
+    return Conditionals(t3, voice.gen)

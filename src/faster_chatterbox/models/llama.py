@@ -86,9 +86,9 @@ class KVCache(nn.Module):
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # input_pos: (S,); k, v: (B, H_kv, S, head_dim)
-        self.k_cache.index_copy_(2, input_pos, k)
-        self.v_cache.index_copy_(2, input_pos, v)
+        # input_pos: (S,); k, v: (B, H_kv, S, head_dim), cast to the cache's dtype
+        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
         return self.k_cache, self.v_cache
 
     def keep_rows(self, rows: list[int], kv_len: int) -> None:
@@ -122,10 +122,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_all, v_all = self.kv_cache.update(input_pos, k, v)  # (B, H_kv, max_seq_len, hd)
         kv_len = mask.shape[-1]
+        # Attention runs in the cache's dtype: a float32 cache under bf16 weights is faster on CPU.
         y = F.scaled_dot_product_attention(
-            q, k_all[:, :, :kv_len], v_all[:, :, :kv_len], attn_mask=mask,
+            q.to(k_all.dtype), k_all[:, :, :kv_len], v_all[:, :, :kv_len], attn_mask=mask,
             enable_gqa=self.n_heads != self.n_kv_heads,
-        )  # (B, H, S, hd)
+        ).to(x.dtype)  # (B, H, S, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
 
@@ -161,16 +162,18 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.max_batch = self.max_seq_len = 0
+        self.kv_dtype: torch.dtype | None = None  # KV cache and attention dtype; None: the weights'
         self.register_buffer("rope_cos", None, persistent=False)  # (max_seq_len, head_dim), by setup_caches
         self.register_buffer("rope_sin", None, persistent=False)
 
     def setup_caches(self, batch: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
         """Allocate the KV caches and RoPE tables (on the weights' device; call after moving the model).
 
+        dtype: the cache's (and attention's) dtype; default `kv_dtype`, else the weights' dtype.
         Caches of the same batch and dtype that are at least `max_seq_len` long are kept.
         """
         weight = self.norm.weight
-        dtype = dtype or weight.dtype
+        dtype = dtype or self.kv_dtype or weight.dtype
         cache = self.layers[0].self_attn.kv_cache
         if (cache is not None and batch == self.max_batch and max_seq_len <= self.max_seq_len
                 and cache.k_cache.dtype == dtype and cache.k_cache.device == weight.device):

@@ -1,0 +1,326 @@
+"""Text of any length -> audio: chunks, batched T3, batched S3Gen, checks and retries, seamless joins, streaming.
+
+  text --(fast presets: normalise numbers etc.) split into sentences, pack into chunks--> chunks
+  chunks, a window of up to `batch_size` at a time:
+      T3 (one batch; exact preset: one chunk after another) --> speech tokens --token checks--> (retry)
+      S3Gen (one batch) --> audio per chunk --audio checks--> (retry)
+  chunks --> trim edges, join with pauses or crossfades --> (optimize_quality: post-processing)
+
+`synthesize` returns the whole result with per-chunk metadata (attempts, failure reasons, timings);
+`stream` yields the audio chunk by chunk as soon as each is ready, the first chunk alone and first, the
+next window's T3 running in a background thread while the current window is rendered.
+
+Random streams: the exact preset consumes the global RNG as upstream does (one chunk: identical to
+upstream's generate). The batched presets give each chunk attempt its own torch.Generator, seeded from
+`seed` (or one draw of the global RNG), so a chunk's tokens and decoder noise do not depend on how the
+chunks were batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .audio.joins import join_chunks, remove_dc, trim_edges
+from .checks import CheckLimits, audio_failure, speaker_similarity, token_budget, token_failure
+from .engine.batch_decode import DecodeRequest, generate_speech_tokens_batch
+from .engine.t3_decode import generate_speech_tokens
+from .models.s3gen import S3_SR
+from .audio.sinc_resample import sinc_resample
+from .text.chunking import DEFAULT_PAUSES_S, Chunk
+
+if TYPE_CHECKING:
+    from .tts import ChatterboxTTS, Conditionals
+
+log = logging.getLogger(__name__)
+
+_SEED_STRIDE_CHUNK, _SEED_STRIDE_ATTEMPT = 7919, 104_729
+
+
+@dataclass
+class Job:
+    """One call's settings, resolved and validated by ChatterboxTTS."""
+
+    chunks: list[Chunk]
+    conds: Conditionals
+    sampling: dict  # temperature, cfg_weight, repetition_penalty, min_p, top_p
+    max_new_tokens: int  # each chunk's token cap
+    budget_factor: float | None  # chunk budget = factor x its expected tokens (capped); None: the cap
+    solve: dict  # S3Gen.inference's n_timesteps, solver, schedule, sway_coef
+    batched: bool
+    seed: int  # base seed of the chunk generators (batched)
+    max_retries: int
+    limits: CheckLimits = field(default_factory=CheckLimits)
+    batch_size: int = 8  # chunks per window (1 for the exact preset: T3 then S3Gen, chunk after chunk, as
+    # sequential upstream calls consume the global random stream)
+    check_speaker: bool = True
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    text: str
+    tokens: torch.Tensor  # (T,) speech tokens given to S3Gen
+    audio: np.ndarray  # (N,) float32 at 24 kHz, untrimmed
+    attempts: int
+    failures: list[str]  # one reason per failed attempt ("attempt 1: loop: ...")
+    kind: str  # what ends the chunk (text.chunking.Chunk.kind): sets the pause after it
+
+
+@dataclass
+class Piece:
+    """A streamed piece of audio."""
+
+    audio: np.ndarray  # (N,) float32 at `sample_rate`
+    sample_rate: int
+    chunk_index: int
+    start_s: float  # where the piece starts in the whole output
+    ready_s: float  # seconds from the call to this piece being ready
+    last: bool
+
+
+@dataclass
+class SynthesisResult:
+    audio: np.ndarray  # (N,) float32 at `sample_rate`
+    sample_rate: int
+    chunks: list[ChunkResult]
+    joins: list[tuple[int, int]]  # per join, the span [start, end) of `audio` it touched
+    timings: dict[str, float]  # t3_s, s3gen_s, total_s
+
+
+class _Clock:
+    """Seconds spent per stage, across threads."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.stages: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _generator(job: Job, index: int, attempt: int, device: torch.device, stage: str) -> torch.Generator:
+    """The random stream of one chunk attempt's T3 sampling (stage "t3") or decoder noise ("s3gen")."""
+    seed = job.seed + _SEED_STRIDE_CHUNK * index + _SEED_STRIDE_ATTEMPT * attempt + (stage == "s3gen")
+    return torch.Generator(device=device).manual_seed(seed % 2**63)
+
+
+def _budget(job: Job, text: str) -> int:
+    if job.budget_factor is None:
+        return job.max_new_tokens
+    return token_budget(text, job.max_new_tokens, job.budget_factor)
+
+
+def _decode(tts: ChatterboxTTS, job: Job, indices: list[int], generators: dict[int, torch.Generator]) -> dict[int, tuple[list[int], bool]]:
+    """T3 for chunks `indices`: {index: (speech tokens without the stop token, whether it stopped)}."""
+    t3, stop = tts.t3, tts.t3.cfg.stop_speech_token
+    texts = {i: tts.text_tokens(job.chunks[i].text) for i in indices}
+    with tts.t3_lock:  # T3's KV cache is one per model: a decode-ahead thread and retries take turns
+        if job.batched:
+            requests = [DecodeRequest(job.conds.t3, texts[i], max_new_tokens=_budget(job, job.chunks[i].text),
+                                      generator=generators[i], **job.sampling) for i in indices]
+            outputs = generate_speech_tokens_batch(t3, requests)
+        else:
+            outputs = [generate_speech_tokens(t3, job.conds.t3, texts[i], **job.sampling,
+                                              max_new_tokens=_budget(job, job.chunks[i].text)) for i in indices]
+    decoded = {}
+    for i, out in zip(indices, outputs):
+        tokens = out.tolist()
+        stopped = bool(tokens) and tokens[-1] == stop
+        decoded[i] = ([t for t in tokens if t < tts.s3gen.vocab_size], stopped)
+    return decoded
+
+
+def _render(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]],
+            generators: dict[int, torch.Generator]) -> dict[int, np.ndarray]:
+    """S3Gen for chunks with tokens: {index: (N,) float32 audio}; chunks without speech tokens get silence."""
+    device, ref, s3gen = tts.device, job.conds.gen, tts.s3gen
+    todo = [i for i, t in tokens.items() if t]
+    audio = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
+    if job.batched and todo:
+        prompt_frames = ref["prompt_feat"].shape[1]
+        token_tensors = [torch.tensor(tokens[i], device=device) for i in todo]
+        noises = [torch.randn(1, s3gen.flow.cfg.mel_dim, prompt_frames + 2 * len(tokens[i]), generator=generators[i],
+                              device=device) for i in todo]
+        wavs = s3gen.inference_batch(token_tensors, [ref] * len(todo), noises=noises, **job.solve)
+    else:
+        wavs = [s3gen.inference(torch.tensor(tokens[i], device=device), ref, **job.solve) for i in todo]
+    for i, wav in zip(todo, wavs):
+        audio[i] = wav.reshape(-1).float().cpu().numpy()
+    return audio
+
+
+def _similarity(tts: ChatterboxTTS, job: Job, wav: np.ndarray) -> float | None:
+    if not job.check_speaker or len(wav) < tts.sr // 2:
+        return None
+    wav_16k = sinc_resample(torch.from_numpy(wav).to(tts.device)[None], tts.sr, S3_SR)
+    return speaker_similarity(tts.s3gen.speaker_encoder.inference(wav_16k), job.conds.gen["embedding"])
+
+
+def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: _Clock,
+            t3_first: dict[int, tuple[list[int], bool]] | None = None) -> list[ChunkResult]:
+    """Generate the chunks `indices`, retrying failed ones; `t3_first`: their first T3 attempt if already run."""
+    failures: dict[int, list[str]] = {i: [] for i in indices}
+    done: dict[int, ChunkResult] = {}
+    pending, attempt = list(indices), 0
+    while pending:
+        if attempt == 0 and t3_first is not None:
+            decoded = t3_first
+        else:
+            start = time.perf_counter()
+            decoded = _decode(tts, job, pending, {i: _generator(job, i, attempt, tts.device, "t3") for i in pending})
+            clock.add("t3_s", time.perf_counter() - start)
+        last_try = attempt >= job.max_retries
+        retry, render = [], {}
+        for i in pending:
+            tokens, stopped = decoded[i]
+            reason = token_failure(tokens, job.chunks[i].text, stopped, job.limits) if job.max_retries else None
+            if reason and not last_try:
+                failures[i].append(f"attempt {attempt + 1}: {reason}")
+                retry.append(i)
+            else:
+                if reason:
+                    failures[i].append(f"attempt {attempt + 1}: {reason} (kept: out of retries)")
+                render[i] = tokens
+        start = time.perf_counter()
+        audio = _render(tts, job, render, {i: _generator(job, i, attempt, tts.device, "s3gen") for i in render})
+        clock.add("s3gen_s", time.perf_counter() - start)
+        for i, tokens in render.items():
+            reason = None
+            if job.max_retries:
+                reason = audio_failure(audio[i], tts.sr, _similarity(tts, job, audio[i]), job.limits)
+            if reason and not last_try:
+                failures[i].append(f"attempt {attempt + 1}: {reason}")
+                retry.append(i)
+                continue
+            if reason:
+                failures[i].append(f"attempt {attempt + 1}: {reason} (kept: out of retries)")
+            done[i] = ChunkResult(i, job.chunks[i].text, torch.tensor(tokens, dtype=torch.long), audio[i],
+                                  attempt + 1, failures[i], job.chunks[i].kind)
+        pending = sorted(retry)
+        attempt += 1
+    for i in indices:
+        if done[i].failures:
+            log.warning("chunk %d: %s", i, "; ".join(done[i].failures))
+    return [done[i] for i in indices]
+
+
+def _windows(job: Job, first_alone: bool) -> list[list[int]]:
+    indices = list(range(len(job.chunks)))
+    head = [indices[:1]] if first_alone and len(indices) > 1 else []
+    rest = indices[len(head):]
+    return head + [rest[k : k + job.batch_size] for k in range(0, len(rest), job.batch_size)]
+
+
+def chunk_results(tts: ChatterboxTTS, job: Job, clock: _Clock, *, first_alone: bool = False,
+                  overlap: bool = False, progress: bool = False) -> Iterator[ChunkResult]:
+    """Every chunk's result, in order, window by window.
+
+    overlap: run the next window's first T3 attempt in a background thread while this window is rendered
+    (batched presets only: the exact preset's global random stream must be consumed in order).
+    """
+    windows = _windows(job, first_alone)
+    bar = tqdm(total=len(job.chunks), desc="Chunks", unit="chunk", disable=not progress or None, leave=False)
+    try:
+        if not (overlap and job.batched and len(windows) > 1):
+            for window in windows:
+                results = _window(tts, job, window, clock)
+                bar.update(len(results))
+                yield from results
+            return
+        yield from _overlapped(tts, job, windows, clock, bar)
+    finally:
+        bar.close()
+
+
+def _overlapped(tts: ChatterboxTTS, job: Job, windows: list[list[int]], clock: _Clock, bar) -> Iterator[ChunkResult]:
+    """T3 of window k + 1 in a thread while window k is rendered (and its failed chunks retried) here.
+
+    The thread decodes each window's first attempt; retries decode here, taking turns on T3 (`t3_lock`).
+    """
+    decoded: queue.Queue = queue.Queue(maxsize=1)  # at most one window decoded ahead
+    stop = threading.Event()
+
+    def decode_ahead():
+        try:
+            for window in windows:
+                if stop.is_set():
+                    return
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    result = _decode(tts, job, window, {i: _generator(job, i, 0, tts.device, "t3") for i in window})
+                clock.add("t3_s", time.perf_counter() - start)
+                decoded.put(result)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            decoded.put(exc)
+
+    thread = threading.Thread(target=decode_ahead, name="t3-decode-ahead", daemon=True)
+    thread.start()
+    try:
+        for window in windows:
+            first = decoded.get()
+            if isinstance(first, BaseException):
+                raise first
+            results = _window(tts, job, window, clock, t3_first=first)
+            bar.update(len(results))
+            yield from results
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a thread waiting to put, then let it finish its window
+            try:
+                decoded.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+
+def _edges(result: ChunkResult, sr: int, trim: bool) -> np.ndarray:
+    return trim_edges(remove_dc(result.audio), sr) if trim else result.audio
+
+
+def assemble(results: list[ChunkResult], sr: int, trim: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The chunks' audio joined with the pause their boundary calls for (a crossfade inside a sentence);
+    trim: remove DC and cut each chunk's leading and trailing silence and noise first."""
+    spoken = [r for r in results if len(r.audio)]
+    if not spoken:
+        log.warning("T3 produced no speech tokens; returning silence")
+        return np.zeros(0, dtype=np.float32), []
+    pieces = [_edges(r, sr, trim) for r in spoken]
+    return join_chunks(pieces, [DEFAULT_PAUSES_S.get(r.kind, 0.0) for r in spoken[:-1]], sr)
+
+
+def streamed_pieces(results: Iterator[ChunkResult], sr: int, clock: _Clock,
+                    crossfade_ms: float = 20.0) -> Iterator[Piece]:
+    """Pieces of the joined output as chunks arrive; together exactly what `assemble(trim=True)` gives.
+
+    The last `crossfade_ms` of each piece are held back until the next chunk: the join shapes them.
+    """
+    hold = int(sr * crossfade_ms / 1000)
+    pending, pause, emitted, last = None, 0.0, 0, None
+    for result in results:
+        if not len(result.audio):
+            continue
+        audio = _edges(result, sr, trim=True)
+        joined = audio if pending is None else join_chunks([pending, audio], [pause], sr, crossfade_ms=crossfade_ms)[0]
+        ready, pending = joined[:-hold], joined[-hold:]
+        pause, last = DEFAULT_PAUSES_S.get(result.kind, 0.0), result.index
+        if len(ready):
+            yield Piece(ready, sr, result.index, emitted / sr, clock.elapsed(), last=False)
+            emitted += len(ready)
+    if pending is not None:
+        yield Piece(pending, sr, last, emitted / sr, clock.elapsed(), last=True)
