@@ -68,12 +68,11 @@ def _run_side(side: str, checkpoint: str, device: str, preset: str, tokens: int,
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     timer = StageTimer(sync)
     if side == "ours":
-        import faster_chatterbox.tts as api
+        from faster_chatterbox.tts import ChatterboxTTS
 
-        tts = api.ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False)
-        generate_tokens = api.generate_speech_tokens
-        api.generate_speech_tokens = lambda *a, **kw: generate_tokens(*a, **{**kw, "max_new_tokens": tokens})
-        timer.wrap(api, "generate_speech_tokens", "t3")
+        tts = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False)
+        # exactly `tokens` decode steps, no retries: random weights never stop and speak noise
+        run = lambda: tts.synthesize(TEXT, max_new_tokens=tokens, token_budget_factor=None, max_retries=0)
     else:
         from chatterbox.tts import ChatterboxTTS as Upstream
 
@@ -82,6 +81,7 @@ def _run_side(side: str, checkpoint: str, device: str, preset: str, tokens: int,
         t3_inference = tts.t3.inference
         tts.t3.inference = lambda **kw: t3_inference(**{**kw, "max_new_tokens": tokens})
         timer.wrap(tts.t3, "inference", "t3")
+        run = lambda: tts.generate(TEXT)
     timer.wrap(tts.t3.tfmr, "forward", "t3_step", first_stage="t3_prefill")
     flow = tts.s3gen.flow
     timer.wrap(flow.encoder, "forward", "flow_encoder")
@@ -93,15 +93,17 @@ def _run_side(side: str, checkpoint: str, device: str, preset: str, tokens: int,
         tts.prepare_conditionals(voice, exaggeration=0.5)
     torch.manual_seed(SEED)
     with timer.stage("generate"):
-        wav = tts.generate(TEXT)
+        out = run()
     s, n = timer.seconds, timer.calls
-    n_tokens = timer.last_output["t3"].shape[-1]
-    audio_s = wav.shape[-1] / tts.sr
+    if side == "ours":
+        n_tokens, t3_s, audio_s = len(out.chunks[0].tokens), out.timings["t3_s"], len(out.audio) / tts.sr
+    else:
+        n_tokens, t3_s, audio_s = timer.last_output["t3"].shape[-1], s["t3"], out.shape[-1] / tts.sr
     return {
         "conditioning_s": s["conditioning"],
         "t3_prefill_s": s["t3_prefill"],
         "t3_tokens": n_tokens,
-        "t3_ms_per_token": 1000 * (s["t3"] - s["t3_prefill"]) / n_tokens,
+        "t3_ms_per_token": 1000 * (t3_s - s["t3_prefill"]) / n_tokens,
         "flow_encoder_s": s["flow_encoder"],
         "cfm_steps": n["cfm_step"],
         "cfm_s": s["cfm"],

@@ -11,13 +11,17 @@ import logging
 import sys
 from pathlib import Path
 
+from .presets import DEFAULT_PRESET, PRESET_NAMES
+
 EXIT_USAGE = 2
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="local checkpoint directory (default: download ResembleAI/chatterbox)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--preset", default="exact", help="engine preset (default: exact)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES,
+                   help=f"exact: upstream's algorithms in float32; fast: measured-lossless speed-ups; fastest: also "
+                        f"lossy ones (default: {DEFAULT_PRESET})")
 
 
 def _load_model(args, watermark: bool = True):
@@ -42,16 +46,23 @@ def _read_text(args) -> str:
 
 
 def cmd_speak(args) -> None:
-    from .audio.io import write_audio
+    from .audio.io import OUTPUT_FORMATS, write_audio
 
     text = _read_text(args)
     if not text.strip():
         raise ValueError("text is empty: give some words to speak")
+    if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:  # before any work
+        raise ValueError(f"cannot write {args.output}: unsupported extension '{Path(args.output).suffix}'; "
+                         f"supported: {', '.join(OUTPUT_FORMATS)}")
     tts = _load_model(args, watermark=not args.no_watermark)  # warns when the weights are random
-    wav = tts.generate(text, audio_prompt_path=args.voice, exaggeration=args.exaggeration, cfg_weight=args.cfg_weight,
-                       temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens)
-    write_audio(args.output, wav.squeeze(0).numpy(), tts.sr)
-    print(f"wrote {args.output}: {wav.shape[-1] / tts.sr:.2f} s at {tts.sr} Hz", file=sys.stderr)
+    result = tts.synthesize(text, audio_prompt_path=args.voice, exaggeration=args.exaggeration,
+                            cfg_weight=args.cfg_weight, temperature=args.temperature, seed=args.seed,
+                            max_new_tokens=args.max_new_tokens, n_timesteps=args.n_timesteps,
+                            optimize_quality=args.optimize_quality, progress=True)
+    write_audio(args.output, result.audio, tts.sr)
+    retried = sum(c.attempts > 1 for c in result.chunks)
+    print(f"wrote {args.output}: {len(result.audio) / tts.sr:.2f} s at {tts.sr} Hz from {len(result.chunks)} chunk(s)"
+          f"{f', {retried} regenerated' if retried else ''} in {result.timings['total_s']:.1f} s", file=sys.stderr)
 
 
 def cmd_init_random(args) -> None:
@@ -77,11 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speak", help="synthesise speech to an audio file")
     p.add_argument("text", nargs="?", help="the text to speak")
     p.add_argument("--text-file", metavar="F", help="read the text from a UTF-8 file")
-    p.add_argument("-o", "--output", required=True, help="output audio file (.wav, .flac, .ogg)")
+    p.add_argument("-o", "--output", required=True, help="output audio file (.wav, .flac, .ogg, .opus, .mp3)")
     p.add_argument("--voice", metavar="WAV", help="reference clip of the voice to clone (default: the built-in voice)")
     _add_model_args(p)
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--max-new-tokens", type=int, default=1000, help="speech-token budget, 25 per second (default 1000)")
+    p.add_argument("--max-new-tokens", type=int, default=1000,
+                   help="speech-token cap per chunk of text, 25 per second (default 1000)")
+    p.add_argument("--n-timesteps", type=int, help="flow-matching steps of the decoder (default: the preset's)")
+    p.add_argument("--optimize-quality", action="store_true",
+                   help="post-process: high-pass, de-click, trim, loudness normalisation, peak limit")
     p.add_argument("--exaggeration", type=float, default=0.5)
     p.add_argument("--cfg-weight", type=float, default=0.5)
     p.add_argument("--temperature", type=float, default=0.8)
@@ -99,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory")
     source.add_argument("--random-weights", action="store_true", help="make (once) and use a full-size random checkpoint")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--preset", default="exact")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
     p.add_argument("--tokens", type=int, default=100, help="decode steps (default 100)")
     p.add_argument("--compare-upstream", action="store_true", help="also run upstream chatterbox-tts on the same job")
     p.add_argument("--json", metavar="FILE", help="append the result as one JSON line to FILE")
