@@ -101,3 +101,36 @@ def test_write_audio_is_atomic(tmp_path):
     with pytest.raises(ValueError, match="unknown audio format"):
         write_audio(tmp_path / "out.xyz", wav, 24000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.flac"]  # no partial files left behind
+
+
+@pytest.mark.parametrize("suffix, sr_out, tolerance", [
+    (".wav", 24000, 1e-4), (".flac", 24000, 1e-4), (".ogg", 24000, 0.05), (".opus", 24000, 0.05), (".mp3", 24000, 0.05),
+])
+def test_write_audio_round_trips_each_format(tmp_path, suffix, sr_out, tolerance):
+    wav = synthetic_voice(1.0, 24000)
+    path = tmp_path / f"out{suffix}"
+    write_audio(path, wav, 24000)
+    back, sr = sf.read(path, dtype="float32")
+    assert sr == sr_out and abs(back.size - wav.size) <= 2400  # codecs pad by up to a frame or two
+    if tolerance < 1e-3:
+        assert np.abs(back - wav).max() < tolerance
+    else:  # lossy: same loudness, strongly correlated once aligned
+        lag = int(np.argmax(np.correlate(back[:12000], wav[:6000], mode="valid")))
+        aligned = back[lag : lag + 12000]
+        assert np.corrcoef(aligned, wav[:12000])[0, 1] > 0.9
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_write_audio_options_and_errors(tmp_path):
+    write_audio(tmp_path / "f.wav", np.array([0.5, 2.0, -3.0], np.float32), 24000, float_wav=True)
+    assert sf.info(tmp_path / "f.wav").subtype == "FLOAT" and sf.read(tmp_path / "f.wav")[0][1] == 2.0
+    write_audio(tmp_path / "clip.wav", np.array([0.5, 2.0, -3.0], np.float32), 24000)
+    assert sf.read(tmp_path / "clip.wav")[0].tolist()[1:] == [1.0 - 2**-15, -1.0]  # PCM clips to [-1, 1]
+    write_audio(tmp_path / "o.opus", synthetic_voice(0.5, 22050), 22050)
+    assert sf.info(tmp_path / "o.opus").samplerate == 24000  # next Opus rate up
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, wav, match in [("x.aac", np.ones(10), "supported: .wav, .flac"), ("e.wav", np.zeros(0), "empty"),
+                             ("n.flac", np.array([np.nan]), "NaN")]:
+        with pytest.raises(ValueError, match=match):
+            write_audio(tmp_path / name, wav, 24000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written on error

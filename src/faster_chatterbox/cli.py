@@ -1,4 +1,4 @@
-"""`faster-chatterbox` command line: speak, init-random, bench.
+"""`faster-chatterbox` command line: speak, init-random, bench, ab.
 
 User errors (bad text, files, parameters, devices) print one line and exit with status 2;
 Ctrl-C exits with 130. Neither prints a stack trace.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .presets import DEFAULT_PRESET, PRESET_NAMES
+from .quality.ab import add_ab_command
 
 EXIT_USAGE = 2
 
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-upstream", action="store_true", help="also run upstream chatterbox-tts on the same job")
     p.add_argument("--json", metavar="FILE", help="append the result as one JSON line to FILE")
     p.set_defaults(func=cmd_bench)
+
+    add_ab_command(sub)
     return parser
 
 

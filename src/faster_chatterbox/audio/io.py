@@ -46,20 +46,49 @@ def load_audio(path: str | Path, sr: int) -> np.ndarray:
     return resample(np.ascontiguousarray(wav), sr_in, sr)
 
 
-def write_audio(path: str | Path, wav: np.ndarray, sr: int) -> None:
+# suffix -> (libsndfile format, subtype). Opus is encoded at the supported rate nearest above the input's.
+OUTPUT_FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".opus": ("OGG", "OPUS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def write_audio(path: str | Path, wav: np.ndarray, sr: int, *, float_wav: bool = False) -> None:
     """Write mono audio whole or not at all: to a temporary file beside `path`, then renamed.
 
-    The format follows the suffix (wav, flac, ogg; see soundfile.available_formats()).
+    The suffix picks the format (OUTPUT_FORMATS): 16-bit wav (32-bit float with `float_wav`), 16-bit
+    flac, ogg/vorbis, ogg/opus, mp3. Opus takes only 8/12/16/24/48 kHz: other rates are resampled
+    (soxr) to the next one up. Integer formats clip samples to [-1, 1]. An unknown suffix, empty
+    audio or non-finite samples raise ValueError before anything is written.
     """
     path = Path(path)
-    fmt = path.suffix.lstrip(".").upper()
-    if fmt not in sf.available_formats():
-        raise ValueError(f"cannot write {path}: unknown audio format '.{fmt.lower()}'")
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(
+            f"cannot write {path}: unknown audio format '{path.suffix}'; supported: {', '.join(OUTPUT_FORMATS)}"
+        )
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    if wav.size == 0:
+        raise ValueError(f"cannot write {path}: the audio is empty")
+    if not np.isfinite(wav).all():
+        raise ValueError(f"cannot write {path}: the audio contains NaN or infinite samples")
+    fmt, subtype = OUTPUT_FORMATS[suffix]
+    if suffix == ".wav" and float_wav:
+        subtype = "FLOAT"
+    else:
+        wav = np.clip(wav, -1.0, 1.0)
+    if subtype == "OPUS" and sr not in OPUS_RATES:
+        target = next((rate for rate in OPUS_RATES if rate >= sr), OPUS_RATES[-1])
+        wav, sr = resample(wav, sr, target), target
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        sf.write(tmp, np.asarray(wav, dtype=np.float32).reshape(-1), sr, format=fmt)
+        sf.write(tmp, wav, sr, format=fmt, subtype=subtype)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,169 @@
+"""The long-text pipeline on a small random checkpoint: chunking, batching, joins, streaming, checks and retries."""
+
+import numpy as np
+import pytest
+import torch
+
+from faster_chatterbox import pipeline
+from faster_chatterbox.audio.joins import measure_joins
+from faster_chatterbox.checks import CheckLimits, audio_failure, expected_tokens, loop_length, token_failure
+from faster_chatterbox.random_checkpoint import write_random_checkpoint
+from faster_chatterbox.tts import ChatterboxTTS
+
+SENTENCE = "This is sentence number {}, which goes on for a little while to fill the chunk."
+LONG_TEXT = " ".join(SENTENCE.format(i) for i in range(1, 13))  # ~950 characters: 4 chunks of <= 300
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("pipeline") / "ckpt", seed=3, small=True)
+
+
+@pytest.fixture(scope="module")
+def fast(small_ckpt):
+    return ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="fast", watermark=False)
+
+
+@pytest.fixture(scope="module")
+def exact(small_ckpt):
+    return ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="exact", watermark=False)
+
+
+def test_long_text_is_chunked_joined_and_reproducible(fast):
+    result = fast.synthesize(LONG_TEXT, seed=5, max_new_tokens=40)
+    assert len(result.chunks) >= 4 and all(len(c.text) <= fast.MAX_CHARS for c in result.chunks)
+    assert len(result.joins) == len(result.chunks) - 1
+    assert result.audio.dtype == np.float32 and np.isfinite(result.audio).all()
+    assert {"t3_s", "s3gen_s", "total_s"} <= set(result.timings)
+    again = fast.synthesize(LONG_TEXT, seed=5, max_new_tokens=40)
+    assert np.array_equal(again.audio, result.audio)
+    report = measure_joins(result.audio, fast.sr, result.joins)
+    assert report.clicks == 0, report
+
+
+def test_chunk_does_not_depend_on_its_batch(fast, monkeypatch):
+    """A chunk's tokens come from its own random stream: batched 8 at a time or one by one, the same."""
+    together = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30)
+    monkeypatch.setattr(pipeline.Job, "batch_size", 1)  # the dataclass default is overridden by _job: patch it
+    original = fast._job
+
+    def one_by_one(*args, **kwargs):
+        job, options = original(*args, **kwargs)
+        job.batch_size = 1
+        return job, options
+
+    monkeypatch.setattr(fast, "_job", one_by_one)
+    alone = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30)
+    for a, b in zip(together.chunks, alone.chunks):
+        assert torch.equal(a.tokens, b.tokens)
+        assert np.abs(a.audio - b.audio).max() < 1e-4
+
+
+@pytest.mark.parametrize("preset", ["exact", "fast"])
+def test_stream_gives_the_same_audio_as_synthesize(request, preset):
+    tts = request.getfixturevalue(preset)
+    whole = tts.synthesize(LONG_TEXT, seed=2, max_new_tokens=25)
+    pieces = list(tts.generate_stream(LONG_TEXT, seed=2, max_new_tokens=25))
+    assert pieces[-1].last and not any(p.last for p in pieces[:-1])
+    assert [p.ready_s for p in pieces] == sorted(p.ready_s for p in pieces)
+    starts = np.cumsum([0] + [len(p.audio) for p in pieces[:-1]]) / tts.sr
+    assert np.allclose([p.start_s for p in pieces], starts)
+    streamed = np.concatenate([p.audio for p in pieces])
+    assert streamed.shape == whole.audio.shape
+    assert np.abs(streamed - whole.audio).max() < 1e-5
+
+
+def test_exact_short_text_is_one_untouched_chunk(exact):
+    text = "Dr. Smith paid $3.50 on 3/14."  # no normalisation, no chunking, no retries in the exact preset
+    result = exact.synthesize(text, seed=1, max_new_tokens=10)
+    assert [c.text for c in result.chunks] == [text] and result.chunks[0].attempts == 1
+    torch.manual_seed(1)
+    assert np.array_equal(exact.generate(text, max_new_tokens=10).squeeze(0).numpy(), result.audio)
+
+
+def test_fast_preset_normalises_numbers(fast):
+    result = fast.synthesize("It costs $3.50.", seed=1, max_new_tokens=5)
+    assert "$" not in result.chunks[0].text and "three dollars" in result.chunks[0].text
+
+
+# ---- failure detection and retry ------------------------------------------------------------------------
+
+def test_detectors_on_made_up_tokens_and_audio():
+    text = "A sentence long enough for the length checks to apply to it, yes indeed, quite long."
+    n = round(expected_tokens(text))
+    healthy = list(np.random.default_rng(0).integers(0, 6561, n))
+    assert token_failure(healthy, text, stopped=True) is None
+    assert token_failure(healthy, text, stopped=False).startswith("runaway")
+    assert token_failure(healthy[:5], text, stopped=True).startswith("truncated")
+    assert token_failure(healthy * 4, text, stopped=True).startswith("runaway")
+    looped = healthy[:20] + [7, 8, 9, 10] * 20 + healthy[20:40]
+    assert loop_length(looped, 25) >= 80 and token_failure(looped, text, stopped=True).startswith("loop")
+    sr = 24000
+    t = np.arange(sr * 3) / sr
+    speech = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    gap = np.concatenate([speech, np.zeros(3 * sr, np.float32), speech])
+    assert audio_failure(speech, sr, similarity=0.9) is None
+    assert audio_failure(gap, sr, similarity=0.9).startswith("silence")
+    assert audio_failure(speech, sr, similarity=0.1).startswith("drift")
+
+
+def test_failed_chunks_are_regenerated_with_reasons(fast, monkeypatch):
+    """A T3 that loops, one that stops early and a speaker that drifts: each is detected and retried."""
+    real_batch = pipeline.generate_speech_tokens_batch
+    stop = fast.t3.cfg.stop_speech_token
+    calls = []
+
+    def scripted_t3(t3, requests, **kwargs):
+        outputs = real_batch(t3, requests, **kwargs)
+        calls.append(len(requests))
+        healthy = []
+        for r, out in zip(requests, outputs):  # random weights never stop: stop at the expected length
+            n = len(r.text_tokens) - 2
+            healthy.append(torch.cat([out[: round(1.5 * n)], torch.tensor([stop])]))
+        if len(calls) == 1:  # first attempt of the window: chunk 0 loops, chunk 1 stops after 3 tokens
+            healthy[0] = torch.tensor([5, 6, 7] * 40 + [stop])
+            healthy[1] = torch.tensor([5, 6, 7, stop])
+        return healthy
+
+    similarities = iter([0.9, 0.1])  # the first render has chunks 2 and 3: chunk 3 drifts; then all 0.9
+
+    monkeypatch.setattr(pipeline, "generate_speech_tokens_batch", scripted_t3)
+    monkeypatch.setattr(pipeline, "_similarity", lambda tts, job, wav: next(similarities, 0.9))
+    text = " ".join(f"Here is a sentence of medium length, number {i}." for i in range(1, 5))
+    result = fast.synthesize(text, seed=4, max_new_tokens=40, max_retries=2, max_chars=60)
+    assert len(result.chunks) == 4
+    reasons = {c.index: c.failures for c in result.chunks}
+    assert reasons[0][0].startswith("attempt 1: loop") and result.chunks[0].attempts == 2
+    assert reasons[1][0].startswith("attempt 1: truncated") and result.chunks[1].attempts == 2
+    drifted = [c for c in result.chunks if any("drift" in f for f in c.failures)]
+    assert len(drifted) == 1 and drifted[0].attempts == 2
+    assert all(c.attempts == 1 and not c.failures for c in result.chunks if c.index not in (0, 1, drifted[0].index))
+    assert len(calls) >= 2  # the retries ran T3 again
+
+
+def test_retries_stop_at_the_limit(fast, monkeypatch):
+    stop = fast.t3.cfg.stop_speech_token
+    monkeypatch.setattr(pipeline, "generate_speech_tokens_batch",
+                        lambda t3, requests, **kw: [torch.tensor([1, 2, stop]) for _ in requests])
+    text = SENTENCE.format(1) * 2
+    result = fast.synthesize(text, seed=1, max_new_tokens=50, max_retries=1)
+    chunk = result.chunks[0]
+    assert chunk.attempts == 2 and len(chunk.failures) == 2 and "out of retries" in chunk.failures[-1]
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,problem", [
+    ("?!... --- ,,,", "nothing to speak"),
+    ("Hello\x00world", r"control character U\+0000 at position 5"),
+    ("   \n\n\t ", "text is empty"),
+])
+def test_bad_text(fast, text, problem):
+    with pytest.raises(ValueError, match=problem):
+        fast.generate(text)
+
+
+def test_a_megabyte_of_text_is_planned_in_chunks(fast):
+    text = (SENTENCE.format(7) + " ") * (1_000_000 // (len(SENTENCE) + 2))
+    job, _ = fast._job(text, max_new_tokens=10)
+    assert len(job.chunks) > 3000 and max(len(c.text) for c in job.chunks) <= fast.MAX_CHARS
