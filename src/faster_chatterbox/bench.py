@@ -1,12 +1,19 @@
-"""`faster-chatterbox bench`: one fixed job, timed stage by stage, optionally against upstream.
+"""`faster-chatterbox bench`: fixed jobs, timed, optionally against upstream on the same checkpoint.
 
-The job: prepare a voice from a 10 s synthetic clip, then speak a fixed sentence with exactly
-`--tokens` decode steps (random weights never sample the stop token; real weights may stop sooner).
-Each side runs in its own Python process, so peak memory and warm-up are measured separately.
-
+Scenario `stages` (default): prepare a voice from a 10 s synthetic clip, then speak a fixed sentence with
+exactly `--tokens` decode steps (random weights never sample the stop token; real weights may stop sooner).
 Keys (seconds unless named otherwise): conditioning_s, t3_prefill_s, t3_tokens, t3_ms_per_token,
 flow_encoder_s, cfm_steps, cfm_s, hift_s, generate_s, total_s (= conditioning_s + generate_s),
 audio_s, rtf (= generate_s / audio_s), peak_rss_mb.
+
+Scenario `text`: the first `--chars` characters of the chapter in corpus/chapter.txt (cut at a sentence end),
+spoken whole. Ours: `synthesize` with each chunk's token budget equal to its expected length (random weights
+never stop, so every chunk decodes exactly that many tokens; no retries). Upstream: the same chunks (our
+plan, after our normalisation) as sequential `generate` calls with the same budgets: the work a user of
+upstream does by hand. Keys: chars, chunks, tokens, t3_s, s3gen_s, generate_s, audio_s, rtf, peak_rss_mb,
+and with `--stream` ttfa_s (time to the first streamed piece, a second run) for ours.
+
+Each side runs in its own Python process, so peak memory and warm-up are measured separately.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from .presets import get_preset
 
 TEXT = ("Faster Chatterbox reads this sentence aloud so that every stage of the pipeline can be timed, "
         "from the voice to the waveform.")
@@ -61,8 +70,76 @@ class StageTimer:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+CHAPTER = Path(__file__).resolve().parents[2] / "corpus" / "chapter.txt"
+
+
+def chapter_text(chars: int) -> str:
+    """The corpus chapter up to the first sentence end at or after `chars` characters (repeated if short)."""
+    if not CHAPTER.is_file():
+        raise ValueError(f"the text scenario reads {CHAPTER} (a source checkout): not found")
+    lines = [ln.strip() for ln in CHAPTER.read_text(encoding="utf-8").splitlines()]
+    text = "\n\n".join(ln for ln in lines if ln and not ln.startswith("#"))
+    while len(text) < chars + 1000:
+        text = text + "\n\n" + text
+    ends = [i for i in (text.find(end, chars - 1) for end in (". ", ".\n", "? ", "! ")) if i >= 0]
+    return text[: min(ends) + 1]
+
+
+def _run_text(side: str, checkpoint: str, device: str, preset: str, chars: int, voice: str, stream: bool) -> dict:
+    """The text scenario, in the child process."""
+    import torch
+
+    from .checks import expected_tokens
+    from .tts import ChatterboxTTS
+
+    text = chapter_text(chars)
+    ours = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False) if side == "ours" \
+        else None
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if side == "ours":
+        ours.prepare_conditionals(voice)
+        sync()
+        start = time.perf_counter()
+        result = ours.synthesize(text, seed=SEED, token_budget_factor=1.0, max_retries=0, progress=False)
+        sync()
+        out = {"generate_s": time.perf_counter() - start, "t3_s": result.timings["t3_s"],
+               "s3gen_s": result.timings["s3gen_s"], "chunks": len(result.chunks),
+               "tokens": sum(len(c.tokens) for c in result.chunks), "audio_s": len(result.audio) / ours.sr}
+        if stream:
+            start = time.perf_counter()
+            pieces = ours.generate_stream(text, seed=SEED, token_budget_factor=1.0, max_retries=0)
+            next(pieces)
+            out["ttfa_s"] = time.perf_counter() - start
+            pieces.close()
+    else:
+        from chatterbox.tts import ChatterboxTTS as Upstream
+
+        plan = ChatterboxTTS._chunks(ChatterboxTTS.__new__(ChatterboxTTS), text, get_preset(preset, device), 300)
+        tts = Upstream.from_local(checkpoint, device)
+        tts.watermarker.apply_watermark = lambda wav, sample_rate: wav
+        tts.prepare_conditionals(voice)
+        timer = StageTimer(sync)
+        budget = {}
+        t3_inference = tts.t3.inference
+        tts.t3.inference = lambda **kw: t3_inference(**{**kw, "max_new_tokens": budget["n"]})
+        timer.wrap(tts.t3, "inference", "t3")
+        timer.wrap(tts.s3gen, "inference", "s3gen")
+        torch.manual_seed(SEED)
+        audio, tokens = 0, 0
+        with timer.stage("generate"):
+            for chunk in plan:
+                budget["n"] = max(1, round(expected_tokens(chunk.text)))
+                audio += tts.generate(chunk.text).shape[-1]
+                tokens += timer.last_output["t3"].shape[-1]
+        out = {"generate_s": timer.seconds["generate"], "t3_s": timer.seconds["t3"], "s3gen_s": timer.seconds["s3gen"],
+               "chunks": len(plan), "tokens": tokens, "audio_s": audio / tts.sr}
+    out.update(chars=len(text), rtf=out["generate_s"] / out["audio_s"],
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
 def _run_side(side: str, checkpoint: str, device: str, preset: str, tokens: int, voice: str) -> dict:
-    """Runs in the child process: load, then time the job once."""
+    """The stages scenario, in the child process: load, then time the job once."""
     import torch
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -143,7 +220,7 @@ def random_checkpoint_dir() -> Path:
 
 def _spawn(side: str, checkpoint: Path, args) -> dict:
     cmd = [sys.executable, "-m", "faster_chatterbox.bench", side, str(checkpoint), args.device, args.preset,
-           str(args.tokens), args.voice_path]
+           str(args.tokens), args.voice_path, args.scenario, str(args.chars), str(int(args.stream))]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the {side} benchmark run failed (exit {proc.returncode})")
@@ -168,6 +245,10 @@ def run_bench(args) -> dict:
 
     if args.tokens < 1:
         raise ValueError(f"--tokens must be at least 1, got {args.tokens}")
+    if args.scenario == "text":
+        chapter_text(args.chars)  # fails early without the corpus
+        if args.chars < 20:
+            raise ValueError(f"--chars must be at least 20, got {args.chars}")
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
     elif args.random_weights:
@@ -179,14 +260,14 @@ def run_bench(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args.voice_path = str(Path(tmp) / "voice.wav")
         write_audio(args.voice_path, synthetic_voice(10.0, 24000, seed=SEED), 24000)
-        result = {"job": {"text_chars": len(TEXT), "tokens": args.tokens, "preset": args.preset,
-                          "checkpoint": str(checkpoint)}}
+        job = {"text_chars": len(TEXT), "tokens": args.tokens} if args.scenario == "stages" else {"chars": args.chars}
+        result = {"job": {"scenario": args.scenario, **job, "preset": args.preset, "checkpoint": str(checkpoint)}}
         result.update(_spawn("ours", checkpoint, args))
         if args.compare_upstream:
             result["upstream"] = _spawn("upstream", checkpoint, args)
-            result["speedup"] = {k: result["upstream"][k] / result[k] for k in
-                                 ("conditioning_s", "t3_prefill_s", "t3_ms_per_token", "flow_encoder_s", "cfm_s",
-                                  "hift_s", "generate_s", "total_s") if result[k] > 0}
+            keys = ("conditioning_s", "t3_prefill_s", "t3_ms_per_token", "flow_encoder_s", "cfm_s", "hift_s",
+                    "generate_s", "total_s") if args.scenario == "stages" else ("t3_s", "s3gen_s", "generate_s")
+            result["speedup"] = {k: result["upstream"][k] / result[k] for k in keys if result[k] > 0}
     result["machine"] = _machine(args.device)
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _print_table(result)
@@ -197,9 +278,12 @@ def run_bench(args) -> dict:
 
 
 if __name__ == "__main__":  # the child process of one side
-    side, checkpoint, device, preset, tokens, voice = sys.argv[1:7]
+    side, checkpoint, device, preset, tokens, voice, scenario, chars, stream = sys.argv[1:10]
     if side == "upstream":
         import warnings
 
         warnings.filterwarnings("ignore")
-    print(json.dumps(_run_side(side, checkpoint, device, preset, int(tokens), voice)))
+    if scenario == "text":
+        print(json.dumps(_run_text(side, checkpoint, device, preset, int(chars), voice, stream == "1")))
+    else:
+        print(json.dumps(_run_side(side, checkpoint, device, preset, int(tokens), voice)))
