@@ -128,14 +128,16 @@ def test_reduce_precision_rejects_bad_input(t3_fp32):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_reduced_t3_decodes(t3_fp32, inputs, precision):
+@pytest.mark.parametrize("kv_dtype", [None, torch.float32])
+def test_reduced_t3_decodes(t3_fp32, inputs, precision, kv_dtype):
     t3 = reduce_precision_(copy.deepcopy(t3_fp32), precision)
+    t3.tfmr.kv_dtype = kv_dtype  # the presets keep a float32 cache (and attention) on CPU
     torch.manual_seed(0)
     tokens = generate_speech_tokens(t3, *inputs, max_new_tokens=12)
     assert tokens.dtype == torch.long and tokens.shape[0] <= 12
     assert bool((tokens >= 0).all()) and bool((tokens < SMALL.speech_tokens_dict_size).all())
     cache = t3.tfmr.layers[0].self_attn.kv_cache
-    assert cache.k_cache.dtype == torch.bfloat16  # the KV cache follows the weights
+    assert cache.k_cache.dtype == (kv_dtype or torch.bfloat16)  # default: the KV cache follows the weights
 
 
 # ---- quality against float32 --------------------------------------------------------------------------------
@@ -175,9 +177,12 @@ def fp32_run(t3_fp32, inputs):
     ("bf16", 1.0, 8e-4, 1.5e-3), ("int8", 1.0, 2.5e-3, 4e-3),
     ("bf16", 4.0, 8e-3, 2e-2), ("int8", 4.0, 3e-2, 8e-2),
 ])
-def test_reduced_precision_stays_close_to_fp32(t3_fp32, inputs, fp32_run, precision, head_scale, kl_mean, kl_max):
+@pytest.mark.parametrize("kv_dtype", [None, torch.float32])
+def test_reduced_precision_stays_close_to_fp32(t3_fp32, inputs, fp32_run, precision, head_scale, kl_mean, kl_max,
+                                               kv_dtype):
     tokens, ref = fp32_run
     t3 = reduce_precision_(copy.deepcopy(t3_fp32), precision)
+    t3.tfmr.kv_dtype = kv_dtype
     # scaling float32 logits by a power of two is exactly scaling the (float32) speech head's weights
     kl, top1 = _distances(ref * head_scale, _teacher_forced(t3, inputs, tokens, head_scale), tokens)
     assert float(kl.mean()) < kl_mean and float(kl.max()) < kl_max
