@@ -60,8 +60,9 @@ def test_chunk_does_not_depend_on_its_batch(fast, monkeypatch):
 
 
 @pytest.mark.parametrize("preset", ["exact", "fast"])
-def test_stream_gives_the_same_audio_as_synthesize(request, preset):
+def test_stream_gives_the_same_audio_as_synthesize(request, preset, monkeypatch):
     tts = request.getfixturevalue(preset)
+    monkeypatch.setattr(tts, "FIRST_CHUNK_CHARS", tts.MAX_CHARS)  # the same chunks as synthesize
     whole = tts.synthesize(LONG_TEXT, seed=2, max_new_tokens=25)
     pieces = list(tts.generate_stream(LONG_TEXT, seed=2, max_new_tokens=25))
     assert pieces[-1].last and not any(p.last for p in pieces[:-1])
@@ -71,6 +72,20 @@ def test_stream_gives_the_same_audio_as_synthesize(request, preset):
     streamed = np.concatenate([p.audio for p in pieces])
     assert streamed.shape == whole.audio.shape
     assert np.abs(streamed - whole.audio).max() < 1e-5
+
+
+def test_stream_starts_with_a_short_chunk(fast, monkeypatch):
+    decoded = []
+    real_batch = pipeline.generate_speech_tokens_batch
+    monkeypatch.setattr(pipeline, "generate_speech_tokens_batch",
+                        lambda t3, requests, **kw: decoded.append(len(requests)) or real_batch(t3, requests, **kw))
+    pieces = fast.generate_stream(LONG_TEXT, seed=2, max_new_tokens=10)
+    first = next(pieces)
+    assert decoded[0] == 1 and first.chunk_index == 0  # the first chunk alone (later windows decode ahead)
+    rest = list(pieces)
+    assert rest[-1].last and sum(decoded) == rest[-1].chunk_index + 1
+    whole = fast.synthesize(LONG_TEXT, seed=2, max_new_tokens=10)
+    assert rest[-1].chunk_index + 1 > len(whole.chunks)  # the first chunk of the plan was cut
 
 
 def test_exact_short_text_is_one_untouched_chunk(exact):

@@ -75,6 +75,7 @@ class ChatterboxTTS:
     DEC_COND_LEN = 10 * S3GEN_SR  # S3Gen's reference: the first 10 s
     VOICE_CACHE_SIZE = 8  # voices (reference clips) kept in memory
     MAX_CHARS = 300  # longest chunk of text one T3 call speaks
+    FIRST_CHUNK_CHARS = 100  # generate_stream: the first chunk, decoded alone, is at most this long
 
     def __init__(self, t3: T3, s3gen: S3Gen, ve: VoiceEncoder, tokenizer: EnglishTokenizer, device,
                  conds: Conditionals | None = None, preset: str = DEFAULT_PRESET, watermark: bool = True):
@@ -241,11 +242,13 @@ class ChatterboxTTS:
     def generate_stream(self, text: str, **kwargs) -> Iterator[Piece]:
         """Yield the audio of `text` piece by piece as soon as each is ready (arguments as `generate`).
 
-        The first chunk is decoded alone (time to first audio is one short chunk's time); the T3 of each
+        The first chunk is cut to at most FIRST_CHUNK_CHARS (at a sentence, else a clause or word boundary)
+        and decoded alone, so time to first audio is one short chunk's time; the T3 of each
         next window of chunks runs in a background thread while the current one is rendered. Concatenating
         the pieces' audio gives the whole output. Each piece carries its position and readiness time.
         """
         job, options = self._job(text, **kwargs)
+        job.chunks = _short_first(job.chunks, self.FIRST_CHUNK_CHARS)
         clock = _Clock()
         with torch.inference_mode():
             results = chunk_results(self, job, clock, first_alone=True, overlap=True)
@@ -315,6 +318,15 @@ class ChatterboxTTS:
             self._watermarker = self._watermarker or Watermarker()
             audio = self._watermarker(audio, self.sr)
         return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _short_first(chunks: list[Chunk], max_chars: int) -> list[Chunk]:
+    """The chunks with the first one re-packed into pieces of at most max_chars."""
+    if len(chunks[0].text) <= max_chars:
+        return chunks
+    head = pack_chunks(chunks[0].text, max_chars)
+    head[-1] = Chunk(head[-1].text, chunks[0].kind)
+    return head + chunks[1:]
 
 
 def _with_exaggeration(voice: Conditionals, exaggeration: float, device) -> Conditionals:
