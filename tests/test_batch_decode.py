@@ -116,6 +116,18 @@ def test_sampled_tokens_match_single_sequence(t3, check_every):
                                                       temperature=r.temperature, cfg_weight=r.cfg_weight))
 
 
+def test_tokens_are_reported_as_they_come(t3):
+    """on_tokens sees each request's tokens grow, every check_every steps, ending with its whole output."""
+    seen: dict[int, list[list[int]]] = {}
+    got = generate_speech_tokens_batch(t3, _requests(), check_every=4,
+                                       on_tokens=lambda j, tokens: seen.setdefault(j, []).append(list(tokens)))
+    for j, tokens in enumerate(got):
+        reports = seen[j]
+        assert reports[-1] == tokens.tolist()
+        assert all(len(a) < len(b) and b[: len(a)] == a for a, b in zip(reports, reports[1:]))
+        assert len(reports[0]) == 4
+
+
 def test_without_generators_reproducible_from_global_seed(t3):
     def run():
         torch.manual_seed(3)

@@ -17,6 +17,7 @@ Rows that finished since the last check run on until it, and what they sample is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -128,11 +129,14 @@ class BatchDecoder:
 
 
 @torch.inference_mode()
-def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check_every: int = 4) -> list[Tensor]:
+def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check_every: int = 4,
+                                 on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Tensor]:
     """Sample speech tokens for every request in one batch; returns each request's tokens (N_j,), the stop
     token included when it was sampled, as `generate_speech_tokens` returns them.
 
     check_every: steps between the host syncs that find finished requests and drop them from the batch.
+    on_tokens: called at every such sync as on_tokens(j, tokens of request j so far) for each request that
+    got new tokens (token-level streaming); the list must not be modified.
     """
     _validate(t3, requests, check_every)
     device = t3.speech_emb.weight.device
@@ -157,6 +161,9 @@ def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check
             break
         if (i + 1) % check_every == 0 or any(requests[j].max_new_tokens == i + 1 for j in live):
             keep = _collect(torch.cat(pending, dim=1).tolist(), live, requests, out, stop)
+            if on_tokens is not None:
+                for j in live:
+                    on_tokens(j, out[j])
             pending = []
             if not keep:
                 break
@@ -169,6 +176,9 @@ def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check
         cond, uncond = decoder.step(tokens)
     if pending:
         _collect(torch.cat(pending, dim=1).tolist(), live, requests, out, stop)
+        if on_tokens is not None:
+            for j in live:
+                on_tokens(j, out[j])
     return [torch.tensor(tokens, dtype=torch.long, device=device) for tokens in out]
 
 
