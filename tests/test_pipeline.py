@@ -64,7 +64,7 @@ def test_stream_gives_the_same_audio_as_synthesize(request, preset, monkeypatch)
     tts = request.getfixturevalue(preset)
     monkeypatch.setattr(tts, "FIRST_CHUNK_CHARS", tts.MAX_CHARS)  # the same chunks as synthesize
     whole = tts.synthesize(LONG_TEXT, seed=2, max_new_tokens=25)
-    pieces = list(tts.generate_stream(LONG_TEXT, seed=2, max_new_tokens=25))
+    pieces = list(tts.generate_stream(LONG_TEXT, seed=2, max_new_tokens=25, token_streaming=False))
     assert pieces[-1].last and not any(p.last for p in pieces[:-1])
     assert [p.ready_s for p in pieces] == sorted(p.ready_s for p in pieces)
     starts = np.cumsum([0] + [len(p.audio) for p in pieces[:-1]]) / tts.sr
@@ -86,6 +86,25 @@ def test_stream_starts_with_a_short_chunk(fast, monkeypatch):
     assert rest[-1].last and sum(decoded) == rest[-1].chunk_index + 1
     whole = fast.synthesize(LONG_TEXT, seed=2, max_new_tokens=10)
     assert rest[-1].chunk_index + 1 > len(whole.chunks)  # the first chunk of the plan was cut
+
+
+def test_token_streaming_gives_audio_every_few_tokens(fast):
+    """A chunk streamed as T3 samples it: the first piece after 25 tokens, then every 50, seamless."""
+    job, _ = fast._job(SENTENCE.format(1) * 2, seed=3, max_new_tokens=160, token_budget_factor=None)
+    clock = pipeline._Clock()
+    joiner = pipeline.StreamJoiner(fast.sr, clock)
+    pieces = list(pipeline.stream_chunk_tokens(fast, job, 0, joiner, clock))
+    pieces.append(joiner.finish())
+    streaming = pipeline.TokenStreaming()
+    decoded = pipeline._decode(fast, job, [0], {0: pipeline._generator(job, 0, 0, fast.device, "t3")})
+    n = len(decoded[0][0])  # the same tokens (the chunk's own generator), special ids dropped
+    # pieces as the tokens come: >= 25, then >= 50 more each (all but `lookahead`), the rest at the end
+    assert len(pieces) >= 1 + (n - streaming.first_tokens - streaming.lookahead) // 60 and pieces[-1].last
+    assert streaming.first_tokens * 960 <= len(pieces[0].audio) + joiner.hold < (streaming.first_tokens + 8) * 960
+    audio = np.concatenate([p.audio for p in pieces])
+    assert len(audio) == n * 960 and np.isfinite(audio).all()
+    seams = [(int(p.start_s * fast.sr) - 480, int(p.start_s * fast.sr) + 480) for p in pieces[1:-1]]
+    assert measure_joins(audio, fast.sr, seams).clicks == 0
 
 
 def test_exact_short_text_is_one_untouched_chunk(exact):

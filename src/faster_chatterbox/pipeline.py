@@ -219,74 +219,75 @@ def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: _Clock,
     return [done[i] for i in indices]
 
 
-def _windows(job: Job, first_alone: bool) -> list[list[int]]:
-    indices = list(range(len(job.chunks)))
+def _windows(job: Job, first_alone: bool, start: int = 0) -> list[list[int]]:
+    indices = list(range(start, len(job.chunks)))
     head = [indices[:1]] if first_alone and len(indices) > 1 else []
     rest = indices[len(head):]
     return head + [rest[k : k + job.batch_size] for k in range(0, len(rest), job.batch_size)]
 
 
-def chunk_results(tts: ChatterboxTTS, job: Job, clock: _Clock, *, first_alone: bool = False,
-                  overlap: bool = False, progress: bool = False) -> Iterator[ChunkResult]:
-    """Every chunk's result, in order, window by window.
+class DecodeAhead(threading.Thread):
+    """Decodes each window's first T3 attempt in the background, at most one window ahead of its consumer."""
 
-    overlap: run the next window's first T3 attempt in a background thread while this window is rendered
-    (batched presets only: the exact preset's global random stream must be consumed in order).
-    """
-    windows = _windows(job, first_alone)
-    bar = tqdm(total=len(job.chunks), desc="Chunks", unit="chunk", disable=not progress or None, leave=False)
-    try:
-        if not (overlap and job.batched and len(windows) > 1):
-            for window in windows:
-                results = _window(tts, job, window, clock)
-                bar.update(len(results))
-                yield from results
-            return
-        yield from _overlapped(tts, job, windows, clock, bar)
-    finally:
-        bar.close()
+    def __init__(self, tts: ChatterboxTTS, job: Job, windows: list[list[int]], clock: _Clock):
+        super().__init__(name="t3-decode-ahead", daemon=True)
+        self.tts, self.job, self.windows, self.clock = tts, job, windows, clock
+        self._decoded: queue.Queue = queue.Queue(maxsize=1)
+        self._halt = threading.Event()
 
-
-def _overlapped(tts: ChatterboxTTS, job: Job, windows: list[list[int]], clock: _Clock, bar) -> Iterator[ChunkResult]:
-    """T3 of window k + 1 in a thread while window k is rendered (and its failed chunks retried) here.
-
-    The thread decodes each window's first attempt; retries decode here, taking turns on T3 (`t3_lock`).
-    """
-    decoded: queue.Queue = queue.Queue(maxsize=1)  # at most one window decoded ahead
-    stop = threading.Event()
-
-    def decode_ahead():
+    def run(self) -> None:
         try:
-            for window in windows:
-                if stop.is_set():
+            for window in self.windows:
+                if self._halt.is_set():
                     return
                 start = time.perf_counter()
                 with torch.inference_mode():
-                    result = _decode(tts, job, window, {i: _generator(job, i, 0, tts.device, "t3") for i in window})
-                clock.add("t3_s", time.perf_counter() - start)
-                decoded.put(result)
+                    generators = {i: _generator(self.job, i, 0, self.tts.device, "t3") for i in window}
+                    result = _decode(self.tts, self.job, window, generators)
+                self.clock.add("t3_s", time.perf_counter() - start)
+                self._decoded.put(result)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            decoded.put(exc)
+            self._decoded.put(exc)
 
-    thread = threading.Thread(target=decode_ahead, name="t3-decode-ahead", daemon=True)
-    thread.start()
+    def next_window(self) -> dict[int, tuple[list[int], bool]]:
+        item = self._decoded.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop after the window being decoded (if any) and wait for the thread."""
+        self._halt.set()
+        while self.is_alive():  # unblock a thread waiting to put
+            try:
+                self._decoded.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self.join()
+
+
+def chunk_results(tts: ChatterboxTTS, job: Job, clock: _Clock, *, first_alone: bool = False, start: int = 0,
+                  overlap: bool = False, progress: bool = False) -> Iterator[ChunkResult]:
+    """The results of chunks start, start + 1, ..., in order, window by window.
+
+    overlap: run the next window's first T3 attempt in a background thread while this window is rendered
+    (batched presets only: the exact preset's global random stream must be consumed in order).
+    Retries decode here, taking turns on T3 (`t3_lock`).
+    """
+    windows = _windows(job, first_alone, start)
+    bar = tqdm(total=len(job.chunks) - start, desc="Chunks", unit="chunk", disable=not progress or None, leave=False)
+    ahead = DecodeAhead(tts, job, windows, clock) if overlap and job.batched and windows else None
+    if ahead is not None:
+        ahead.start()
     try:
         for window in windows:
-            first = decoded.get()
-            if isinstance(first, BaseException):
-                raise first
-            results = _window(tts, job, window, clock, t3_first=first)
+            results = _window(tts, job, window, clock, t3_first=ahead.next_window() if ahead else None)
             bar.update(len(results))
             yield from results
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a thread waiting to put, then let it finish its window
-            try:
-                decoded.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        thread.join()
-
+        if ahead is not None:
+            ahead.close()
+        bar.close()
 
 
 def _edges(result: ChunkResult, sr: int, trim: bool) -> np.ndarray:
@@ -304,23 +305,146 @@ def assemble(results: list[ChunkResult], sr: int, trim: bool) -> tuple[np.ndarra
     return join_chunks(pieces, [DEFAULT_PAUSES_S.get(r.kind, 0.0) for r in spoken[:-1]], sr)
 
 
-def streamed_pieces(results: Iterator[ChunkResult], sr: int, clock: _Clock,
-                    crossfade_ms: float = 20.0) -> Iterator[Piece]:
-    """Pieces of the joined output as chunks arrive; together exactly what `assemble(trim=True)` gives.
+class StreamJoiner:
+    """Joins streamed audio as `assemble(trim=True)` joins whole chunks, emitting all but a held-back tail
+    (the last `crossfade_ms`, which the next join shapes)."""
 
-    The last `crossfade_ms` of each piece are held back until the next chunk: the join shapes them.
-    """
-    hold = int(sr * crossfade_ms / 1000)
-    pending, pause, emitted, last = None, 0.0, 0, None
+    def __init__(self, sr: int, clock: _Clock, crossfade_ms: float = 20.0):
+        self.sr, self.clock, self.crossfade_ms = sr, clock, crossfade_ms
+        self.hold = int(sr * crossfade_ms / 1000)
+        self.pending: np.ndarray | None = None
+        self.pause = 0.0
+        self.emitted = 0
+        self.index = 0
+
+    def _emit(self, joined: np.ndarray, index: int) -> Piece | None:
+        ready, self.pending, self.index = joined[: -self.hold], joined[-self.hold :], index
+        if not len(ready):
+            return None
+        piece = Piece(ready, self.sr, index, self.emitted / self.sr, self.clock.elapsed(), last=False)
+        self.emitted += len(ready)
+        return piece
+
+    def chunk(self, audio: np.ndarray, index: int) -> Piece | None:
+        """A new chunk's (first) audio, after the pause the previous chunk called for."""
+        if self.pending is None:
+            return self._emit(audio, index)
+        return self._emit(join_chunks([self.pending, audio], [self.pause], self.sr, crossfade_ms=self.crossfade_ms)[0],
+                          index)
+
+    def more(self, audio: np.ndarray, overlap: int, index: int) -> Piece | None:
+        """More of the current chunk, whose first `overlap` samples re-render the held-back tail's time span:
+        a linear crossfade (the two renderings are of the same sound)."""
+        held, n = self.pending, min(overlap, len(self.pending), len(audio))
+        fade = ((np.arange(n) + 0.5) / n).astype(np.float32)
+        mixed = held[len(held) - n :] * (1 - fade) + audio[:n] * fade
+        return self._emit(np.concatenate([held[: len(held) - n], mixed, audio[n:]]), index)
+
+    def end_chunk(self, kind: str) -> None:
+        self.pause = DEFAULT_PAUSES_S.get(kind, 0.0)
+
+    def finish(self) -> Piece | None:
+        if self.pending is None:
+            return None
+        return Piece(self.pending, self.sr, self.index, self.emitted / self.sr, self.clock.elapsed(), last=True)
+
+
+def streamed_pieces(results: Iterator[ChunkResult], sr: int, clock: _Clock,
+                    joiner: StreamJoiner | None = None) -> Iterator[Piece]:
+    """Pieces of the joined output as chunks arrive: together exactly what `assemble(trim=True)` gives
+    (after what `joiner` already emitted)."""
+    joiner = joiner or StreamJoiner(sr, clock)
     for result in results:
-        if not len(result.audio):
-            continue
-        audio = _edges(result, sr, trim=True)
-        joined = audio if pending is None else join_chunks([pending, audio], [pause], sr, crossfade_ms=crossfade_ms)[0]
-        ready, pending = joined[:-hold], joined[-hold:]
-        pause, last = DEFAULT_PAUSES_S.get(result.kind, 0.0), result.index
-        if len(ready):
-            yield Piece(ready, sr, result.index, emitted / sr, clock.elapsed(), last=False)
-            emitted += len(ready)
-    if pending is not None:
-        yield Piece(pending, sr, last, emitted / sr, clock.elapsed(), last=True)
+        if len(result.audio):
+            piece = joiner.chunk(_edges(result, sr, trim=True), result.index)
+            joiner.end_chunk(result.kind)
+            if piece is not None:
+                yield piece
+    last = joiner.finish()
+    if last is not None:
+        yield last
+
+
+@dataclass(frozen=True)
+class TokenStreaming:
+    """Token-level streaming of a chunk: audio every few tokens instead of once per chunk (CosyVoice-style).
+
+    Each piece re-renders its new tokens with up to `context` earlier tokens (and the decoder prompt) in
+    front, holds back the last `lookahead` tokens (the flow encoder looks 3 tokens ahead), and overlaps
+    the previous piece by `overlap_ms`, crossfaded.
+    """
+
+    first_tokens: int = 25  # 1 s of speech before the first audio
+    piece_tokens: int = 50
+    context: int = 50
+    lookahead: int = 3
+    overlap_ms: float = 20.0
+
+
+def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: StreamJoiner, clock: _Clock,
+                        streaming: TokenStreaming = TokenStreaming()) -> Iterator[Piece]:
+    """Chunk `index` of a batched job, streamed as T3 samples it (one attempt: no checks, no retry)."""
+    chunk, device, ref = job.chunks[index], tts.device, job.conds.gen
+    updates: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def report(_, tokens: list[int]) -> None:
+        if cancel.is_set():
+            raise _Cancelled
+        updates.put(list(tokens))
+
+    request = DecodeRequest(job.conds.t3, tts.text_tokens(chunk.text), max_new_tokens=_budget(job, chunk.text),
+                            generator=_generator(job, index, 0, device, "t3"), **job.sampling)
+
+    def decode():
+        try:
+            start = time.perf_counter()
+            with tts.t3_lock, torch.inference_mode():
+                out = generate_speech_tokens_batch(tts.t3, [request], on_tokens=report)
+            clock.add("t3_s", time.perf_counter() - start)
+            updates.put(("done", out[0].tolist()))
+        except _Cancelled:
+            pass
+        except BaseException as exc:  # re-raised by the consumer
+            updates.put(exc)
+
+    thread = threading.Thread(target=decode, name="t3-stream", daemon=True)
+    thread.start()
+    noise_gen = _generator(job, index, 0, device, "s3gen")
+    vocab, spf = tts.s3gen.vocab_size, 2 * 480  # samples per token (2 mel frames of 480 samples)
+    overlap = int(tts.sr * streaming.overlap_ms / 1000)
+    tokens: list[int] = []
+    emitted, done, first = 0, False, True
+    try:
+        while not done:
+            item = updates.get()
+            if isinstance(item, BaseException):
+                raise item
+            done = isinstance(item, tuple)
+            tokens = [t for t in (item[1] if done else item) if t < vocab]
+            ready = len(tokens) if done else len(tokens) - streaming.lookahead
+            need = streaming.first_tokens if first else streaming.piece_tokens
+            if ready <= emitted or (not done and ready - emitted < need):
+                continue
+            start = max(0, emitted - streaming.context)
+            segment = tokens[start:]  # context + new + lookahead
+            noise = torch.randn(1, tts.s3gen.flow.cfg.mel_dim, ref["prompt_feat"].shape[1] + 2 * len(segment),
+                                generator=noise_gen, device=device)
+            begin = time.perf_counter()
+            wav = tts.s3gen.inference(torch.tensor(segment, device=device), ref, noise=noise, **job.solve)
+            clock.add("s3gen_s", time.perf_counter() - begin)
+            wav = wav.reshape(-1).float().cpu().numpy()
+            lead = 0 if first else min(overlap, (emitted - start) * spf)
+            audio = wav[(emitted - start) * spf - lead : (ready - start) * spf]
+            piece = joiner.chunk(audio, index) if first else joiner.more(audio, lead, index)
+            first, emitted = False, ready
+            if piece is not None:
+                yield piece
+    finally:
+        cancel.set()  # a consumer that stops early stops the decode at its next report
+        thread.join()
+    joiner.end_chunk(chunk.kind)
+
+
+class _Cancelled(Exception):
+    pass

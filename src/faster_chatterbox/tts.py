@@ -31,7 +31,8 @@ from .engine.sampling import SAMPLING_RANGES, check_range
 from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
 from .models.t3 import T3, T3Cond
 from .models.voice_encoder import VoiceEncoder
-from .pipeline import Job, Piece, SynthesisResult, _Clock, assemble, chunk_results, streamed_pieces
+from .pipeline import (Job, Piece, StreamJoiner, SynthesisResult, _Clock, assemble, chunk_results,
+                       stream_chunk_tokens, streamed_pieces)
 from .presets import DEFAULT_PRESET, EXACT, Preset, get_preset
 from .random_checkpoint import RANDOM_MARKER
 from .text.chunking import Chunk, check_text, pack_chunks
@@ -239,20 +240,28 @@ class ChatterboxTTS:
         clock.stages["total_s"] = clock.elapsed()
         return SynthesisResult(audio, self.sr, results, joins, clock.stages)
 
-    def generate_stream(self, text: str, **kwargs) -> Iterator[Piece]:
+    def generate_stream(self, text: str, *, token_streaming: bool = True, **kwargs) -> Iterator[Piece]:
         """Yield the audio of `text` piece by piece as soon as each is ready (arguments as `generate`).
 
         The first chunk is cut to at most FIRST_CHUNK_CHARS (at a sentence, else a clause or word boundary)
-        and decoded alone, so time to first audio is one short chunk's time; the T3 of each
+        and decoded alone; with token_streaming (batched presets) its audio comes every 50 tokens, the
+        first after 25 (pipeline.TokenStreaming), otherwise when the chunk is done. The T3 of each
         next window of chunks runs in a background thread while the current one is rendered. Concatenating
         the pieces' audio gives the whole output. Each piece carries its position and readiness time.
         """
         job, options = self._job(text, **kwargs)
         job.chunks = _short_first(job.chunks, self.FIRST_CHUNK_CHARS)
         clock = _Clock()
+        joiner = StreamJoiner(self.sr, clock)
         with torch.inference_mode():
-            results = chunk_results(self, job, clock, first_alone=True, overlap=True)
-            for piece in streamed_pieces(results, self.sr, clock):
+            first = 0
+            if token_streaming and job.batched:
+                first = 1
+                for piece in stream_chunk_tokens(self, job, 0, joiner, clock):
+                    piece.audio = self._finish(piece.audio, options)
+                    yield piece
+            results = chunk_results(self, job, clock, first_alone=first == 0, start=first, overlap=True)
+            for piece in streamed_pieces(results, self.sr, clock, joiner):
                 piece.audio = self._finish(piece.audio, options)
                 yield piece
 
