@@ -378,7 +378,7 @@ def field_markdown(name: str, res: dict) -> list[str]:
     for key, title in METRICS.items():
         lines += [f"{title}:", "", "| method | " + " | ".join(str(n) for n in nfes) + " |",
                   "|---|" + "---:|" * len(nfes)]
-        lines.append(f"| upstream (euler/cosine, 10) | " + " | ".join(
+        lines.append("| upstream (euler/cosine, 10) | " + " | ".join(
             f"{mean(runs[0][key]):.1e}" if n == runs[0]["nfe"] else "" for n in nfes) + " |")
         for m in methods:
             cells = {r["nfe"]: mean(r[key]) for r in runs if r["method"] == m}

@@ -6,7 +6,7 @@ import torch
 
 from faster_chatterbox import pipeline
 from faster_chatterbox.audio.joins import measure_joins
-from faster_chatterbox.checks import CheckLimits, audio_failure, expected_tokens, loop_length, token_failure
+from faster_chatterbox.checks import audio_failure, expected_tokens, loop_length, token_failure
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.tts import ChatterboxTTS
 
@@ -201,3 +201,27 @@ def test_a_megabyte_of_text_is_planned_in_chunks(fast):
     text = (SENTENCE.format(7) + " ") * (1_000_000 // (len(SENTENCE) + 2))
     job, _ = fast._job(text, max_new_tokens=10)
     assert len(job.chunks) > 3000 and max(len(c.text) for c in job.chunks) <= fast.MAX_CHARS
+
+
+# ---- the meanflow decoder ------------------------------------------------------------------------------
+
+def test_meanflow_decoder_on_base_tokens(tmp_path):
+    """Turbo's 2-step decoder renders the base T3's tokens (3 silence tokens appended, as Turbo does)."""
+    from faster_chatterbox.checkpoint import CheckpointError
+
+    ckpt = write_random_checkpoint(tmp_path / "mf", seed=2, small=True, meanflow=True)
+    tts = ChatterboxTTS.from_local(ckpt, device="cpu", preset="fast", watermark=False, decoder="meanflow")
+    assert tts.s3gen.meanflow
+    calls = []
+    estimator = tts.s3gen.flow.decoder.estimator
+    forward = estimator.forward
+    estimator.forward = lambda *a, **kw: calls.append(1) or forward(*a, **kw)
+    result = tts.synthesize("Hello there, meanflow.", seed=1, max_new_tokens=12)
+    assert len(calls) == 2  # two Euler steps, no CFG rows
+    n = len(result.chunks[0].tokens)
+    assert len(result.audio) == (n + 3) * 960 and np.isfinite(result.audio).all()
+    (ckpt / "s3gen_meanflow.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="s3gen_meanflow.safetensors"):
+        ChatterboxTTS.from_local(ckpt, device="cpu", decoder="meanflow")
+    with pytest.raises(ValueError, match="unknown decoder"):
+        ChatterboxTTS.from_local(ckpt, device="cpu", decoder="diffusion")

@@ -102,7 +102,6 @@ def _upstream_logits(up, cond: dict, text, speech_tokens, cfg: bool):
 
 
 def _upstream_generate(up, cond: dict, text, n: int, **kw):
-    cfg_weight = kw["cfg_weight"]
     # cfg_weight == 0 crashes upstream with one text row; two identical conditional rows are the same
     # computation as our single row (cond + 0 * (cond - cond)).
     with torch.inference_mode():

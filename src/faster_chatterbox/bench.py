@@ -85,7 +85,8 @@ def chapter_text(chars: int) -> str:
     return text[: min(ends) + 1]
 
 
-def _run_text(side: str, checkpoint: str, device: str, preset: str, chars: int, voice: str, stream: bool) -> dict:
+def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str, chars: int, voice: str,
+              stream: bool) -> dict:
     """The text scenario, in the child process."""
     import torch
 
@@ -93,8 +94,8 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, chars: int, 
     from .tts import ChatterboxTTS
 
     text = chapter_text(chars)
-    ours = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False) if side == "ours" \
-        else None
+    ours = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False,
+                                    decoder=decoder) if side == "ours" else None
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if side == "ours":
         ours.prepare_conditionals(voice)
@@ -138,7 +139,7 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, chars: int, 
     return out
 
 
-def _run_side(side: str, checkpoint: str, device: str, preset: str, tokens: int, voice: str) -> dict:
+def _run_side(side: str, checkpoint: str, device: str, preset: str, decoder: str, tokens: int, voice: str) -> dict:
     """The stages scenario, in the child process: load, then time the job once."""
     import torch
 
@@ -147,7 +148,7 @@ def _run_side(side: str, checkpoint: str, device: str, preset: str, tokens: int,
     if side == "ours":
         from faster_chatterbox.tts import ChatterboxTTS
 
-        tts = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False)
+        tts = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False, decoder=decoder)
         # exactly `tokens` decode steps, no retries: random weights never stop and speak noise
         run = lambda: tts.synthesize(TEXT, max_new_tokens=tokens, token_budget_factor=None, max_retries=0)
     else:
@@ -220,7 +221,7 @@ def random_checkpoint_dir() -> Path:
 
 def _spawn(side: str, checkpoint: Path, args) -> dict:
     cmd = [sys.executable, "-m", "faster_chatterbox.bench", side, str(checkpoint), args.device, args.preset,
-           str(args.tokens), args.voice_path, args.scenario, str(args.chars), str(int(args.stream))]
+           str(args.tokens), args.voice_path, args.scenario, str(args.chars), str(int(args.stream)), args.decoder]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the {side} benchmark run failed (exit {proc.returncode})")
@@ -261,7 +262,8 @@ def run_bench(args) -> dict:
         args.voice_path = str(Path(tmp) / "voice.wav")
         write_audio(args.voice_path, synthetic_voice(10.0, 24000, seed=SEED), 24000)
         job = {"text_chars": len(TEXT), "tokens": args.tokens} if args.scenario == "stages" else {"chars": args.chars}
-        result = {"job": {"scenario": args.scenario, **job, "preset": args.preset, "checkpoint": str(checkpoint)}}
+        result = {"job": {"scenario": args.scenario, **job, "preset": args.preset, "decoder": args.decoder,
+                          "checkpoint": str(checkpoint)}}
         result.update(_spawn("ours", checkpoint, args))
         if args.compare_upstream:
             result["upstream"] = _spawn("upstream", checkpoint, args)
@@ -278,12 +280,12 @@ def run_bench(args) -> dict:
 
 
 if __name__ == "__main__":  # the child process of one side
-    side, checkpoint, device, preset, tokens, voice, scenario, chars, stream = sys.argv[1:10]
+    side, checkpoint, device, preset, tokens, voice, scenario, chars, stream, decoder = sys.argv[1:11]
     if side == "upstream":
         import warnings
 
         warnings.filterwarnings("ignore")
     if scenario == "text":
-        print(json.dumps(_run_text(side, checkpoint, device, preset, int(chars), voice, stream == "1")))
+        print(json.dumps(_run_text(side, checkpoint, device, preset, decoder, int(chars), voice, stream == "1")))
     else:
-        print(json.dumps(_run_side(side, checkpoint, device, preset, int(tokens), voice)))
+        print(json.dumps(_run_side(side, checkpoint, device, preset, decoder, int(tokens), voice)))

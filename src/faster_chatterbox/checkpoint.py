@@ -26,6 +26,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 REPO_ID = "ResembleAI/chatterbox"
+TURBO_REPO_ID = "ResembleAI/chatterbox-turbo"  # holds the meanflow decoder, s3gen_meanflow.safetensors
 CHECKPOINT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json", "conds.pt")
 
 
@@ -88,6 +89,16 @@ def download_checkpoint(repo_id: str = REPO_ID, revision: str | None = None, cac
         except Exception as exc:  # no network, unknown repo or revision, ...
             raise _download_error(name, repo_id, revision, exc) from exc
     return paths[0].parent
+
+
+def download_file(name: str, repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """One file through the Hugging Face cache (e.g. the meanflow decoder from TURBO_REPO_ID)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=name, revision=revision, cache_dir=cache_dir))
+    except Exception as exc:  # no network, not cached, unknown repo or file
+        raise _download_error(name, repo_id, revision, exc) from exc
 
 
 def _download_error(name: str, repo_id: str, revision: str | None, exc: Exception) -> CheckpointError:

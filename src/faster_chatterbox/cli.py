@@ -23,14 +23,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES,
                    help=f"exact: upstream's algorithms in float32; fast: measured-lossless speed-ups; fastest: also "
                         f"lossy ones (default: {DEFAULT_PRESET})")
+    p.add_argument("--decoder", default="cfm", choices=("cfm", "meanflow"),
+                   help="S3Gen decoder: cfm (the model's own) or meanflow (Chatterbox-Turbo's 2-step one)")
 
 
 def _load_model(args, watermark: bool = True):
     from .tts import ChatterboxTTS
 
+    options = dict(device=args.device, preset=args.preset, watermark=watermark, decoder=args.decoder)
     if args.checkpoint:
-        return ChatterboxTTS.from_local(args.checkpoint, device=args.device, preset=args.preset, watermark=watermark)
-    return ChatterboxTTS.from_pretrained(device=args.device, preset=args.preset, watermark=watermark)
+        return ChatterboxTTS.from_local(args.checkpoint, **options)
+    return ChatterboxTTS.from_pretrained(**options)
 
 
 def _read_text(args) -> str:
@@ -69,7 +72,7 @@ def cmd_speak(args) -> None:
 def cmd_init_random(args) -> None:
     from .random_checkpoint import write_random_checkpoint
 
-    write_random_checkpoint(args.dir, seed=args.seed, small=args.small)
+    write_random_checkpoint(args.dir, seed=args.seed, small=args.small, meanflow=args.meanflow)
     size = "small test" if args.small else "full-size"
     print(f"wrote a {size} RANDOM-weight checkpoint to {args.dir}: it speaks noise, for tests and benchmarks only",
           file=sys.stderr)
@@ -108,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="tiny model sizes for fast tests (not the official shapes)")
+    p.add_argument("--meanflow", action="store_true", help="also write a random s3gen_meanflow.safetensors")
     p.set_defaults(func=cmd_init_random)
 
     p = sub.add_parser("bench", help="time one fixed job stage by stage")
@@ -116,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--random-weights", action="store_true", help="make (once) and use a full-size random checkpoint")
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
+    p.add_argument("--decoder", default="cfm", choices=("cfm", "meanflow"), help="S3Gen decoder (ours)")
     p.add_argument("--scenario", choices=("stages", "text"), default="stages",
                    help="stages: one sentence, stage by stage (default); text: a long text, whole")
     p.add_argument("--tokens", type=int, default=100, help="stages: decode steps (default 100)")

@@ -34,7 +34,7 @@ from .audio.joins import join_chunks, remove_dc, trim_edges
 from .checks import CheckLimits, audio_failure, speaker_similarity, token_budget, token_failure
 from .engine.batch_decode import DecodeRequest, generate_speech_tokens_batch
 from .engine.t3_decode import generate_speech_tokens
-from .models.s3gen import S3_SR
+from .models.s3gen import S3_SR, SILENCE_TOKEN
 from .audio.sinc_resample import sinc_resample
 from .text.chunking import DEFAULT_PAUSES_S, Chunk
 
@@ -149,6 +149,8 @@ def _render(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]],
             generators: dict[int, torch.Generator]) -> dict[int, np.ndarray]:
     """S3Gen for chunks with tokens: {index: (N,) float32 audio}; chunks without speech tokens get silence."""
     device, ref, s3gen = tts.device, job.conds.gen, tts.s3gen
+    if s3gen.meanflow:  # as Turbo feeds its meanflow decoder: the tokens, then 0.12 s of silence
+        tokens = {i: t + [SILENCE_TOKEN] * 3 if t else t for i, t in tokens.items()}
     todo = [i for i, t in tokens.items() if t]
     audio = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
     if job.batched and todo:

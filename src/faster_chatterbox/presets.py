@@ -4,10 +4,12 @@
            cosine grid for 10 CFM steps, the S3 tokenizer run twice per voice, no text normalisation.
            The oracle the parity suite checks, and the fallback.
   fast     (the default) every speed-up whose measured loss is negligible: T3 in bf16 (KL to float32
-           4.6e-4 per step, BENCHMARKS.md section 4); batched decoding with per-chunk random streams;
-           the CFM solved with Adams-Bashforth 2 on a sway grid in 8 estimator calls (no larger error
-           than upstream's 10 Euler steps in every setting of the step study, BENCHMARKS.md section 3);
-           English number/abbreviation normalisation; the S3 tokenizer run once per voice.
+           4.6e-4 per step, BENCHMARKS.md section 4) with a float32 KV cache on CPU; batched decoding
+           with per-chunk random streams; the CFM solved with Adams-Bashforth 2 on a sway grid in 8
+           estimator calls (no larger error than upstream's 10 Euler steps in every setting of the step
+           study, BENCHMARKS.md section 3); the flow decoder in bf16 (mel 5.6e-4 relative) and HiFT's
+           convolutions in bf16 (43 dB SNR against float32); English number/abbreviation normalisation;
+           the S3 tokenizer run once per voice.
   fastest  also the lossy ones, their cost stated in BENCHMARKS.md: T3 weights in int8 (CPU; KL 1.6e-3,
            top-1 85% on random weights), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10).
 
@@ -47,8 +49,8 @@ class Preset:
 
 
 EXACT = Preset("exact")
-FAST = Preset("fast", t3_precision="bf16", batched=True, n_timesteps=8, solver="ab2", schedule="sway",
-              sway_coef=-0.6, normalize_text=True, tokenize_voice_once=True)
+FAST = Preset("fast", t3_precision="bf16", s3gen_dtype=torch.bfloat16, batched=True, n_timesteps=8, solver="ab2",
+              schedule="sway", sway_coef=-0.6, normalize_text=True, tokenize_voice_once=True)
 FASTEST = replace(FAST, name="fastest", t3_precision="int8", n_timesteps=6)
 
 
@@ -58,5 +60,5 @@ def get_preset(name: str, device: torch.device | str) -> Preset:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}")
     preset = {"exact": EXACT, "fast": FAST, "fastest": FASTEST}[name]
     if torch.device(device).type == "cuda" and name != "exact":
-        preset = replace(preset, t3_precision="bf16", s3gen_dtype=torch.bfloat16)
+        preset = replace(preset, t3_precision="bf16")
     return preset

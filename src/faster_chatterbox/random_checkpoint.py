@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from .audio.synthetic import synthetic_voice
 from .config import ChatterboxConfig, small_config
+from .models.s3gen import MEANFLOW_FILE, S3Gen, meanflow_config
 
 RANDOM_MARKER = "RANDOM-WEIGHTS.txt"
 _SPECIALS = ["[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]"]  # ids 0..6, as the official file
@@ -56,17 +57,43 @@ def _randomize_(module: torch.nn.Module, generator: torch.Generator) -> None:
                 tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05 + (1.0 if "norm" in name else 0.0))
 
 
-def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False) -> Path:
+def _s3gen_state(s3gen: S3Gen) -> dict[str, torch.Tensor]:
+    """S3Gen's tensors as the official files hold them: with the S3 tokenizer's mel filters and window, which
+    upstream's strict load of s3gen_meanflow.safetensors requires (we recompute them)."""
+    state = dict(s3gen.state_dict())
+    state["tokenizer._mel_filters"] = s3gen.tokenizer._mel_filters
+    state["tokenizer.window"] = s3gen.tokenizer.window
+    return state
+
+
+def _meanflow_s3gen(config: ChatterboxConfig, s3gen: S3Gen, generator: torch.Generator) -> S3Gen:
+    """Turbo's decoder: a whole S3Gen with a meanflow estimator. Its S3 tokenizer and CAMPPlus are the frozen
+    pretrained front-ends, taken from `s3gen`; the flow and HiFT are freshly random."""
+    meanflow = S3Gen(meanflow_config(config.s3gen))
+    _randomize_(meanflow.flow, generator)
+    _randomize_(meanflow.mel2wav, generator)
+    meanflow.tokenizer.load_state_dict(s3gen.tokenizer.state_dict())
+    meanflow.speaker_encoder.load_state_dict(s3gen.speaker_encoder.state_dict())
+    return meanflow
+
+
+def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False,
+                            meanflow: bool = False) -> Path:
+    """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors."""
     from .tts import ChatterboxTTS
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = small_config() if small else ChatterboxConfig()
     generator = torch.Generator().manual_seed(seed)
-    for name, module in config.build_modules().items():
+    modules = config.build_modules()
+    for name, module in modules.items():
         _randomize_(module, generator)
-        state = {k: v.contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(directory / name))
+    if meanflow:  # drawn after the others, so that the other files do not depend on `meanflow`
+        modules[MEANFLOW_FILE] = _meanflow_s3gen(config, modules["s3gen.safetensors"], generator)
+    for name, module in modules.items():
+        state = _s3gen_state(module) if isinstance(module, S3Gen) else module.state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / name))
     write_tokenizer(directory / "tokenizer.json")
     if small:
         config.save(directory / "config.json")

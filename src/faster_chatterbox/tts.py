@@ -23,12 +23,12 @@ import torch
 
 from .audio.io import load_audio, resample
 from .config import ChatterboxConfig
-from .checkpoint import (REPO_ID, CheckpointError, check_checkpoint_dir, download_checkpoint, load_weights,
-                         read_safetensors, skip_weight_init)
+from .checkpoint import (REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir, download_checkpoint,
+                         download_file, load_weights, read_safetensors, skip_weight_init)
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
 from .engine.sampling import SAMPLING_RANGES, check_range
-from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
+from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3_SR, S3Gen, meanflow_config
 from .models.t3 import T3, T3Cond
 from .models.voice_encoder import VoiceEncoder
 from .pipeline import (Job, Piece, StreamJoiner, SynthesisResult, _Clock, assemble, chunk_results,
@@ -42,6 +42,8 @@ from .text.tokenizer import EnglishTokenizer
 from .watermark import Watermarker
 
 log = logging.getLogger(__name__)
+
+DECODERS = ("cfm", "meanflow")
 
 
 @dataclass
@@ -94,9 +96,18 @@ class ChatterboxTTS:
     # ---- loading --------------------------------------------------------------------------
     @classmethod
     def from_local(cls, ckpt_dir: str | Path, device: str = "auto", preset: str = DEFAULT_PRESET,
-                   watermark: bool = True) -> ChatterboxTTS:
+                   watermark: bool = True, *, decoder: str = "cfm",
+                   meanflow_file: str | Path | None = None) -> ChatterboxTTS:
+        """Load a checkpoint directory in the official layout.
+
+        decoder: "cfm", the base model's flow decoder (10 CFM steps upstream), or "meanflow", Chatterbox-Turbo's
+        distilled decoder (2 steps, no CFG) on this model's speech tokens (same vocabulary): `meanflow_file`,
+        default ckpt_dir/s3gen_meanflow.safetensors. The presets' solver settings apply to "cfm" only.
+        """
         device = resolve_device(device)
         settings = get_preset(preset, device)
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
         ckpt_dir = check_checkpoint_dir(ckpt_dir)
         random_weights = (ckpt_dir / RANDOM_MARKER).is_file()
         if random_weights:
@@ -116,6 +127,10 @@ class ChatterboxTTS:
             raise CheckpointError(f"{ckpt_dir / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but T3 "
                                   f"embeds only {t3.cfg.text_tokens_dict_size}")
         s3gen.mel2wav.fold_weight_norm()
+        if decoder == "meanflow":
+            s3gen = _meanflow_decoder(Path(meanflow_file or ckpt_dir / MEANFLOW_FILE), config, s3gen)
+        if settings.s3gen_dtype != torch.float32:
+            s3gen.set_decoder_dtype(settings.s3gen_dtype)
         reduce_precision_(t3, settings.t3_precision)
         if settings.t3_precision != "fp32" and torch.device(device).type == "cpu":
             # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster
@@ -132,12 +147,17 @@ class ChatterboxTTS:
 
     @classmethod
     def from_pretrained(cls, device: str = "auto", preset: str = DEFAULT_PRESET, watermark: bool = True, *,
-                        repo_id: str = REPO_ID, revision: str | None = None,
+                        decoder: str = "cfm", repo_id: str = REPO_ID, revision: str | None = None,
                         cache_dir: str | Path | None = None) -> ChatterboxTTS:
-        """Download (or find in the Hugging Face cache) the official files, then `from_local`."""
+        """Download (or find in the Hugging Face cache) the official files, then `from_local`; decoder="meanflow"
+        also fetches Turbo's s3gen_meanflow.safetensors from ResembleAI/chatterbox-turbo."""
         get_preset(preset, resolve_device(device))  # fail before a multi-GB download
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
         ckpt_dir = download_checkpoint(repo_id, revision=revision, cache_dir=cache_dir)
-        return cls.from_local(ckpt_dir, device=device, preset=preset, watermark=watermark)
+        meanflow = download_file(MEANFLOW_FILE, TURBO_REPO_ID, cache_dir=cache_dir) if decoder == "meanflow" else None
+        return cls.from_local(ckpt_dir, device=device, preset=preset, watermark=watermark, decoder=decoder,
+                              meanflow_file=meanflow)
 
     # ---- voices ---------------------------------------------------------------------------
     def prepare_conditionals(self, wav_fpath: str | Path, exaggeration: float = 0.5) -> None:
@@ -306,7 +326,10 @@ class ChatterboxTTS:
             max_retries = 0 if self.random_weights or not preset.batched else 2
         if token_budget_factor == -1.0:
             token_budget_factor = 2.5 if preset.batched else None
-        solve = preset.solve if n_timesteps is None else {**preset.solve, "n_timesteps": n_timesteps}
+        if self.s3gen.meanflow:  # distilled for its own 2-step solve
+            solve = {"n_timesteps": n_timesteps}
+        else:
+            solve = preset.solve if n_timesteps is None else {**preset.solve, "n_timesteps": n_timesteps}
         job = Job(chunks, self.conds, sampling, max_new_tokens, token_budget_factor, solve, preset.batched,
                   base_seed, max_retries, batch_size=(8 if self.device.type == "cpu" else 32) if preset.batched else 1)
         return job, dict(watermark=watermark, optimize_quality=optimize_quality)
@@ -327,6 +350,19 @@ class ChatterboxTTS:
             self._watermarker = self._watermarker or Watermarker()
             audio = self._watermarker(audio, self.sr)
         return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _meanflow_decoder(path: Path, config: ChatterboxConfig, base: S3Gen) -> S3Gen:
+    """Turbo's meanflow S3Gen from `path`, sharing the base model's voice encoders (S3 tokenizer, CAMPPlus)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: the meanflow decoder is Chatterbox-Turbo's {MEANFLOW_FILE} "
+                              f"(from_pretrained(decoder='meanflow') downloads it from {TURBO_REPO_ID})")
+    with skip_weight_init():
+        s3gen = S3Gen(meanflow_config(config.s3gen))
+    load_weights(s3gen, read_safetensors(path), path, ignore_unexpected=True)
+    s3gen.mel2wav.fold_weight_norm()
+    s3gen.tokenizer, s3gen.speaker_encoder = base.tokenizer, base.speaker_encoder
+    return s3gen
 
 
 def _short_first(chunks: list[Chunk], max_chars: int) -> list[Chunk]:

@@ -6,6 +6,9 @@ shapes of `models.cfm_estimator.ConditionalDecoder.forward`. The solvers see it 
 
 Cost is counted in NFE (estimator calls): Euler and AB2 use 1 per step, Heun and midpoint 2.
 Upstream (exact preset): Euler, 10 steps on the cosine grid, CFG rate 0.7 (`euler_cfg_solve`).
+
+Precision: the estimator runs in the dtype of its conditioning `mu` (e.g. bfloat16), while the ODE state x,
+the times and the guidance combination stay in x's dtype (float32): x is cast at each estimator call.
 """
 
 from __future__ import annotations
@@ -109,16 +112,16 @@ class CFGVelocity:
         self.spks_in[:B] = spks
         self.cond_in = torch.zeros((2 * B, *cond.shape[1:]), device=cond.device, dtype=cond.dtype)  # (2B, 80, T)
         self.cond_in[:B] = cond
-        self.x_in = torch.empty_like(self.mu_in)
-        self.t_in = torch.empty(2 * B, device=mu.device, dtype=mu.dtype)
+        self.x_in = torch.empty_like(self.mu_in)  # x cast to the estimator's dtype
+        self.t_in = torch.empty(2 * B, device=mu.device, dtype=torch.promote_types(mu.dtype, torch.float32))
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x: (B, 80, T); t: 0-d time -> guided velocity (B, 80, T)."""
+        """x: (B, 80, T); t: 0-d time -> guided velocity (B, 80, T) in x's dtype."""
         B = self.batch
         self.x_in[:B] = x
         self.x_in[B:] = x
         self.t_in[:] = t
-        v = self.estimator(self.x_in, self.mask_in, self.mu_in, self.t_in, self.spks_in, self.cond_in)
+        v = self.estimator(self.x_in, self.mask_in, self.mu_in, self.t_in, self.spks_in, self.cond_in).to(x.dtype)
         v_cond, v_uncond = v[:B], v[B:]
         return (1.0 + self.cfg_rate) * v_cond - self.cfg_rate * v_uncond
 
@@ -131,8 +134,9 @@ class PlainVelocity:
         self.estimator, self.mu, self.mask, self.spks, self.cond = estimator, mu, mask, spks, cond
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x: (B, 80, T); t: 0-d time -> velocity (B, 80, T)."""
-        return self.estimator(x, self.mask, self.mu, t.expand(x.size(0)), self.spks, self.cond)
+        """x: (B, 80, T); t: 0-d time -> velocity (B, 80, T) in x's dtype."""
+        v = self.estimator(x.to(self.mu.dtype), self.mask, self.mu, t.expand(x.size(0)), self.spks, self.cond)
+        return v.to(x.dtype)
 
 
 def make_velocity(estimator: Estimator, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor,
@@ -245,5 +249,5 @@ def euler_solve(
     """
     for t, r in zip(t_span[:-1], t_span[1:]):
         t, r = t[None], r[None]  # (1,): broadcast over the batch
-        x = x + (r - t) * estimator(x, mask, mu, t, spks, cond, r=r)
+        x = x + (r - t) * estimator(x.to(mu.dtype), mask, mu, t, spks, cond, r=r).to(x.dtype)
     return x

@@ -54,18 +54,19 @@ class CausalConditionalCFM(nn.Module):
         n_timesteps counts steps (grid intervals): Heun and midpoint call the estimator twice per step.
         """
         upstream = solver is None and schedule is None and sway_coef is None and cfg_rate is None
+        time_dtype = torch.promote_types(mu.dtype, torch.float32)  # times stay float32 under a bf16 estimator
         if self.estimator.cfg.meanflow:
             if not upstream:
                 raise ValueError("the meanflow decoder is distilled for its own solve: "
                                  "solver, schedule, sway_coef and cfg_rate must be left unset")
             # The meanflow (Turbo) decoder is distilled with guidance baked in: no CFG, uniform times.
-            t_span = linear_t_span(n_timesteps, mu.device, mu.dtype)
+            t_span = linear_t_span(n_timesteps, mu.device, time_dtype)
             return euler_solve(self.estimator, noise, mu, mask, spks, cond, t_span)
         if upstream:
-            t_span = cosine_t_span(n_timesteps, mu.device, mu.dtype)
+            t_span = cosine_t_span(n_timesteps, mu.device, time_dtype)
             return euler_cfg_solve(self.estimator, noise, mu, mask, spks, cond, t_span, self.cfg_rate)
         t_span = make_t_span(n_timesteps, schedule or "cosine", sway_coef=-1.0 if sway_coef is None else sway_coef,
-                             device=mu.device, dtype=mu.dtype)
+                             device=mu.device, dtype=time_dtype)
         velocity = make_velocity(self.estimator, mu, mask, spks, cond, self.cfg_rate if cfg_rate is None else cfg_rate)
         return solve(velocity, noise, t_span, solver or "euler")
 
@@ -79,6 +80,26 @@ class CausalMaskedDiffWithXvec(nn.Module):
         self.encoder = UpsampleConformerEncoder(cfg.encoder)
         self.encoder_proj = nn.Linear(cfg.encoder.hidden_dim, cfg.mel_dim)
         self.decoder = CausalConditionalCFM(cfg.estimator, cfg.inference_cfg_rate)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder_proj.weight.dtype
+
+    def encode(self, token: torch.Tensor, token_len: torch.Tensor, embedding: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """token: (B, L) prompt + target tokens, right-padded; token_len: (B,); embedding: (1 or B, 192) x-vector.
+
+        Returns mu (B, 80, 2L), mask (B, 1, 2L) (1 on valid frames) and spks (B, 80), in the flow's dtype.
+        """
+        B = token.size(0)
+        affine = self.spk_embed_affine_layer
+        spks = affine(F.normalize(torch.atleast_2d(embedding).to(affine.weight.dtype), dim=1)).expand(B, -1)  # (B, 80)
+        valid = torch.arange(token.size(1), device=token.device)[None, :] < token_len[:, None]  # (B, L)
+        x = self.input_embedding(token.long()) * valid.unsqueeze(-1).to(spks.dtype)
+
+        h, mel_mask = self.encoder(x, token_len)  # (B, 2L, 512), (B, 1, 2L)
+        mu = self.encoder_proj(h).transpose(1, 2).contiguous()  # (B, 80, 2L)
+        return mu, mel_mask.to(mu.dtype), spks
 
     @torch.inference_mode()
     def decoder_inputs(
@@ -96,21 +117,11 @@ class CausalMaskedDiffWithXvec(nn.Module):
         (the prompt mel over the first Tm frames, zero after).
         """
         B = token.size(0)
-        affine = self.spk_embed_affine_layer
-        spks = affine(F.normalize(torch.atleast_2d(embedding).to(affine.weight.dtype), dim=1)).expand(B, -1)  # (B, 80)
-        prompt_token = prompt_token.expand(B, -1)
-        prompt_feat = prompt_feat.expand(B, -1, -1)
-
-        token = torch.cat([prompt_token, token], dim=1)  # (B, Tp + T)
-        token_len = prompt_token_len.expand(B) + token_len
-        valid = torch.arange(token.size(1), device=token.device)[None, :] < token_len[:, None]  # (B, Tp + T)
-        x = self.input_embedding(token.long()) * valid.unsqueeze(-1).to(spks.dtype)
-
-        h, mel_mask = self.encoder(x, token_len)  # (B, Tm + 2T, 512), (B, 1, Tm + 2T)
-        mu = self.encoder_proj(h).transpose(1, 2).contiguous()  # (B, 80, Tm + 2T)
+        token = torch.cat([prompt_token.expand(B, -1), token], dim=1)  # (B, Tp + T)
+        mu, mask, spks = self.encode(token, prompt_token_len.expand(B) + token_len, embedding)
         cond = torch.zeros_like(mu)
-        cond[:, :, :prompt_feat.size(1)] = prompt_feat.transpose(1, 2)
-        return mu, mel_mask.to(mu.dtype), spks, cond
+        cond[:, :, :prompt_feat.size(1)] = prompt_feat.expand(B, -1, -1).transpose(1, 2)
+        return mu, mask, spks, cond
 
     @torch.inference_mode()
     def inference(
@@ -133,15 +144,57 @@ class CausalMaskedDiffWithXvec(nn.Module):
 
         token: (B, T) long, right-padded; token_len: (B,); prompt_token: (1 or B, Tp); prompt_token_len: (1 or B,);
         prompt_feat: (1 or B, Tm, 80) reference mel (Tm = 2*Tp); embedding: (1 or B, 192) x-vector.
-        noise: optional starting noise (B, 80, Tm + 2T); by default drawn as `torch.randn` of that shape,
+        noise: optional starting noise (B, 80, Tm + 2T); by default drawn as float32 `torch.randn` of that shape,
         consuming the global RNG exactly like the reference implementation.
         solver, schedule, sway_coef, cfg_rate: the ODE solve, see `CausalConditionalCFM` (None: upstream's).
-        Returns mel (B, 80, 2T); frames past 2*token_len of a padded row are left-over noise.
+        Returns mel (B, 80, 2T), float32 (or noise's dtype) whatever the flow's dtype; frames past
+        2*token_len of a padded row are left-over noise.
         """
         mu, mask, spks, cond = self.decoder_inputs(token, token_len, prompt_token, prompt_token_len, prompt_feat,
                                                    embedding)
         if noise is None:
-            noise = torch.randn_like(mu)
+            noise = torch.randn(mu.shape, device=mu.device, dtype=torch.promote_types(mu.dtype, torch.float32))
         mel = self.decoder(noise, mu, mask, spks, cond, n_timesteps, solver=solver, schedule=schedule,
                            sway_coef=sway_coef, cfg_rate=cfg_rate)
         return mel[:, :, prompt_feat.size(1):]
+
+    @torch.inference_mode()
+    def inference_rows(
+        self,
+        tokens: list[torch.Tensor],
+        prompt_tokens: list[torch.Tensor],
+        prompt_feats: list[torch.Tensor],
+        embeddings: list[torch.Tensor],
+        noises: list[torch.Tensor],
+        n_timesteps: int = 10,
+        *,
+        solver: str | None = None,
+        schedule: str | None = None,
+        sway_coef: float | None = None,
+        cfg_rate: float | None = None,
+    ) -> list[torch.Tensor]:
+        """Several utterances, each with its own prompt and voice, solved as one right-padded batch.
+
+        Row i is [prompt_tokens[i] (1, Tp_i), tokens[i] (1, T_i)] with its prompt mel prompt_feats[i] (1, Tm_i, 80)
+        over its first Tm_i frames, x-vector embeddings[i] (1, 192) and starting noise noises[i]
+        (1, 80, 2 (Tp_i + T_i)). The encoder's attention and the estimator's attention mask padded keys, and every
+        convolution that could read padding is causal (the encoder's lookahead conv sees zeroed padding), so each
+        row equals `inference` of that row alone up to float rounding.
+        Returns the mels [(1, 80, 2 (Tp_i + T_i) - Tm_i)] in the noises' dtype.
+        """
+        rows = [torch.cat([p.reshape(-1), t.reshape(-1)]) for p, t in zip(prompt_tokens, tokens)]
+        token_len = torch.tensor([row.numel() for row in rows], device=rows[0].device)
+        token = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, L)
+        mu, mask, spks = self.encode(token, token_len, torch.cat([e.reshape(1, -1) for e in embeddings]))
+        cond = torch.zeros_like(mu)  # (B, 80, 2L)
+        noise = mu.new_zeros(mu.shape, dtype=noises[0].dtype)  # padded frames stay 0: they are masked out
+        frames = [self.cfg.token_mel_ratio * row.numel() for row in rows]
+        for i, (feat, row_noise) in enumerate(zip(prompt_feats, noises)):
+            if row_noise.shape != (1, self.cfg.mel_dim, frames[i]):
+                raise ValueError(f"noise of row {i} has shape {tuple(row_noise.shape)}, "
+                                 f"expected {(1, self.cfg.mel_dim, frames[i])}")
+            cond[i, :, :feat.size(1)] = feat.reshape(-1, self.cfg.mel_dim).transpose(0, 1)
+            noise[i, :, :frames[i]] = row_noise[0]
+        mel = self.decoder(noise, mu, mask, spks, cond, n_timesteps, solver=solver, schedule=schedule,
+                           sway_coef=sway_coef, cfg_rate=cfg_rate)  # (B, 80, 2L)
+        return [mel[i:i + 1, :, feat.size(1):n] for i, (feat, n) in enumerate(zip(prompt_feats, frames))]

@@ -2,13 +2,15 @@
 
   reference clip --(S3 tokenizer, CAMPPlus, 24 kHz mel)--> prompt tokens, x-vector, prompt mel
   tokens + prompt --(flow: conformer encoder + CFM decoder)--> mel (50 Hz) --(HiFT)--> audio
-Attribute names match the official `s3gen.safetensors` keys.
+Attribute names match the official `s3gen.safetensors` keys. Chatterbox-Turbo's `s3gen_meanflow.safetensors`
+is the same module with a meanflow estimator (`meanflow_config`), solved in 2 Euler steps without CFG.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -24,6 +26,10 @@ log = logging.getLogger(__name__)
 
 S3GEN_SR = 24000
 TRIM_FADE_SAMPLES = S3GEN_SR // 50  # upstream zeroes the first 20 ms, then fades in over 20 ms
+TOKEN_HZ, MEL_HZ = 25, 50
+CFM_STEPS, MEANFLOW_STEPS = 10, 2  # upstream's flow steps for the base and the meanflow (Turbo) decoder
+MEANFLOW_FILE = "s3gen_meanflow.safetensors"
+SILENCE_TOKEN = 4299  # the speech token of silence: Turbo appends three before its meanflow decoder
 
 
 @dataclass
@@ -32,6 +38,29 @@ class S3GenConfig:
     speaker_encoder: CAMPPlusConfig = field(default_factory=CAMPPlusConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     hift: HiFTConfig = field(default_factory=HiFTConfig)
+
+
+def meanflow_config(cfg: S3GenConfig | None = None) -> S3GenConfig:
+    """`cfg` (default: the official sizes) with Turbo's meanflow estimator: the layout of s3gen_meanflow.safetensors."""
+    cfg = cfg or S3GenConfig()
+    return replace(cfg, flow=replace(cfg.flow, estimator=replace(cfg.flow.estimator, meanflow=True)))
+
+
+def trim_reference(ref: dict, seconds: float) -> dict:
+    """A voice's S3Gen reference cut to its first `seconds`: prompt tokens (25 Hz) and prompt mel (50 Hz) cut
+    consistently, the x-vector kept. A shorter decoder prompt means fewer frames per flow step."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    n_tokens = min(int(round(seconds * TOKEN_HZ)), ref["prompt_token"].size(1))
+    if n_tokens < 1:
+        raise ValueError(f"a reference of {seconds} s holds no speech token (one per {1 / TOKEN_HZ} s)")
+    out = dict(ref)
+    out["prompt_token"] = ref["prompt_token"][:, :n_tokens]
+    out["prompt_token_len"] = ref["prompt_token_len"].clamp(max=n_tokens)
+    out["prompt_feat"] = ref["prompt_feat"][:, : n_tokens * MEL_HZ // TOKEN_HZ]
+    if ref.get("prompt_feat_len") is not None:
+        out["prompt_feat_len"] = ref["prompt_feat_len"].clamp(max=out["prompt_feat"].size(1))
+    return out
 
 
 class S3Gen(nn.Module):
@@ -71,17 +100,110 @@ class S3Gen(nn.Module):
         return dict(prompt_token=tokens, prompt_token_len=token_lens, prompt_feat=prompt_feat,
                     prompt_feat_len=None, embedding=embedding)
 
+    @property
+    def meanflow(self) -> bool:
+        return self.flow.cfg.estimator.meanflow
+
+    def set_decoder_dtype(self, dtype: torch.dtype, vocoder_dtype: torch.dtype | None = None) -> None:
+        """Run the flow (encoder + estimator) in `dtype` (e.g. torch.bfloat16) and HiFT in `vocoder_dtype`
+        (None: `dtype`); the tokenizer and CAMPPlus, which only see voices, stay float32. The ODE state, times
+        and output audio stay float32."""
+        vocoder_dtype = vocoder_dtype or dtype
+        for name, value in (("dtype", dtype), ("vocoder_dtype", vocoder_dtype)):
+            if not (isinstance(value, torch.dtype) and value.is_floating_point):
+                raise ValueError(f"the decoder's {name} must be a floating-point torch.dtype, got {value!r}")
+        self.flow.to(dtype)
+        self.mel2wav.make_fast(vocoder_dtype)  # channels-last convolutions; F0, source and STFTs stay float32
+
+    def draw_noise(self, n_prompt_tokens: int, n_tokens: int) -> torch.Tensor:
+        """One call's starting noise (1, 80, 2 (Tp + T)), float32, from the global RNG as upstream draws it.
+
+        The meanflow decoder draws the target frames' noise first, as upstream's Turbo does. To reproduce a row of
+        `inference_batch` alone, pass the same noise to `inference`.
+        """
+        ratio, device = self.flow.cfg.token_mel_ratio, self.trim_fade.device
+        shape = (1, self.flow.cfg.mel_dim, ratio * (n_prompt_tokens + n_tokens))
+        if not self.meanflow:
+            return torch.randn(shape, device=device)
+        target = torch.randn(1, shape[1], ratio * n_tokens, device=device)
+        noise = torch.randn(shape, device=device)
+        noise[:, :, ratio * n_prompt_tokens:] = target
+        return noise
+
+    def _check_tokens(self, speech_tokens: torch.Tensor) -> torch.Tensor:
+        tokens = speech_tokens.reshape(1, -1).to(self.trim_fade.device)
+        if tokens.numel() == 0:
+            raise ValueError("no speech tokens to decode")
+        if tokens.is_floating_point() or int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size:
+            raise ValueError(f"speech tokens must be integers in [0, {self.vocab_size}) (drop special tokens first)")
+        return tokens
+
+    def _finish(self, wav: torch.Tensor) -> torch.Tensor:
+        wav = wav.float()
+        wav[:, : self.trim_fade.numel()] *= self.trim_fade[: wav.size(1)]  # hide spill-over from the reference clip
+        return wav
+
+    def _vocode_rows(self, mels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """HiFT, one row at a time: [(1, 80, F_i)] -> [(1, F_i * 480)] in HiFT's dtype."""
+        dtype = next(self.mel2wav.parameters()).dtype
+        return [self.mel2wav.inference(mel.to(dtype))[0] for mel in mels]
+
     @torch.inference_mode()
-    def inference(self, speech_tokens: torch.Tensor, ref: dict, n_timesteps: int = 10) -> torch.Tensor:
-        """(T,) speech tokens (< vocab_size) -> (1, 2 T * 480) waveform at 24 kHz."""
+    def inference(
+        self, speech_tokens: torch.Tensor, ref: dict, n_timesteps: int | None = None, *, solver: str | None = None,
+        schedule: str | None = None, sway_coef: float | None = None, cfg_rate: float | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(T,) speech tokens (< vocab_size) -> (1, 2 T * 480) float32 waveform at 24 kHz.
+
+        n_timesteps: flow steps (None: 10, or 2 for the meanflow decoder); solver, schedule, sway_coef, cfg_rate:
+        the ODE solve (None: upstream's, see flow.CausalConditionalCFM); noise: starting noise
+        (1, 80, 2 (Tp + T)) (None: `draw_noise`, which is upstream's draw).
+        """
         device = self.trim_fade.device
-        tokens = speech_tokens.reshape(1, -1).to(device)
+        tokens = self._check_tokens(speech_tokens)
         prompt_token = ref["prompt_token"].to(device).long()
+        if noise is None:
+            noise = self.draw_noise(prompt_token.size(1), tokens.size(1))
         mel = self.flow.inference(
             tokens, torch.tensor([tokens.size(1)], device=device),
             prompt_token, ref["prompt_token_len"].to(device).long().reshape(-1),
-            ref["prompt_feat"].to(device), ref["embedding"].to(device), n_timesteps=n_timesteps,
+            ref["prompt_feat"].to(device), ref["embedding"].to(device), n_timesteps=self._steps(n_timesteps),
+            noise=noise.to(device), solver=solver, schedule=schedule, sway_coef=sway_coef,
+            cfg_rate=cfg_rate,
         )  # (1, 80, 2T)
-        wav, _ = self.mel2wav.inference(mel)  # (1, 2T * 480)
-        wav[:, : self.trim_fade.numel()] *= self.trim_fade  # hide spill-over from the reference clip
-        return wav
+        return self._finish(self._vocode_rows([mel])[0])
+
+    @torch.inference_mode()
+    def inference_batch(
+        self, speech_tokens: list[torch.Tensor], refs: list[dict], n_timesteps: int | None = None, *,
+        solver: str | None = None, schedule: str | None = None, sway_coef: float | None = None,
+        cfg_rate: float | None = None, noises: list[torch.Tensor | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """Several chunks, each with its own voice and length, through the flow as one padded batch.
+
+        speech_tokens[i]: (T_i,); refs[i]: its voice (`embed_ref`'s dict); noises[i]: (1, 80, 2 (Tp_i + T_i)) or
+        None for `draw_noise` (drawn row after row from the global RNG before any decoding). Solve arguments as in
+        `inference`. Returns [(1, 2 T_i * 480)] float32 waveforms, each equal to `inference` of that row with the
+        same noise up to float rounding.
+        """
+        if len(speech_tokens) == 0 or len(speech_tokens) != len(refs):
+            raise ValueError(f"need one reference per chunk, got {len(speech_tokens)} chunks and "
+                             f"{len(refs)} references")
+        noises = noises if noises is not None else [None] * len(refs)
+        if len(noises) != len(refs):
+            raise ValueError(f"need one noise (or None) per chunk, got {len(noises)} for {len(refs)} chunks")
+        device = self.trim_fade.device
+        tokens = [self._check_tokens(t) for t in speech_tokens]
+        prompt_tokens = [ref["prompt_token"].to(device).long()[:, : int(ref["prompt_token_len"].reshape(-1)[0])]
+                         for ref in refs]
+        prompt_feats = [ref["prompt_feat"].to(device) for ref in refs]
+        noises = [self.draw_noise(p.size(1), t.size(1)) if n is None else n.to(device)
+                  for n, p, t in zip(noises, prompt_tokens, tokens)]
+        mels = self.flow.inference_rows(
+            tokens, prompt_tokens, prompt_feats, [ref["embedding"].to(device) for ref in refs], noises,
+            self._steps(n_timesteps), solver=solver, schedule=schedule, sway_coef=sway_coef, cfg_rate=cfg_rate)
+        return [self._finish(wav) for wav in self._vocode_rows(mels)]
+
+    def _steps(self, n_timesteps: int | None) -> int:
+        return (MEANFLOW_STEPS if self.meanflow else CFM_STEPS) if n_timesteps is None else n_timesteps

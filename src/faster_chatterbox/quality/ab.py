@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..audio.io import load_audio, write_audio
 from ..audio.joins import measure_joins
