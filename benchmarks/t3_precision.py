@@ -59,9 +59,20 @@ def _int8_with_int8_head(t3: T3) -> T3:
 
 
 # name -> converter of a float32 T3, in place
+def _fp32_kv(precision: str):
+    """`precision` with a float32 KV cache and attention: what the presets run on CPU."""
+    def convert(t3: T3) -> T3:
+        reduce_precision_(t3, precision)
+        t3.tfmr.kv_dtype = torch.float32
+        return t3
+    return convert
+
+
 VARIANTS = {
     "fp32": lambda t3: reduce_precision_(t3, "fp32"),
     "bf16": lambda t3: reduce_precision_(t3, "bf16"),
+    "bf16, fp32 KV (fast)": _fp32_kv("bf16"),
+    "int8, fp32 KV (fastest)": _fp32_kv("int8"),
     "bf16, bf16 logits": lambda t3: to_bf16_(t3, fp32_logits=False),
     "int8": lambda t3: reduce_precision_(t3, "int8"),
     "int8, int8 head": _int8_with_int8_head,

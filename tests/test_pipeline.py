@@ -56,7 +56,8 @@ def test_chunk_does_not_depend_on_its_batch(fast, monkeypatch):
     alone = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30)
     for a, b in zip(together.chunks, alone.chunks):
         assert torch.equal(a.tokens, b.tokens)
-        assert np.abs(a.audio - b.audio).max() < 1e-4
+        # the same noise and source draws; the bf16 decoder rounds differently in a batch of 4 than alone
+        assert np.linalg.norm(a.audio - b.audio) < 0.05 * np.linalg.norm(b.audio)
 
 
 @pytest.mark.parametrize("preset", ["exact", "fast"])

@@ -28,7 +28,7 @@ from .checkpoint import (REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoi
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
 from .engine.sampling import SAMPLING_RANGES, check_range
-from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3_SR, S3Gen, meanflow_config
+from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3_SR, S3Gen, meanflow_config, trim_reference
 from .models.t3 import T3, T3Cond
 from .models.voice_encoder import VoiceEncoder
 from .pipeline import (Job, Piece, StreamJoiner, SynthesisResult, _Clock, assemble, chunk_results,
@@ -330,7 +330,10 @@ class ChatterboxTTS:
             solve = {"n_timesteps": n_timesteps}
         else:
             solve = preset.solve if n_timesteps is None else {**preset.solve, "n_timesteps": n_timesteps}
-        job = Job(chunks, self.conds, sampling, max_new_tokens, token_budget_factor, solve, preset.batched,
+        voice = self.conds
+        if preset.prompt_seconds is not None:
+            voice = Conditionals(voice.t3, trim_reference(voice.gen, preset.prompt_seconds))
+        job = Job(chunks, voice, sampling, max_new_tokens, token_budget_factor, solve, preset.batched,
                   base_seed, max_retries, batch_size=(8 if self.device.type == "cpu" else 32) if preset.batched else 1)
         return job, dict(watermark=watermark, optimize_quality=optimize_quality)
 
