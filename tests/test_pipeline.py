@@ -226,3 +226,28 @@ def test_meanflow_decoder_on_base_tokens(tmp_path):
         ChatterboxTTS.from_local(ckpt, device="cpu", decoder="meanflow")
     with pytest.raises(ValueError, match="unknown decoder"):
         ChatterboxTTS.from_local(ckpt, device="cpu", decoder="diffusion")
+
+
+def test_voices_are_cached_in_memory_and_on_disk(small_ckpt, tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from faster_chatterbox.audio.synthetic import synthetic_voice
+
+    clip = tmp_path / "voice.wav"
+    sf.write(clip, synthetic_voice(3.0, 24000, seed=4), 24000)
+    tts = ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="fast", watermark=False)
+    tts.voice_cache_dir = tmp_path / "voices"
+    computed = []
+    real = tts.conditionals_from_wav
+    monkeypatch.setattr(tts, "conditionals_from_wav", lambda *a, **kw: computed.append(1) or real(*a, **kw))
+    tts.prepare_conditionals(clip, exaggeration=0.3)
+    first = tts.conds
+    tts.prepare_conditionals(clip, exaggeration=0.7)  # memory hit: only the emotion control changes
+    assert len(computed) == 1 and float(tts.conds.t3.emotion_adv) == pytest.approx(0.7)
+    assert torch.equal(tts.conds.gen["prompt_token"], first.gen["prompt_token"])
+    (stored,) = (tmp_path / "voices").glob("*-once.pt")
+    other = ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="fast", watermark=False)
+    other.voice_cache_dir = tmp_path / "voices"
+    monkeypatch.setattr(other, "conditionals_from_wav", lambda *a, **kw: computed.append(1) or real(*a, **kw))
+    other.prepare_conditionals(clip)  # disk hit in a new instance
+    assert len(computed) == 1 and torch.equal(other.conds.t3.speaker_emb, first.t3.speaker_emb)

@@ -55,7 +55,7 @@ class Job:
     sampling: dict  # temperature, cfg_weight, repetition_penalty, min_p, top_p
     max_new_tokens: int  # each chunk's token cap
     budget_factor: float | None  # chunk budget = factor x its expected tokens (capped); None: the cap
-    solve: dict  # S3Gen.inference's n_timesteps, solver, schedule, sway_coef
+    solve: dict  # S3Gen.inference's n_timesteps, solver, schedule, sway_coef (and f0_smoothing)
     batched: bool
     seed: int  # base seed of the chunk generators (batched)
     max_retries: int

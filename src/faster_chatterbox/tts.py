@@ -11,7 +11,9 @@ Per chunk: text -> punc_norm -> tokenizer -> T3 (speech tokens, 25 Hz) -> S3Gen 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from .checkpoint import (REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoi
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
 from .engine.sampling import SAMPLING_RANGES, check_range
+from .models.hift import F0Smoothing
 from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3_SR, S3Gen, meanflow_config, trim_reference
 from .models.t3 import T3, T3Cond
 from .models.voice_encoder import VoiceEncoder
@@ -91,6 +94,7 @@ class ChatterboxTTS:
         self._watermarker = Watermarker() if watermark else None
         self.random_weights = False  # set by from_local for init-random checkpoints
         self.t3_lock = threading.Lock()  # one KV cache: one T3 decode at a time
+        self.voice_cache_dir: str | Path | None = None  # set to keep voices on disk (prepare_conditionals)
         self._voices: OrderedDict[tuple, Conditionals] = OrderedDict()
 
     # ---- loading --------------------------------------------------------------------------
@@ -163,7 +167,8 @@ class ChatterboxTTS:
     def prepare_conditionals(self, wav_fpath: str | Path, exaggeration: float = 0.5) -> None:
         """Make the voice of a reference clip (ideally 10 s or more of clean speech) the current voice.
 
-        Voices are cached in memory by file (path, size, modification time): a clip used again costs nothing.
+        Voices are cached in memory by file (path, size, modification time): a clip used again costs nothing;
+        with `voice_cache_dir` set, also on disk by the clip's content, in upstream's conds.pt format.
         """
         check_range("exaggeration", exaggeration, 0.0)
         path = Path(wav_fpath)
@@ -174,12 +179,32 @@ class ChatterboxTTS:
             key = None  # load_audio names the problem
         voice = self._voices.get(key) if key else None
         if voice is None:
-            voice = self.conditionals_from_wav(load_audio(wav_fpath, S3GEN_SR), S3GEN_SR, exaggeration)
+            voice = self._voice_from_disk_cache(path) or self.conditionals_from_wav(
+                load_audio(wav_fpath, S3GEN_SR), S3GEN_SR, exaggeration)
             self._voices[key] = voice
             while len(self._voices) > self.VOICE_CACHE_SIZE:
                 self._voices.popitem(last=False)
         self._voices.move_to_end(key)
         self.conds = _with_exaggeration(voice, exaggeration, self.device)
+
+    def _voice_from_disk_cache(self, clip: Path) -> Conditionals | None:
+        """The cached voice of `clip` (computed and stored on a miss); None without a cache directory."""
+        if self.voice_cache_dir is None:
+            return None
+        try:
+            digest = hashlib.sha256(clip.read_bytes()).hexdigest()[:32]
+        except OSError:
+            return None  # load_audio names the problem
+        variant = "once" if self.preset.tokenize_voice_once else "exact"  # the T3 prompt differs between them
+        cached = Path(self.voice_cache_dir).expanduser() / f"{digest}-{variant}.pt"
+        if cached.is_file():
+            return Conditionals.load(cached, map_location=self.device).to(self.device)
+        voice = self.conditionals_from_wav(load_audio(clip, S3GEN_SR), S3GEN_SR)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = cached.with_suffix(f".{os.getpid()}.tmp")
+        voice.save(staging)
+        os.replace(staging, cached)  # whole or not at all
+        return voice
 
     @torch.inference_mode()
     def conditionals_from_wav(self, wav: np.ndarray, sr: int, exaggeration: float = 0.5) -> Conditionals:
@@ -234,7 +259,8 @@ class ChatterboxTTS:
         fast_inference: False runs upstream's algorithms for this call (one chunk after another on the
             global RNG, Euler 10 steps, no text normalisation) on the weights as loaded (load with
             preset="exact" for float32).
-        optimize_quality: post-process the audio (high-pass, de-click, edge trim, loudness, peak limit).
+        optimize_quality: smooth the vocoder's F0 (median + Gaussian) and post-process the audio (high-pass,
+            de-click, edge trim, loudness to -19 LUFS, peak limit).
         Texts longer than MAX_CHARS are split into chunks (see `synthesize` for the metadata).
         """
         return torch.from_numpy(self.synthesize(
@@ -330,6 +356,8 @@ class ChatterboxTTS:
             solve = {"n_timesteps": n_timesteps}
         else:
             solve = preset.solve if n_timesteps is None else {**preset.solve, "n_timesteps": n_timesteps}
+        if optimize_quality:
+            solve = {**solve, "f0_smoothing": F0Smoothing()}  # against robotic pitch jitter (benchmarks/hift_speed.md)
         voice = self.conds
         if preset.prompt_seconds is not None:
             voice = Conditionals(voice.t3, trim_reference(voice.gen, preset.prompt_seconds))

@@ -19,7 +19,7 @@ from ..audio.mel import s3gen_mel_spectrogram
 from ..audio.sinc_resample import sinc_resample
 from .campplus import CAMPPlus, CAMPPlusConfig
 from .flow import CausalMaskedDiffWithXvec, FlowConfig
-from .hift import HiFTConfig, HiFTGenerator
+from .hift import F0Smoothing, HiFTConfig, HiFTGenerator
 from .s3_tokenizer import S3_SR, S3Tokenizer, S3TokenizerConfig
 
 log = logging.getLogger(__name__)
@@ -143,22 +143,24 @@ class S3Gen(nn.Module):
         wav[:, : self.trim_fade.numel()] *= self.trim_fade[: wav.size(1)]  # hide spill-over from the reference clip
         return wav
 
-    def _vocode_rows(self, mels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """HiFT, one row at a time: [(1, 80, F_i)] -> [(1, F_i * 480)] in HiFT's dtype."""
+    def _vocode_rows(self, mels: list[torch.Tensor], f0_smoothing: F0Smoothing | None = None) -> list[torch.Tensor]:
+        """HiFT, one row at a time (batching does not pay on CPU: benchmarks/hift_speed.md):
+        [(1, 80, F_i)] -> [(1, F_i * 480)]."""
         dtype = next(self.mel2wav.parameters()).dtype
-        return [self.mel2wav.inference(mel.to(dtype))[0] for mel in mels]
+        return [self.mel2wav.inference(mel.to(dtype), f0_smoothing=f0_smoothing)[0] for mel in mels]
 
     @torch.inference_mode()
     def inference(
         self, speech_tokens: torch.Tensor, ref: dict, n_timesteps: int | None = None, *, solver: str | None = None,
         schedule: str | None = None, sway_coef: float | None = None, cfg_rate: float | None = None,
-        noise: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None, f0_smoothing: F0Smoothing | None = None,
     ) -> torch.Tensor:
         """(T,) speech tokens (< vocab_size) -> (1, 2 T * 480) float32 waveform at 24 kHz.
 
         n_timesteps: flow steps (None: 10, or 2 for the meanflow decoder); solver, schedule, sway_coef, cfg_rate:
         the ODE solve (None: upstream's, see flow.CausalConditionalCFM); noise: starting noise
-        (1, 80, 2 (Tp + T)) (None: `draw_noise`, which is upstream's draw).
+        (1, 80, 2 (Tp + T)) (None: `draw_noise`, which is upstream's draw); f0_smoothing: HiFT's F0 smoothing
+        (None: off, as upstream).
         """
         device = self.trim_fade.device
         tokens = self._check_tokens(speech_tokens)
@@ -172,13 +174,14 @@ class S3Gen(nn.Module):
             noise=noise.to(device), solver=solver, schedule=schedule, sway_coef=sway_coef,
             cfg_rate=cfg_rate,
         )  # (1, 80, 2T)
-        return self._finish(self._vocode_rows([mel])[0])
+        return self._finish(self._vocode_rows([mel], f0_smoothing)[0])
 
     @torch.inference_mode()
     def inference_batch(
         self, speech_tokens: list[torch.Tensor], refs: list[dict], n_timesteps: int | None = None, *,
         solver: str | None = None, schedule: str | None = None, sway_coef: float | None = None,
         cfg_rate: float | None = None, noises: list[torch.Tensor | None] | None = None,
+        f0_smoothing: F0Smoothing | None = None,
     ) -> list[torch.Tensor]:
         """Several chunks, each with its own voice and length, through the flow as one padded batch.
 
@@ -203,7 +206,7 @@ class S3Gen(nn.Module):
         mels = self.flow.inference_rows(
             tokens, prompt_tokens, prompt_feats, [ref["embedding"].to(device) for ref in refs], noises,
             self._steps(n_timesteps), solver=solver, schedule=schedule, sway_coef=sway_coef, cfg_rate=cfg_rate)
-        return [self._finish(wav) for wav in self._vocode_rows(mels)]
+        return [self._finish(wav) for wav in self._vocode_rows(mels, f0_smoothing)]
 
     def _steps(self, n_timesteps: int | None) -> int:
         return (MEANFLOW_STEPS if self.meanflow else CFM_STEPS) if n_timesteps is None else n_timesteps
