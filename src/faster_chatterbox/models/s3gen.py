@@ -146,8 +146,7 @@ class S3Gen(nn.Module):
     def _vocode_rows(self, mels: list[torch.Tensor], f0_smoothing: F0Smoothing | None = None) -> list[torch.Tensor]:
         """HiFT, one row at a time (batching does not pay on CPU: benchmarks/hift_speed.md):
         [(1, 80, F_i)] -> [(1, F_i * 480)]."""
-        dtype = next(self.mel2wav.parameters()).dtype
-        return [self.mel2wav.inference(mel.to(dtype), f0_smoothing=f0_smoothing)[0] for mel in mels]
+        return [self.mel2wav.inference(mel, f0_smoothing=f0_smoothing)[0] for mel in mels]  # casts as it needs
 
     @torch.inference_mode()
     def inference(
