@@ -105,7 +105,7 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
         sync()
         out = {"generate_s": time.perf_counter() - start, "t3_s": result.timings["t3_s"],
                "s3gen_s": result.timings["s3gen_s"], "chunks": len(result.chunks),
-               "tokens": sum(len(c.tokens) for c in result.chunks), "audio_s": len(result.audio) / ours.sr}
+               "tokens": sum(c.t3_steps for c in result.chunks), "audio_s": len(result.audio) / ours.sr}
         if stream:
             start = time.perf_counter()
             pieces = ours.generate_stream(text, seed=SEED, token_budget_factor=1.0, max_retries=0)
@@ -174,7 +174,7 @@ def _run_side(side: str, checkpoint: str, device: str, preset: str, decoder: str
         out = run()
     s, n = timer.seconds, timer.calls
     if side == "ours":
-        n_tokens, t3_s, audio_s = len(out.chunks[0].tokens), out.timings["t3_s"], len(out.audio) / tts.sr
+        n_tokens, t3_s, audio_s = out.chunks[0].t3_steps, out.timings["t3_s"], len(out.audio) / tts.sr
     else:
         n_tokens, t3_s, audio_s = timer.last_output["t3"].shape[-1], s["t3"], out.shape[-1] / tts.sr
     return {
@@ -228,13 +228,19 @@ def _spawn(side: str, checkpoint: Path, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _cell(value) -> str:
+    if value is None:
+        return f"{'-':>12}"
+    return f"{value:>12.3f}" if isinstance(value, float) else f"{value:>12}"
+
+
 def _print_table(result: dict) -> None:
     sides = [("ours", result)] + ([("upstream", result["upstream"])] if "upstream" in result else [])
     keys = [k for k in result if isinstance(result[k], (int, float)) and k != "speedup"]
     header = f"{'stage':<18}" + "".join(f"{name:>12}" for name, _ in sides) + ("  speedup" if len(sides) > 1 else "")
     print(header)
     for key in keys:
-        row = f"{key:<18}" + "".join(f"{r[key]:>12.3f}" if isinstance(r[key], float) else f"{r[key]:>12}" for _, r in sides)
+        row = f"{key:<18}" + "".join(_cell(r.get(key)) for _, r in sides)
         if key in result.get("speedup", {}):
             row += f"  {result['speedup'][key]:>6.2f}x"
         print(row)
@@ -272,10 +278,10 @@ def run_bench(args) -> dict:
             result["speedup"] = {k: result["upstream"][k] / result[k] for k in keys if result[k] > 0}
     result["machine"] = _machine(args.device)
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _print_table(result)
-    if args.json:
+    if args.json:  # first: a result is never lost to a display problem
         with open(args.json, "a") as f:
             f.write(json.dumps(result) + "\n")
+    _print_table(result)
     return result
 
 

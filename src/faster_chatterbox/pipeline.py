@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -60,6 +60,8 @@ class Job:
     seed: int  # base seed of the chunk generators (batched)
     max_retries: int
     limits: CheckLimits = field(default_factory=CheckLimits)
+    render_batch: int = 1  # chunks per S3Gen batch within a window (batching does not pay on CPU:
+    # benchmarks/s3gen_speed.md, 0.94x for 8 chunks; it is for GPUs)
     batch_size: int = 8  # chunks per window (1 for the exact preset: T3 then S3Gen, chunk after chunk, as
     # sequential upstream calls consume the global random stream)
     check_speaker: bool = True
@@ -74,6 +76,7 @@ class ChunkResult:
     attempts: int
     failures: list[str]  # one reason per failed attempt ("attempt 1: loop: ...")
     kind: str  # what ends the chunk (text.chunking.Chunk.kind): sets the pause after it
+    t3_steps: int  # T3 decode steps of the kept attempt (special ids included)
 
 
 @dataclass
@@ -125,8 +128,15 @@ def _budget(job: Job, text: str) -> int:
     return token_budget(text, job.max_new_tokens, job.budget_factor)
 
 
-def _decode(tts: ChatterboxTTS, job: Job, indices: list[int], generators: dict[int, torch.Generator]) -> dict[int, tuple[list[int], bool]]:
-    """T3 for chunks `indices`: {index: (speech tokens without the stop token, whether it stopped)}."""
+class Decoded(NamedTuple):
+    tokens: list[int]  # speech tokens for S3Gen (the stop token and other special ids dropped)
+    stopped: bool  # T3 sampled its stop token (False: the budget ran out)
+    steps: int  # decode steps (sampled ids, special ones included)
+
+
+def _decode(tts: ChatterboxTTS, job: Job, indices: list[int],
+            generators: dict[int, torch.Generator]) -> dict[int, Decoded]:
+    """T3 for chunks `indices`, one batch (exact preset: one after another)."""
     t3, stop = tts.t3, tts.t3.cfg.stop_speech_token
     texts = {i: tts.text_tokens(job.chunks[i].text) for i in indices}
     with tts.t3_lock:  # T3's KV cache is one per model: a decode-ahead thread and retries take turns
@@ -141,7 +151,7 @@ def _decode(tts: ChatterboxTTS, job: Job, indices: list[int], generators: dict[i
     for i, out in zip(indices, outputs):
         tokens = out.tolist()
         stopped = bool(tokens) and tokens[-1] == stop
-        decoded[i] = ([t for t in tokens if t < tts.s3gen.vocab_size], stopped)
+        decoded[i] = Decoded([t for t in tokens if t < tts.s3gen.vocab_size], stopped, len(tokens))
     return decoded
 
 
@@ -153,17 +163,27 @@ def _render(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]],
         tokens = {i: t + [SILENCE_TOKEN] * 3 if t else t for i, t in tokens.items()}
     todo = [i for i, t in tokens.items() if t]
     audio = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
-    if job.batched and todo:
-        prompt_frames = ref["prompt_feat"].shape[1]
-        token_tensors = [torch.tensor(tokens[i], device=device) for i in todo]
-        noises = [torch.randn(1, s3gen.flow.cfg.mel_dim, prompt_frames + 2 * len(tokens[i]), generator=generators[i],
-                              device=device) for i in todo]
-        wavs = s3gen.inference_batch(token_tensors, [ref] * len(todo), noises=noises, **job.solve)
+    if job.batched and job.render_batch > 1 and todo:
+        wavs = []
+        for k in range(0, len(todo), job.render_batch):
+            group = todo[k : k + job.render_batch]
+            wavs += s3gen.inference_batch([torch.tensor(tokens[i], device=device) for i in group], [ref] * len(group),
+                                          noises=[_noise(s3gen, ref, len(tokens[i]), generators[i]) for i in group],
+                                          **job.solve)
+    elif job.batched:  # one chunk at a time, each with its own noise
+        wavs = [s3gen.inference(torch.tensor(tokens[i], device=device), ref, noise=_noise(s3gen, ref, len(tokens[i]),
+                                generators[i]), **job.solve) for i in todo]
     else:
         wavs = [s3gen.inference(torch.tensor(tokens[i], device=device), ref, **job.solve) for i in todo]
     for i, wav in zip(todo, wavs):
         audio[i] = wav.reshape(-1).float().cpu().numpy()
     return audio
+
+
+def _noise(s3gen, ref: dict, n_tokens: int, generator: torch.Generator) -> torch.Tensor:
+    """A chunk's starting noise for the flow decoder (1, 80, prompt frames + 2 n_tokens), from its own stream."""
+    frames = ref["prompt_feat"].shape[1] + 2 * n_tokens
+    return torch.randn(1, s3gen.flow.cfg.mel_dim, frames, generator=generator, device=generator.device)
 
 
 def _similarity(tts: ChatterboxTTS, job: Job, wav: np.ndarray) -> float | None:
@@ -174,9 +194,10 @@ def _similarity(tts: ChatterboxTTS, job: Job, wav: np.ndarray) -> float | None:
 
 
 def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: _Clock,
-            t3_first: dict[int, tuple[list[int], bool]] | None = None) -> list[ChunkResult]:
+            t3_first: dict[int, Decoded] | None = None) -> list[ChunkResult]:
     """Generate the chunks `indices`, retrying failed ones; `t3_first`: their first T3 attempt if already run."""
     failures: dict[int, list[str]] = {i: [] for i in indices}
+    steps: dict[int, int] = {}
     done: dict[int, ChunkResult] = {}
     pending, attempt = list(indices), 0
     while pending:
@@ -189,7 +210,7 @@ def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: _Clock,
         last_try = attempt >= job.max_retries
         retry, render = [], {}
         for i in pending:
-            tokens, stopped = decoded[i]
+            tokens, stopped, steps[i] = decoded[i]
             reason = token_failure(tokens, job.chunks[i].text, stopped, job.limits) if job.max_retries else None
             if reason and not last_try:
                 failures[i].append(f"attempt {attempt + 1}: {reason}")
@@ -212,7 +233,7 @@ def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: _Clock,
             if reason:
                 failures[i].append(f"attempt {attempt + 1}: {reason} (kept: out of retries)")
             done[i] = ChunkResult(i, job.chunks[i].text, torch.tensor(tokens, dtype=torch.long), audio[i],
-                                  attempt + 1, failures[i], job.chunks[i].kind)
+                                  attempt + 1, failures[i], job.chunks[i].kind, steps[i])
         pending = sorted(retry)
         attempt += 1
     for i in indices:
@@ -251,7 +272,7 @@ class DecodeAhead(threading.Thread):
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._decoded.put(exc)
 
-    def next_window(self) -> dict[int, tuple[list[int], bool]]:
+    def next_window(self) -> dict[int, Decoded]:
         item = self._decoded.get()
         if isinstance(item, BaseException):
             raise item
@@ -430,8 +451,7 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
                 continue
             start = max(0, emitted - streaming.context)
             segment = tokens[start:]  # context + new + lookahead
-            noise = torch.randn(1, tts.s3gen.flow.cfg.mel_dim, ref["prompt_feat"].shape[1] + 2 * len(segment),
-                                generator=noise_gen, device=device)
+            noise = _noise(tts.s3gen, ref, len(segment), noise_gen)
             begin = time.perf_counter()
             wav = tts.s3gen.inference(torch.tensor(segment, device=device), ref, noise=noise, **job.solve)
             clock.add("s3gen_s", time.perf_counter() - begin)

@@ -362,7 +362,8 @@ class ChatterboxTTS:
         if preset.prompt_seconds is not None:
             voice = Conditionals(voice.t3, trim_reference(voice.gen, preset.prompt_seconds))
         job = Job(chunks, voice, sampling, max_new_tokens, token_budget_factor, solve, preset.batched,
-                  base_seed, max_retries, batch_size=(8 if self.device.type == "cpu" else 32) if preset.batched else 1)
+                  base_seed, max_retries, batch_size=(8 if self.device.type == "cpu" else 32) if preset.batched else 1,
+                  render_batch=8 if self.device.type == "cuda" else 1)
         return job, dict(watermark=watermark, optimize_quality=optimize_quality)
 
     def _chunks(self, text: str, preset: Preset, max_chars: int) -> list[Chunk]:
