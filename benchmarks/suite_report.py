@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from faster_chatterbox.quality.report import pyplot
+
 # scenario -> result keys a line must hold for ours and, when present, for upstream
 REQUIRED = {
     "stages": ("conditioning_s", "t3_prefill_s", "t3_tokens", "t3_ms_per_token", "flow_encoder_s", "cfm_s",
@@ -246,18 +248,6 @@ def render_markdown(runs: list[Run], source: str, plots: list[str] | None) -> st
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    """matplotlib.pyplot on the file-only backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def plot_cost_per_char(plt, runs: list[Run], path: Path) -> bool:
     """Generate seconds per 1,000 characters against text length, one line per setup; False without text runs."""
     text = [r for r in latest_runs(runs) if r.scenario == "text"]
@@ -336,7 +326,7 @@ def write_report(results: str | Path, out_dir: str | Path) -> Path:
     runs = load_runs(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plt = _pyplot()
+    plt = pyplot()
     plots = None
     if plt is not None:
         plots = [name for name, fn in (("cost_per_char.png", plot_cost_per_char), ("stages.png", plot_stages))

@@ -124,7 +124,7 @@ def test_plots_written(suite, tmp_path):
 
 
 def test_without_matplotlib(suite, tmp_path, monkeypatch):
-    monkeypatch.setattr(suite, "_pyplot", lambda: None)
+    monkeypatch.setattr(suite, "pyplot", lambda: None)
     out = tmp_path / "suite"
     md = suite.write_report(write(tmp_path, LINES), out).read_text()
     assert "matplotlib is not installed" in md

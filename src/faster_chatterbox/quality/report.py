@@ -15,7 +15,7 @@ def _fmt(x) -> str:
     return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.4g}"
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot on the file-only backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
@@ -29,7 +29,7 @@ def _pyplot():
 
 def plot_outputs(report: dict, path: Path) -> bool:
     """Per-output metrics of A and B as box plots, one panel per metric. False without matplotlib."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     names = [n for n, agg in report["aggregate"].items() if agg["kind"] == "output"]
@@ -49,7 +49,7 @@ def plot_outputs(report: dict, path: Path) -> bool:
 
 def plot_paired(report: dict, path: Path) -> bool:
     """B's distance from A per utterance, one panel per paired metric, tolerance dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     names = [n for n, agg in report["aggregate"].items() if agg["kind"] == "paired"]
