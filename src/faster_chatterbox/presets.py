@@ -8,11 +8,12 @@
            with per-chunk random streams; the CFM solved with Adams-Bashforth 2 on a sway grid in 8
            estimator calls (no larger error than upstream's 10 Euler steps in every setting of the step
            study, BENCHMARKS.md section 3); the flow decoder in bf16 (mel 5.6e-4 relative) and HiFT's
-           convolutions in bf16 (43 dB SNR against float32); English number/abbreviation normalisation;
-           the S3 tokenizer run once per voice.
+           convolutions in bf16 (43 dB SNR against float32); English number/abbreviation normalisation.
   fastest  also the lossy ones, their cost stated in BENCHMARKS.md: T3 weights in int8 (CPU; KL 1.6e-3,
            top-1 85% on random weights), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the
-           decoder prompt cut to the voice's first 5 s (target mel moves 3.5e-3 relative; CFM ~1.9x faster).
+           decoder prompt cut to the voice's first 5 s (target mel moves 3.5e-3 relative; CFM ~1.9x faster),
+           the S3 tokenizer run once per voice (6.5% of T3's prompt tokens change on random weights,
+           benchmarks/voice_tokenize_once.py; saves one pass per new voice).
 
 Numbers are from this project's 2-core AVX512-BF16 CPU; the GPU choices follow the same measurements
 until they are measured on a GPU (bf16 everywhere there, no int8: weight-only int8 does not pay on GPUs
@@ -52,8 +53,9 @@ class Preset:
 
 EXACT = Preset("exact")
 FAST = Preset("fast", t3_precision="bf16", s3gen_dtype=torch.bfloat16, batched=True, n_timesteps=8, solver="ab2",
-              schedule="sway", sway_coef=-0.6, normalize_text=True, tokenize_voice_once=True)
-FASTEST = replace(FAST, name="fastest", t3_precision="int8", n_timesteps=6, prompt_seconds=5.0)
+              schedule="sway", sway_coef=-0.6, normalize_text=True)
+FASTEST = replace(FAST, name="fastest", t3_precision="int8", n_timesteps=6, prompt_seconds=5.0,
+                  tokenize_voice_once=True)
 
 
 def get_preset(name: str, device: torch.device | str) -> Preset:

@@ -210,8 +210,8 @@ class ChatterboxTTS:
     def conditionals_from_wav(self, wav: np.ndarray, sr: int, exaggeration: float = 0.5) -> Conditionals:
         """The voice of a mono float32 clip, computed as upstream's prepare_conditionals does.
 
-        Presets other than `exact` run the S3 tokenizer once: T3's prompt tokens (the first 6 s) are
-        taken from the decoder's pass over the first 10 s instead of a second pass over 6 s.
+        The `fastest` preset runs the S3 tokenizer once: T3's prompt tokens (the first 6 s) are taken from
+        the decoder's pass over the first 10 s instead of a second pass over 6 s.
         """
         check_range("exaggeration", exaggeration, 0.0)
         wav_24k = resample(np.asarray(wav, dtype=np.float32), sr, S3GEN_SR)  # as librosa.load(sr=24000)
