@@ -44,6 +44,7 @@ def test_bootstrap_and_verdicts():
     assert bootstrap_ci([0.0] * 5) == (0.0, 0.0, 0.0)
     sim, clicks, dur = METRIC["sim_campplus"], METRIC["clicks"], METRIC["duration_per_char"]
     assert verdict(sim, -0.01, 0.02) == "same"
+    assert verdict(sim, -2e-4, -4e-5) == "same"  # excludes 0 but lies within the 0.01 equivalence margin
     assert verdict(sim, 0.01, 0.02) == "better" and verdict(clicks, 0.5, 2.0) == "worse"
     assert verdict(clicks, -2.0, -0.5) == "better" and verdict(dur, 0.01, 0.02) == "differs"
     assert verdict(METRIC["mcd"], 0.1, 0.4) == "same" and verdict(METRIC["mcd"], 0.3, 0.6) == "worse"

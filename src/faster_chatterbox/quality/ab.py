@@ -46,7 +46,9 @@ class Metric:
     unit: str
     kind: str  # "paired" (B's distance from A, same tokens) or "output" (B - A of a per-output value)
     better: str | None  # "higher", "lower", or None when neither direction is better
-    tolerance: float | None = None  # paired: the largest departure from A still called "same"
+    # paired: the largest departure from A still called "same"; output: the equivalence margin, a B - A
+    # interval inside [-tolerance, tolerance] is "same" even when it excludes 0 (a real but negligible shift)
+    tolerance: float | None = None
 
 
 METRICS = (
@@ -57,15 +59,15 @@ METRICS = (
     Metric("stoi", "", "paired", "higher", 0.98),
     Metric("f0_rmse", "cents", "paired", "lower", 10.0),
     Metric("voicing_agreement", "", "paired", "higher", 0.97),
-    Metric("sim_ve", "cos", "output", "higher"),
-    Metric("sim_campplus", "cos", "output", "higher"),
-    Metric("sim_resemblyzer", "cos", "output", "higher"),
-    Metric("duration_per_char", "s", "output", None),
+    Metric("sim_ve", "cos", "output", "higher", 0.01),
+    Metric("sim_campplus", "cos", "output", "higher", 0.01),
+    Metric("sim_resemblyzer", "cos", "output", "higher", 0.01),
+    Metric("duration_per_char", "s", "output", None, 0.002),  # ~3% of 0.06 s per character
     Metric("clicks", "count", "output", "lower"),
     Metric("join_clicks", "count", "output", "lower"),
-    Metric("failed_chunks", "", "output", "lower"),
-    Metric("loudness", "LUFS", "output", None),
-    Metric("wer", "", "output", "lower"),
+    Metric("failed_chunks", "", "output", "lower", 0.02),
+    Metric("loudness", "LUFS", "output", None, 0.5),
+    Metric("wer", "", "output", "lower", 0.01),
 )
 
 
@@ -223,7 +225,8 @@ def verdict(metric: Metric, low: float, high: float) -> str:
     if metric.kind == "paired":
         within = high <= metric.tolerance if metric.better == "lower" else low >= metric.tolerance
         return "same" if within else "worse"
-    if low <= 0.0 <= high:
+    margin = metric.tolerance or 0.0
+    if low <= 0.0 <= high or -margin <= low <= high <= margin:
         return "same"
     if metric.better is None:
         return "differs"
