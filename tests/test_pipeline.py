@@ -92,7 +92,7 @@ def test_stream_starts_with_a_short_chunk(fast, monkeypatch):
 def test_token_streaming_gives_audio_every_few_tokens(fast):
     """A chunk streamed as T3 samples it: the first piece after 25 tokens, then every 50, seamless."""
     job, _ = fast._job(SENTENCE.format(1) * 2, seed=3, max_new_tokens=160, token_budget_factor=None)
-    clock = pipeline._Clock()
+    clock = pipeline.Clock()
     joiner = pipeline.StreamJoiner(fast.sr, clock)
     pieces = list(pipeline.stream_chunk_tokens(fast, job, 0, joiner, clock))
     pieces.append(joiner.finish())

@@ -64,7 +64,6 @@ class Job:
     # benchmarks/s3gen_speed.md, 0.94x for 8 chunks; it is for GPUs)
     batch_size: int = 8  # chunks per window (1 for the exact preset: T3 then S3Gen, chunk after chunk, as
     # sequential upstream calls consume the global random stream)
-    check_speaker: bool = True
 
 
 @dataclass
@@ -100,7 +99,7 @@ class SynthesisResult:
     timings: dict[str, float]  # t3_s, s3gen_s, total_s
 
 
-class _Clock:
+class Clock:
     """Seconds spent per stage, across threads."""
 
     def __init__(self):
@@ -187,13 +186,13 @@ def _noise(s3gen, ref: dict, n_tokens: int, generator: torch.Generator) -> torch
 
 
 def _similarity(tts: ChatterboxTTS, job: Job, wav: np.ndarray) -> float | None:
-    if not job.check_speaker or len(wav) < tts.sr // 2:
+    if len(wav) < tts.sr // 2:  # too short for a meaningful x-vector
         return None
     wav_16k = sinc_resample(torch.from_numpy(wav).to(tts.device)[None], tts.sr, S3_SR)
     return speaker_similarity(tts.s3gen.speaker_encoder.inference(wav_16k), job.conds.gen["embedding"])
 
 
-def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: _Clock,
+def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: Clock,
             t3_first: dict[int, Decoded] | None = None) -> list[ChunkResult]:
     """Generate the chunks `indices`, retrying failed ones; `t3_first`: their first T3 attempt if already run."""
     failures: dict[int, list[str]] = {i: [] for i in indices}
@@ -252,7 +251,7 @@ def _windows(job: Job, first_alone: bool, start: int = 0) -> list[list[int]]:
 class DecodeAhead(threading.Thread):
     """Decodes each window's first T3 attempt in the background, at most one window ahead of its consumer."""
 
-    def __init__(self, tts: ChatterboxTTS, job: Job, windows: list[list[int]], clock: _Clock):
+    def __init__(self, tts: ChatterboxTTS, job: Job, windows: list[list[int]], clock: Clock):
         super().__init__(name="t3-decode-ahead", daemon=True)
         self.tts, self.job, self.windows, self.clock = tts, job, windows, clock
         self._decoded: queue.Queue = queue.Queue(maxsize=1)
@@ -289,7 +288,7 @@ class DecodeAhead(threading.Thread):
         self.join()
 
 
-def chunk_results(tts: ChatterboxTTS, job: Job, clock: _Clock, *, first_alone: bool = False, start: int = 0,
+def chunk_results(tts: ChatterboxTTS, job: Job, clock: Clock, *, first_alone: bool = False, start: int = 0,
                   overlap: bool = False, progress: bool = False) -> Iterator[ChunkResult]:
     """The results of chunks start, start + 1, ..., in order, window by window.
 
@@ -332,7 +331,7 @@ class StreamJoiner:
     """Joins streamed audio as `assemble(trim=True)` joins whole chunks, emitting all but a held-back tail
     (the last `crossfade_ms`, which the next join shapes)."""
 
-    def __init__(self, sr: int, clock: _Clock, crossfade_ms: float = 20.0):
+    def __init__(self, sr: int, clock: Clock, crossfade_ms: float = 20.0):
         self.sr, self.clock, self.crossfade_ms = sr, clock, crossfade_ms
         self.hold = int(sr * crossfade_ms / 1000)
         self.pending: np.ndarray | None = None
@@ -372,7 +371,7 @@ class StreamJoiner:
         return Piece(self.pending, self.sr, self.index, self.emitted / self.sr, self.clock.elapsed(), last=True)
 
 
-def streamed_pieces(results: Iterator[ChunkResult], sr: int, clock: _Clock,
+def streamed_pieces(results: Iterator[ChunkResult], sr: int, clock: Clock,
                     joiner: StreamJoiner | None = None) -> Iterator[Piece]:
     """Pieces of the joined output as chunks arrive: together exactly what `assemble(trim=True)` gives
     (after what `joiner` already emitted)."""
@@ -404,7 +403,7 @@ class TokenStreaming:
     overlap_ms: float = 20.0
 
 
-def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: StreamJoiner, clock: _Clock,
+def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: StreamJoiner, clock: Clock,
                         streaming: TokenStreaming = TokenStreaming()) -> Iterator[Piece]:
     """Chunk `index` of a batched job, streamed as T3 samples it (one attempt: no checks, no retry)."""
     chunk, device, ref = job.chunks[index], tts.device, job.conds.gen

@@ -34,7 +34,7 @@ from .models.hift import F0Smoothing
 from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3_SR, S3Gen, meanflow_config, trim_reference
 from .models.t3 import T3, T3Cond
 from .models.voice_encoder import VoiceEncoder
-from .pipeline import (Job, Piece, StreamJoiner, SynthesisResult, _Clock, assemble, chunk_results,
+from .pipeline import (Job, Piece, StreamJoiner, SynthesisResult, Clock, assemble, chunk_results,
                        stream_chunk_tokens, streamed_pieces)
 from .presets import DEFAULT_PRESET, EXACT, Preset, get_preset
 from .random_checkpoint import RANDOM_MARKER
@@ -278,7 +278,7 @@ class ChatterboxTTS:
         token_budget_factor (a chunk's token budget in multiples of its expected length; exact: None,
         the cap alone), max_chars (chunk length), progress (a progress bar; default: for 4+ chunks)."""
         job, options = self._job(text, **kwargs)
-        clock = _Clock()
+        clock = Clock()
         results = list(chunk_results(self, job, clock, overlap=self.device.type == "cuda",
                                      progress=len(job.chunks) >= 4 if progress is None else progress))
         audio, joins = assemble(results, self.sr, trim=len(results) > 1 or options["optimize_quality"])
@@ -297,7 +297,7 @@ class ChatterboxTTS:
         """
         job, options = self._job(text, **kwargs)
         job.chunks = _short_first(job.chunks, self.FIRST_CHUNK_CHARS)
-        clock = _Clock()
+        clock = Clock()
         joiner = StreamJoiner(self.sr, clock)
         with torch.inference_mode():
             first = 0
