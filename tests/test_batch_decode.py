@@ -73,30 +73,37 @@ def test_row_processors_bit_identical_to_single_row(cases):
 
 
 def test_teacher_forced_logits_match_single_sequence(t3):
-    """Rows of different prefix lengths, voices and CFG settings, one dropped half way: each row's logits
-    at every step are those of its sequence run alone."""
+    """Rows of different prefix lengths, voices and CFG settings, one joining the running batch at step 3 and
+    one dropped at step 6: each row's logits at every step are those of its sequence run alone."""
     requests = _requests()
-    steps, drop_at, dropped = 12, 6, 1
+    steps, join_at, joining, drop_at, dropped = 12, 3, 2, 6, 1
     forced = torch.randint(0, 6561, (len(requests), steps), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         ref = [t3(r.cond, r.text_tokens, forced[j], cfg=r.cfg_weight > 0) for j, r in enumerate(requests)]
-        decoder = BatchDecoder(t3, requests, max_steps=steps + 1)
-        assert decoder.seq_start.tolist() == [21, 21, 14, 14, 39, 39, 0]  # left padding of the shorter prefixes
-        live = list(range(len(requests)))
+        decoder = BatchDecoder(t3)
+        live = [j for j in range(len(requests)) if j != joining]
+        cond, uncond = decoder.admit([requests[j] for j in live])
+        assert decoder.seq_start.tolist() == [21, 21, 14, 14, 0]  # left padding of the shorter prefixes
         got = [[] for _ in requests]
-        cond, uncond = decoder.prefill()
         for i in range(steps + 1):
             for p, j in enumerate(live):
                 got[j].append(torch.stack((cond[p], uncond[p])))
             if i == steps:
                 break
+            if i == join_at:  # the request without a speech prompt (the shortest prefix) joins
+                assert decoder.fits(requests[joining])
+                c, u = decoder.admit([requests[joining]])
+                got[joining].append(torch.stack((c[0], u[0])))
+                live.append(joining)
+                assert decoder.seq_start.tolist()[-1] == 39 + join_at  # its prefix ends just before the next slot
             if i == drop_at:
+                decoder.keep([p for p, j in enumerate(live) if j != dropped])
                 live.remove(dropped)
-                decoder.keep([p for p in range(len(requests)) if p != dropped])
-            cond, uncond = decoder.step(forced[live, i : i + 1])
+            cond, uncond = decoder.step(torch.stack([forced[j, len(got[j]) - 1] for j in live])[:, None])
     for j, r in enumerate(requests):
-        rows = torch.stack(got[j], dim=1)[: ref[j].shape[0]]  # (R, steps + 1, V)
-        assert len(got[j]) == (drop_at + 1 if j == dropped else steps + 1)
+        rows = torch.stack(got[j], dim=1)[: ref[j].shape[0]]  # (R, steps taken + 1, V)
+        expected = {dropped: drop_at + 1, joining: steps - join_at + 1}.get(j, steps + 1)
+        assert len(got[j]) == expected
         assert rel_error(rows, ref[j][:, : rows.shape[1]]) < 1e-5
 
 

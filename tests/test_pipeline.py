@@ -1,5 +1,8 @@
 """The long-text pipeline on a small random checkpoint: chunking, batching, joins, streaming, checks and retries."""
 
+import threading
+from concurrent.futures import Future
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from faster_chatterbox import pipeline
 from faster_chatterbox.audio.joins import measure_joins
 from faster_chatterbox.checks import audio_failure, expected_tokens, loop_length, token_failure
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
-from faster_chatterbox.tts import ChatterboxTTS
+from faster_chatterbox.tts import ChatterboxTTS, _short_first
 
 SENTENCE = "This is sentence number {}, which goes on for a little while to fill the chunk."
 LONG_TEXT = " ".join(SENTENCE.format(i) for i in range(1, 13))  # ~950 characters: 4 chunks of <= 300
@@ -60,6 +63,33 @@ def test_chunk_does_not_depend_on_its_batch(fast, monkeypatch):
         assert np.linalg.norm(a.audio - b.audio) < 0.05 * np.linalg.norm(b.audio)
 
 
+def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast, monkeypatch):
+    """Two calls on two threads (different texts and exaggerations) at once: their one-chunk T3 decodes
+    share the scheduler's batch, and each call gets exactly what it gets alone."""
+    calls = [dict(text=SENTENCE.format(1), exaggeration=0.5, seed=21),
+             dict(text=SENTENCE.format(2), exaggeration=0.9, seed=22)]
+    alone = [fast.synthesize(max_new_tokens=40, **kw) for kw in calls]
+    rows = []
+    forward = fast.t3.tfmr.forward
+    monkeypatch.setattr(fast.t3.tfmr, "forward", lambda x, *a, **kw: rows.append(x.shape[0]) or forward(x, *a, **kw))
+    start = threading.Barrier(len(calls))
+    together = [None] * len(calls)
+
+    def call(k):
+        start.wait()
+        together[k] = fast.synthesize(max_new_tokens=40, **calls[k])
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert max(rows) == 4  # both CFG pairs in one backbone batch
+    for a, b in zip(together, alone):
+        assert torch.equal(a.chunks[0].tokens, b.chunks[0].tokens)
+        assert np.array_equal(a.audio, b.audio)
+
+
 @pytest.mark.parametrize("preset", ["exact", "fast"])
 def test_stream_gives_the_same_audio_as_synthesize(request, preset, monkeypatch):
     tts = request.getfixturevalue(preset)
@@ -75,16 +105,31 @@ def test_stream_gives_the_same_audio_as_synthesize(request, preset, monkeypatch)
     assert np.abs(streamed - whole.audio).max() < 1e-5
 
 
+class ScriptedT3:
+    """Stands in for a model's T3 scheduler: decodes each request for real, then hands its tokens to
+    script(request, tokens) -> the tokens the pipeline gets."""
+
+    def __init__(self, tts, script=lambda request, tokens: tokens):
+        self.real, self.script, self.requests = tts.t3_scheduler, script, []
+
+    def submit(self, request, on_tokens=None):
+        self.requests.append(request)
+        done = Future()
+        done.set_result(self.script(request, self.real.submit(request, on_tokens).result()))
+        return done
+
+
 def test_stream_starts_with_a_short_chunk(fast, monkeypatch):
-    decoded = []
-    real_batch = pipeline.generate_speech_tokens_batch
-    monkeypatch.setattr(pipeline, "generate_speech_tokens_batch",
-                        lambda t3, requests, **kw: decoded.append(len(requests)) or real_batch(t3, requests, **kw))
+    t3 = ScriptedT3(fast)
+    monkeypatch.setattr(fast, "t3_scheduler", t3)
     pieces = fast.generate_stream(LONG_TEXT, seed=2, max_new_tokens=10)
     first = next(pieces)
-    assert decoded[0] == 1 and first.chunk_index == 0  # the first chunk alone (later windows decode ahead)
+    assert first.chunk_index == 0 and len(t3.requests) <= 1 + fast.max_batch  # chunk 0, then one window ahead
+    job, _ = fast._job(LONG_TEXT)
+    chunk_0 = fast.text_tokens(_short_first(job.chunks, fast.FIRST_CHUNK_CHARS)[0].text)
+    assert torch.equal(t3.requests[0].text_tokens, chunk_0)  # the first chunk, cut short, decoded first
     rest = list(pieces)
-    assert rest[-1].last and sum(decoded) == rest[-1].chunk_index + 1
+    assert rest[-1].last and len(t3.requests) == rest[-1].chunk_index + 1
     whole = fast.synthesize(LONG_TEXT, seed=2, max_new_tokens=10)
     assert rest[-1].chunk_index + 1 > len(whole.chunks)  # the first chunk of the plan was cut
 
@@ -97,8 +142,8 @@ def test_token_streaming_gives_audio_every_few_tokens(fast):
     pieces = list(pipeline.stream_chunk_tokens(fast, job, 0, joiner, clock))
     pieces.append(joiner.finish())
     streaming = pipeline.TokenStreaming()
-    decoded = pipeline._decode(fast, job, [0], {0: pipeline._generator(job, 0, 0, fast.device, "t3")})
-    n = len(decoded[0][0])  # the same tokens (the chunk's own generator), special ids dropped
+    decoded = pipeline.T3Work(fast, job, [0], attempt=0).result(clock)
+    n = len(decoded[0].tokens)  # the same tokens (the chunk's own generator), special ids dropped
     # pieces as the tokens come: >= 25, then >= 50 more each (all but `lookahead`), the rest at the end
     assert len(pieces) >= 1 + (n - streaming.first_tokens - streaming.lookahead) // 60 and pieces[-1].last
     assert streaming.first_tokens * 960 <= len(pieces[0].audio) + joiner.hold < (streaming.first_tokens + 8) * 960
@@ -144,27 +189,25 @@ def test_detectors_on_made_up_tokens_and_audio():
 
 def test_failed_chunks_are_regenerated_with_reasons(fast, monkeypatch):
     """A T3 that loops, one that stops early and a speaker that drifts: each is detected and retried."""
-    real_batch = pipeline.generate_speech_tokens_batch
     stop = fast.t3.cfg.stop_speech_token
-    calls = []
+    text = " ".join(f"Here is a sentence of medium length, number {i}." for i in range(1, 5))
+    chunk_tokens = [fast.text_tokens(c.text) for c in fast._job(text, max_chars=60)[0].chunks]
+    attempts = [0] * len(chunk_tokens)
 
-    def scripted_t3(t3, requests, **kwargs):
-        outputs = real_batch(t3, requests, **kwargs)
-        calls.append(len(requests))
-        healthy = []
-        for r, out in zip(requests, outputs):  # random weights never stop: stop at the expected length
-            n = len(r.text_tokens) - 2
-            healthy.append(torch.cat([out[: round(1.5 * n)], torch.tensor([stop])]))
-        if len(calls) == 1:  # first attempt of the window: chunk 0 loops, chunk 1 stops after 3 tokens
-            healthy[0] = torch.tensor([5, 6, 7] * 40 + [stop])
-            healthy[1] = torch.tensor([5, 6, 7, stop])
-        return healthy
+    def script(request, out):
+        index = next(i for i, t in enumerate(chunk_tokens) if torch.equal(t, request.text_tokens))
+        attempts[index] += 1
+        if attempts[index] == 1 and index == 0:  # chunk 0's first attempt loops
+            return torch.tensor([5, 6, 7] * 40 + [stop])
+        if attempts[index] == 1 and index == 1:  # chunk 1's stops after 3 tokens
+            return torch.tensor([5, 6, 7, stop])
+        n = len(request.text_tokens) - 2  # random weights never stop: stop at the expected length
+        return torch.cat([out[: round(1.5 * n)], torch.tensor([stop])])
 
     similarities = iter([0.9, 0.1])  # the first render has chunks 2 and 3: chunk 3 drifts; then all 0.9
-
-    monkeypatch.setattr(pipeline, "generate_speech_tokens_batch", scripted_t3)
+    t3 = ScriptedT3(fast, script)
+    monkeypatch.setattr(fast, "t3_scheduler", t3)
     monkeypatch.setattr(pipeline, "_similarity", lambda tts, job, wav: next(similarities, 0.9))
-    text = " ".join(f"Here is a sentence of medium length, number {i}." for i in range(1, 5))
     result = fast.synthesize(text, seed=4, max_new_tokens=40, max_retries=2, max_chars=60)
     assert len(result.chunks) == 4
     reasons = {c.index: c.failures for c in result.chunks}
@@ -173,13 +216,12 @@ def test_failed_chunks_are_regenerated_with_reasons(fast, monkeypatch):
     drifted = [c for c in result.chunks if any("drift" in f for f in c.failures)]
     assert len(drifted) == 1 and drifted[0].attempts == 2
     assert all(c.attempts == 1 and not c.failures for c in result.chunks if c.index not in (0, 1, drifted[0].index))
-    assert len(calls) >= 2  # the retries ran T3 again
+    assert len(t3.requests) == 4 + 3  # the retries ran T3 again, for the three failed chunks only
 
 
 def test_retries_stop_at_the_limit(fast, monkeypatch):
     stop = fast.t3.cfg.stop_speech_token
-    monkeypatch.setattr(pipeline, "generate_speech_tokens_batch",
-                        lambda t3, requests, **kw: [torch.tensor([1, 2, stop]) for _ in requests])
+    monkeypatch.setattr(fast, "t3_scheduler", ScriptedT3(fast, lambda request, tokens: torch.tensor([1, 2, stop])))
     text = SENTENCE.format(1) * 2
     result = fast.synthesize(text, seed=1, max_new_tokens=50, max_retries=1)
     chunk = result.chunks[0]

@@ -8,12 +8,15 @@
 
 `synthesize` returns the whole result with per-chunk metadata (attempts, failure reasons, timings);
 `stream` yields the audio chunk by chunk as soon as each is ready, the first chunk alone and first, the
-next window's T3 running in a background thread while the current window is rendered.
+next window's T3 decoding while the current window is rendered.
+
+T3 (batched presets) runs in the model's scheduler thread (engine/scheduler.py): the chunks of every call
+in flight, from any thread, share its continuously refilled batch.
 
 Random streams: the exact preset consumes the global RNG as upstream does (one chunk: identical to
 upstream's generate). The batched presets give each chunk attempt its own torch.Generator, seeded from
-`seed` (or one draw of the global RNG), so a chunk's tokens and decoder noise do not depend on how the
-chunks were batched.
+`seed` (or one draw of the global RNG), so a chunk's tokens, decoder noise and vocoder source noise do not
+depend on how the chunks were batched, nor on other calls running at the same time.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -32,7 +36,7 @@ from tqdm import tqdm
 
 from .audio.joins import join_chunks, remove_dc, trim_edges
 from .checks import CheckLimits, audio_failure, speaker_similarity, token_budget, token_failure
-from .engine.batch_decode import DecodeRequest, generate_speech_tokens_batch
+from .engine.batch_decode import DecodeRequest
 from .engine.t3_decode import generate_speech_tokens
 from .models.s3gen import S3_SR, SILENCE_TOKEN
 from .audio.sinc_resample import sinc_resample
@@ -116,7 +120,8 @@ class Clock:
 
 
 def _generator(job: Job, index: int, attempt: int, device: torch.device, stage: str) -> torch.Generator:
-    """The random stream of one chunk attempt's T3 sampling (stage "t3") or decoder noise ("s3gen")."""
+    """The random stream of one chunk attempt's T3 sampling (stage "t3") or S3Gen's noise: flow decoder,
+    then vocoder source ("s3gen")."""
     seed = job.seed + _SEED_STRIDE_CHUNK * index + _SEED_STRIDE_ATTEMPT * attempt + (stage == "s3gen")
     return torch.Generator(device=device).manual_seed(seed % 2**63)
 
@@ -133,25 +138,48 @@ class Decoded(NamedTuple):
     steps: int  # decode steps (sampled ids, special ones included)
 
 
-def _decode(tts: ChatterboxTTS, job: Job, indices: list[int],
-            generators: dict[int, torch.Generator]) -> dict[int, Decoded]:
-    """T3 for chunks `indices`, one batch (exact preset: one after another)."""
-    t3, stop = tts.t3, tts.t3.cfg.stop_speech_token
-    texts = {i: tts.text_tokens(job.chunks[i].text) for i in indices}
-    with tts.t3_lock:  # T3's KV cache is one per model: a decode-ahead thread and retries take turns
+class T3Work:
+    """The T3 decodes of chunks `indices`, one attempt each: batched presets submit them to the model's
+    scheduler (shared, continuously batched with whatever else is decoding) and return at once; the exact
+    preset decodes them here, one after another on the global random stream, as upstream's calls do."""
+
+    def __init__(self, tts: ChatterboxTTS, job: Job, indices: list[int], attempt: int):
+        self.tts, self.indices = tts, indices
+        self.start = self.finished = time.perf_counter()
+        self.futures: dict[int, Future] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        texts = {i: tts.text_tokens(job.chunks[i].text) for i in indices}
         if job.batched:
-            requests = [DecodeRequest(job.conds.t3, texts[i], max_new_tokens=_budget(job, job.chunks[i].text),
-                                      generator=generators[i], **job.sampling) for i in indices]
-            outputs = generate_speech_tokens_batch(t3, requests)
+            for i in indices:
+                request = DecodeRequest(job.conds.t3, texts[i], max_new_tokens=_budget(job, job.chunks[i].text),
+                                        generator=_generator(job, i, attempt, tts.device, "t3"), **job.sampling)
+                self.futures[i] = tts.t3_scheduler.submit(request)
+                self.futures[i].add_done_callback(self._stamp)
         else:
-            outputs = [generate_speech_tokens(t3, job.conds.t3, texts[i], **job.sampling,
-                                              max_new_tokens=_budget(job, job.chunks[i].text)) for i in indices]
-    decoded = {}
-    for i, out in zip(indices, outputs):
-        tokens = out.tolist()
-        stopped = bool(tokens) and tokens[-1] == stop
-        decoded[i] = Decoded([t for t in tokens if t < tts.s3gen.vocab_size], stopped, len(tokens))
-    return decoded
+            with tts.t3_lock:  # one KV cache per model: the scheduler's batches and this loop take turns
+                self.outputs = {i: generate_speech_tokens(tts.t3, job.conds.t3, texts[i], **job.sampling,
+                                                          max_new_tokens=_budget(job, job.chunks[i].text))
+                                for i in indices}
+            self.finished = time.perf_counter()
+
+    def _stamp(self, _future: Future) -> None:
+        self.finished = max(self.finished, time.perf_counter())
+
+    def result(self, clock: Clock) -> dict[int, Decoded]:
+        """Wait for the tokens; adds the decode's wall time (submission to last tokens) to clock's t3_s."""
+        outputs = self.outputs or {i: f.result() for i, f in self.futures.items()}
+        clock.add("t3_s", self.finished - self.start)
+        stop, vocab = self.tts.t3.cfg.stop_speech_token, self.tts.s3gen.vocab_size
+        decoded = {}
+        for i in self.indices:
+            tokens = outputs[i].tolist()
+            stopped = bool(tokens) and tokens[-1] == stop
+            decoded[i] = Decoded([t for t in tokens if t < vocab], stopped, len(tokens))
+        return decoded
+
+    def cancel(self) -> None:
+        for future in self.futures.values():
+            future.cancel()
 
 
 def _render(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]],
@@ -168,10 +196,10 @@ def _render(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]],
             group = todo[k : k + job.render_batch]
             wavs += s3gen.inference_batch([torch.tensor(tokens[i], device=device) for i in group], [ref] * len(group),
                                           noises=[_noise(s3gen, ref, len(tokens[i]), generators[i]) for i in group],
-                                          **job.solve)
+                                          vocoder_generators=[generators[i] for i in group], **job.solve)
     elif job.batched:  # one chunk at a time, each with its own noise
         wavs = [s3gen.inference(torch.tensor(tokens[i], device=device), ref, noise=_noise(s3gen, ref, len(tokens[i]),
-                                generators[i]), **job.solve) for i in todo]
+                                generators[i]), vocoder_generator=generators[i], **job.solve) for i in todo]
     else:
         wavs = [s3gen.inference(torch.tensor(tokens[i], device=device), ref, **job.solve) for i in todo]
     for i, wav in zip(todo, wavs):
@@ -193,19 +221,16 @@ def _similarity(tts: ChatterboxTTS, job: Job, wav: np.ndarray) -> float | None:
 
 
 def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: Clock,
-            t3_first: dict[int, Decoded] | None = None) -> list[ChunkResult]:
-    """Generate the chunks `indices`, retrying failed ones; `t3_first`: their first T3 attempt if already run."""
+            t3_first: T3Work | None = None) -> list[ChunkResult]:
+    """Generate the chunks `indices`, retrying failed ones; `t3_first`: their first T3 attempt if already
+    submitted."""
     failures: dict[int, list[str]] = {i: [] for i in indices}
     steps: dict[int, int] = {}
     done: dict[int, ChunkResult] = {}
     pending, attempt = list(indices), 0
     while pending:
-        if attempt == 0 and t3_first is not None:
-            decoded = t3_first
-        else:
-            start = time.perf_counter()
-            decoded = _decode(tts, job, pending, {i: _generator(job, i, attempt, tts.device, "t3") for i in pending})
-            clock.add("t3_s", time.perf_counter() - start)
+        work = t3_first if attempt == 0 and t3_first is not None else T3Work(tts, job, pending, attempt)
+        decoded = work.result(clock)
         last_try = attempt >= job.max_retries
         retry, render = [], {}
         for i in pending:
@@ -248,67 +273,28 @@ def _windows(job: Job, first_alone: bool, start: int = 0) -> list[list[int]]:
     return head + [rest[k : k + job.batch_size] for k in range(0, len(rest), job.batch_size)]
 
 
-class DecodeAhead(threading.Thread):
-    """Decodes each window's first T3 attempt in the background, at most one window ahead of its consumer."""
-
-    def __init__(self, tts: ChatterboxTTS, job: Job, windows: list[list[int]], clock: Clock):
-        super().__init__(name="t3-decode-ahead", daemon=True)
-        self.tts, self.job, self.windows, self.clock = tts, job, windows, clock
-        self._decoded: queue.Queue = queue.Queue(maxsize=1)
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        try:
-            for window in self.windows:
-                if self._halt.is_set():
-                    return
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    generators = {i: _generator(self.job, i, 0, self.tts.device, "t3") for i in window}
-                    result = _decode(self.tts, self.job, window, generators)
-                self.clock.add("t3_s", time.perf_counter() - start)
-                self._decoded.put(result)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            self._decoded.put(exc)
-
-    def next_window(self) -> dict[int, Decoded]:
-        item = self._decoded.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop after the window being decoded (if any) and wait for the thread."""
-        self._halt.set()
-        while self.is_alive():  # unblock a thread waiting to put
-            try:
-                self._decoded.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        self.join()
-
-
 def chunk_results(tts: ChatterboxTTS, job: Job, clock: Clock, *, first_alone: bool = False, start: int = 0,
                   overlap: bool = False, progress: bool = False) -> Iterator[ChunkResult]:
     """The results of chunks start, start + 1, ..., in order, window by window.
 
-    overlap: run the next window's first T3 attempt in a background thread while this window is rendered
-    (batched presets only: the exact preset's global random stream must be consumed in order).
-    Retries decode here, taking turns on T3 (`t3_lock`).
+    overlap: submit the next window's T3 (first attempts) while this window is rendered, so that T3 and
+    S3Gen run side by side (batched presets only: the exact preset's global random stream must be consumed
+    in order). Retries are submitted when needed.
     """
     windows = _windows(job, first_alone, start)
     bar = tqdm(total=len(job.chunks) - start, desc="Chunks", unit="chunk", disable=not progress or None, leave=False)
-    ahead = DecodeAhead(tts, job, windows, clock) if overlap and job.batched and windows else None
-    if ahead is not None:
-        ahead.start()
+    ahead = overlap and job.batched
+    submitted = [T3Work(tts, job, windows[0], 0)] if ahead and windows else []
     try:
-        for window in windows:
-            results = _window(tts, job, window, clock, t3_first=ahead.next_window() if ahead else None)
+        for k, window in enumerate(windows):
+            if ahead and k + 1 < len(windows):
+                submitted.append(T3Work(tts, job, windows[k + 1], 0))
+            results = _window(tts, job, window, clock, t3_first=submitted.pop(0) if ahead else None)
             bar.update(len(results))
             yield from results
     finally:
-        if ahead is not None:
-            ahead.close()
+        for work in submitted:  # a consumer that stops early leaves nothing decoding for it
+            work.cancel()
         bar.close()
 
 
@@ -407,31 +393,12 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
                         streaming: TokenStreaming = TokenStreaming()) -> Iterator[Piece]:
     """Chunk `index` of a batched job, streamed as T3 samples it (one attempt: no checks, no retry)."""
     chunk, device, ref = job.chunks[index], tts.device, job.conds.gen
-    updates: queue.Queue = queue.Queue()
-    cancel = threading.Event()
-
-    def report(_, tokens: list[int]) -> None:
-        if cancel.is_set():
-            raise _Cancelled
-        updates.put(list(tokens))
-
+    updates: queue.Queue = queue.Queue()  # token lists as they come, then the finished Future
     request = DecodeRequest(job.conds.t3, tts.text_tokens(chunk.text), max_new_tokens=_budget(job, chunk.text),
                             generator=_generator(job, index, 0, device, "t3"), **job.sampling)
-
-    def decode():
-        try:
-            start = time.perf_counter()
-            with tts.t3_lock, torch.inference_mode():
-                out = generate_speech_tokens_batch(tts.t3, [request], on_tokens=report)
-            clock.add("t3_s", time.perf_counter() - start)
-            updates.put(("done", out[0].tolist()))
-        except _Cancelled:
-            pass
-        except BaseException as exc:  # re-raised by the consumer
-            updates.put(exc)
-
-    thread = threading.Thread(target=decode, name="t3-stream", daemon=True)
-    thread.start()
+    submitted, ended = time.perf_counter(), []
+    future = tts.t3_scheduler.submit(request, on_tokens=lambda tokens: updates.put(list(tokens)))
+    future.add_done_callback(lambda f: (ended.append(time.perf_counter()), updates.put(f)))
     noise_gen = _generator(job, index, 0, device, "s3gen")
     vocab, spf = tts.s3gen.vocab_size, 2 * 480  # samples per token (2 mel frames of 480 samples)
     overlap = int(tts.sr * streaming.overlap_ms / 1000)
@@ -440,10 +407,11 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
     try:
         while not done:
             item = updates.get()
-            if isinstance(item, BaseException):
-                raise item
-            done = isinstance(item, tuple)
-            tokens = [t for t in (item[1] if done else item) if t < vocab]
+            done = isinstance(item, Future)
+            if done:
+                clock.add("t3_s", ended[0] - submitted)
+                item = item.result().tolist()  # raises what the decode raised
+            tokens = [t for t in item if t < vocab]
             ready = len(tokens) if done else len(tokens) - streaming.lookahead
             need = streaming.first_tokens if first else streaming.piece_tokens
             if ready <= emitted or (not done and ready - emitted < need):
@@ -452,7 +420,8 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
             segment = tokens[start:]  # context + new + lookahead
             noise = _noise(tts.s3gen, ref, len(segment), noise_gen)
             begin = time.perf_counter()
-            wav = tts.s3gen.inference(torch.tensor(segment, device=device), ref, noise=noise, **job.solve)
+            wav = tts.s3gen.inference(torch.tensor(segment, device=device), ref, noise=noise,
+                                      vocoder_generator=noise_gen, **job.solve)
             clock.add("s3gen_s", time.perf_counter() - begin)
             wav = wav.reshape(-1).float().cpu().numpy()
             lead = 0 if first else min(overlap, (emitted - start) * spf)
@@ -462,10 +431,5 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
             if piece is not None:
                 yield piece
     finally:
-        cancel.set()  # a consumer that stops early stops the decode at its next report
-        thread.join()
+        future.cancel()  # a consumer that stops early stops the decode (no-op once it is done)
     joiner.end_chunk(chunk.kind)
-
-
-class _Cancelled(Exception):
-    pass

@@ -29,6 +29,7 @@ from .checkpoint import (REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoi
                          download_file, load_weights, read_safetensors, skip_weight_init)
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
+from .engine.scheduler import T3Scheduler
 from .engine.sampling import SAMPLING_RANGES, check_range
 from .models.hift import F0Smoothing
 from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3_SR, S3Gen, meanflow_config, trim_reference
@@ -93,7 +94,11 @@ class ChatterboxTTS:
         self.watermark = watermark
         self._watermarker = Watermarker() if watermark else None
         self.random_weights = False  # set by from_local for init-random checkpoints
-        self.t3_lock = threading.Lock()  # one KV cache: one T3 decode at a time
+        self.t3_lock = threading.Lock()  # one KV cache: one T3 decode (or batch) at a time
+        # chunks per T3 batch: concurrent calls share the batches (continuous batching)
+        self.max_batch = 8 if self.device.type == "cpu" else 32
+        self.t3_scheduler = T3Scheduler(t3, self.max_batch, self.t3_lock)
+        self._voice_lock = threading.RLock()  # the current voice and the voice cache, across threads
         self.voice_cache_dir: str | Path | None = None  # set to keep voices on disk (prepare_conditionals)
         self._voices: OrderedDict[tuple, Conditionals] = OrderedDict()
 
@@ -171,7 +176,11 @@ class ChatterboxTTS:
         with `voice_cache_dir` set, also on disk by the clip's content, in upstream's conds.pt format.
         """
         check_range("exaggeration", exaggeration, 0.0)
-        path = Path(wav_fpath)
+        with self._voice_lock:
+            self.conds = _with_exaggeration(self._voice(Path(wav_fpath), exaggeration), exaggeration, self.device)
+
+    def _voice(self, path: Path, exaggeration: float) -> Conditionals:
+        """The voice of clip `path`, from the memory cache, the disk cache, or computed (and cached)."""
         try:
             stat = path.stat()
             key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -180,12 +189,12 @@ class ChatterboxTTS:
         voice = self._voices.get(key) if key else None
         if voice is None:
             voice = self._voice_from_disk_cache(path) or self.conditionals_from_wav(
-                load_audio(wav_fpath, S3GEN_SR), S3GEN_SR, exaggeration)
+                load_audio(path, S3GEN_SR), S3GEN_SR, exaggeration)
             self._voices[key] = voice
             while len(self._voices) > self.VOICE_CACHE_SIZE:
                 self._voices.popitem(last=False)
         self._voices.move_to_end(key)
-        self.conds = _with_exaggeration(voice, exaggeration, self.device)
+        return voice
 
     def _voice_from_disk_cache(self, clip: Path) -> Conditionals | None:
         """The cached voice of `clip` (computed and stored on a miss); None without a cache directory."""
@@ -292,7 +301,7 @@ class ChatterboxTTS:
         The first chunk is cut to at most FIRST_CHUNK_CHARS (at a sentence, else a clause or word boundary)
         and decoded alone; with token_streaming (batched presets) its audio comes every 50 tokens, the
         first after 25 (pipeline.TokenStreaming), otherwise when the chunk is done. The T3 of each
-        next window of chunks runs in a background thread while the current one is rendered. Concatenating
+        next window of chunks is decoded (by the model's T3 scheduler) while the current one is rendered. Concatenating
         the pieces' audio gives the whole output. Each piece carries its position and readiness time.
         """
         job, options = self._job(text, **kwargs)
@@ -336,18 +345,24 @@ class ChatterboxTTS:
         preset = self.preset if fast_inference else replace(EXACT, t3_precision=self.preset.t3_precision)
         check_text(text)
 
-        if audio_prompt_path is not None:
-            self.prepare_conditionals(audio_prompt_path, exaggeration=exaggeration)
-        elif self.conds is None:
-            raise ValueError("no voice: pass audio_prompt_path, call prepare_conditionals(), "
-                             "or load a checkpoint that has conds.pt")
-        if exaggeration != float(self.conds.t3.emotion_adv.reshape(-1)[0]):
-            self.conds = _with_exaggeration(self.conds, exaggeration, self.device)
+        with self._voice_lock:  # this call's voice, whatever other threads set meanwhile
+            if audio_prompt_path is not None:
+                self.prepare_conditionals(audio_prompt_path, exaggeration=exaggeration)
+            elif self.conds is None:
+                raise ValueError("no voice: pass audio_prompt_path, call prepare_conditionals(), "
+                                 "or load a checkpoint that has conds.pt")
+            if exaggeration != float(self.conds.t3.emotion_adv.reshape(-1)[0]):
+                self.conds = _with_exaggeration(self.conds, exaggeration, self.device)
+            voice = self.conds
 
         chunks = self._chunks(text, preset, max_chars)
         if seed is not None:
-            torch.manual_seed(seed)  # the exact preset's stream, and the vocoder's source noise in all presets
-        base_seed = int(torch.randint(0, 2**62, (), dtype=torch.long)) if preset.batched else 0
+            torch.manual_seed(seed)  # the exact preset's stream (upstream's)
+        # the chunks' random streams (batched presets) come from `seed` directly: concurrent calls share the
+        # global RNG, so a seeded call's tokens and noises must not depend on it
+        base_seed = 0
+        if preset.batched:
+            base_seed = seed if seed is not None else int(torch.randint(0, 2**62, (), dtype=torch.long))
         if max_retries is None:
             max_retries = 0 if self.random_weights or not preset.batched else 2
         if token_budget_factor == -1.0:
@@ -358,11 +373,10 @@ class ChatterboxTTS:
             solve = preset.solve if n_timesteps is None else {**preset.solve, "n_timesteps": n_timesteps}
         if optimize_quality:
             solve = {**solve, "f0_smoothing": F0Smoothing()}  # against robotic pitch jitter (benchmarks/hift_speed.md)
-        voice = self.conds
         if preset.prompt_seconds is not None:
             voice = Conditionals(voice.t3, trim_reference(voice.gen, preset.prompt_seconds))
         job = Job(chunks, voice, sampling, max_new_tokens, token_budget_factor, solve, preset.batched,
-                  base_seed, max_retries, batch_size=(8 if self.device.type == "cpu" else 32) if preset.batched else 1,
+                  base_seed, max_retries, batch_size=self.max_batch if preset.batched else 1,
                   render_batch=8 if self.device.type == "cuda" else 1)
         return job, dict(watermark=watermark, optimize_quality=optimize_quality)
 

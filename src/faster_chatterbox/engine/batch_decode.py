@@ -1,18 +1,21 @@
-"""Batched T3 decoding: many independent sequences (texts, voices, sampling settings) in one backbone batch.
+"""Batched T3 decoding: many independent sequences (texts, voices, sampling settings) in one backbone batch,
+requests joining and leaving between steps (continuous batching).
 
 Each request brings its CFG pair (conditional and unconditional row) or one row when cfg_weight == 0, laid
 out as `generate_speech_tokens` lays out one sequence (see there and models/t3.py: BOS fed twice, token i at
-speech position i + 1, the repetition penalty counting BOS). Prefixes of different lengths are left-padded
-to a common length, so all rows write the same cache slot and sit at the same speech position at every
-step; the backbone gets each row's first slot (`seq_start`), counts the row's RoPE positions from it and
-masks the padding out.
+speech position i + 1, the repetition penalty counting BOS). Every live row writes the same cache slot at
+each step; a row's sequence starts at its own first slot (`seq_start`), the backbone counts the row's RoPE
+positions from there and masks the slots before it. The first requests of a batch are left-padded to a
+common prefix length; a request joining a running batch is prefilled into new rows, its prefix ending just
+before the slot the next step writes.
 
 Sampling runs per row with the request's own parameters and its own generator, so a request's tokens do
-not depend on what else is in the batch: they are the tokens `generate_speech_tokens` samples for it alone
-from the same generator (the batched matmuls round differently, ~5e-7 relative in the logits, which in
-practice never changes a draw). A request is finished by the stop token or by its own max_new_tokens;
-every `check_every` steps (one host sync) finished requests are dropped from the batch and the KV cache.
-Rows that finished since the last check run on until it, and what they sample is discarded.
+not depend on what else is in the batch, or when it joined: they are the tokens `generate_speech_tokens`
+samples for it alone from the same generator (the batched matmuls round differently, ~5e-7 relative in the
+logits, which in practice never changes a draw). A request is finished by the stop token or by its own
+max_new_tokens; every `check_every` steps (one host sync) finished requests leave the batch and the KV
+cache and waiting ones may join. Rows that finished since the last check run on until it, and what they
+sample is discarded.
 """
 
 from __future__ import annotations
@@ -54,63 +57,94 @@ class DecodeRequest:
 
 
 class BatchDecoder:
-    """The backbone side of a batch decode: left-padded prefill, one step per token, dropping requests.
+    """The backbone side of a batch: prefixes in, one step per token, requests joining and leaving.
 
-    Works on the live requests, in order; `prefill` and `step` return each live request's conditional and
-    unconditional speech logits, (N, V) each (the conditional ones twice for a request without CFG).
+    Works on the live requests, in order; `admit` returns the joining requests' logits for their token 0,
+    `step` every live request's logits for its next token: conditional and unconditional, (N, V) each
+    (the conditional ones twice for a request without CFG).
     """
 
-    def __init__(self, t3: T3, requests: list[DecodeRequest], max_steps: int):
+    def __init__(self, t3: T3):
         self.t3 = t3
-        device = t3.speech_emb.weight.device
+        self.device = device = t3.speech_emb.weight.device
         bos = torch.full((1, 1), t3.cfg.start_speech_token, dtype=torch.long, device=device)
-        self.speech_pos = torch.arange(max_steps, device=device)  # token i is fed at speech position i + 1
-        bos_emb = t3.speech_embeds(bos, self.speech_pos[:1])  # (1, 1, D)
-        prefixes = []
-        for r in requests:
-            prefix = t3.prefix_embeds(r.cond, r.text_tokens, cfg=r.rows == 2)  # (R, P_j - 1, D)
-            prefixes.append(torch.cat((prefix, bos_emb.expand(r.rows, -1, -1)), dim=1))  # (R, P_j, D)
-        self.prefill_len = max(p.shape[1] for p in prefixes)
-        self._prefill_x = torch.cat([F.pad(p, (0, 0, self.prefill_len - p.shape[1], 0)) for p in prefixes])
-        self.seq_start = torch.tensor([self.prefill_len - p.shape[1] for p in prefixes for _ in range(p.shape[0])],
-                                      device=device)  # (B,)
-        self.cache_pos = torch.arange(self.prefill_len + max_steps, device=device)
-        self.steps = 0  # tokens fed after the prefix
-        first = [sum(r.rows for r in requests[:j]) for j in range(len(requests))]
-        self._set_rows([list(range(f, f + r.rows)) for f, r in zip(first, requests)])
-        t3.tfmr.setup_caches(len(self.seq_start), self.prefill_len + max_steps)
+        self._bos_emb = t3.speech_embeds(bos, torch.zeros(1, dtype=torch.long, device=device))  # (1, 1, D)
+        self.seq_start = torch.zeros(0, dtype=torch.long, device=device)  # (B,) each row's first slot
+        self.positions = torch.zeros(0, 1, dtype=torch.long, device=device)  # (N, 1) speech position of the next feed
+        self.next_slot = 0  # the cache slot the next step writes
+        self._slots_needed = 0  # slots the live requests may still reach
+        self._set_rows([])
+
+    def fits(self, request: DecodeRequest) -> bool:
+        """Whether `request` can join now: its prefix (and second BOS) fits before the next slot."""
+        return not self._rows or self._prefix_len(request) <= self.next_slot
+
+    def _prefix_len(self, request: DecodeRequest) -> int:
+        return self.t3.prefix_len(request.cond, len(request.text_tokens)) + 1
+
+    def admit(self, requests: list[DecodeRequest]) -> tuple[Tensor, Tensor]:
+        """Prefill `requests` (each must fit) into new rows after the live ones; their logits for token 0."""
+        t3, tfmr = self.t3, self.t3.tfmr
+        prefixes = [torch.cat((t3.prefix_embeds(r.cond, r.text_tokens, cfg=r.rows == 2),
+                               self._bos_emb.expand(r.rows, -1, -1)), dim=1) for r in requests]  # (R_j, P_j, D)
+        width = max(p.shape[1] for p in prefixes)
+        old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
+        if not self._rows:  # a fresh batch: the prefixes left-padded to a common length
+            self.next_slot = self._slots_needed = width
+            self.seq_start = self.seq_start[:0]
+        assert width <= self.next_slot, "admit only requests that fit"
+        needed = max(self._slots_needed, self.next_slot + max(r.max_new_tokens for r in requests))
+        if old_rows and needed > tfmr.max_seq_len:
+            self._shift(min(int(self.seq_start.min()), self.next_slot - width))
+            needed = max(self._slots_needed, self.next_slot + max(r.max_new_tokens for r in requests))
+        if old_rows:
+            tfmr.resize_caches(old_rows + new_rows, needed)
+        else:
+            tfmr.setup_caches(new_rows, needed)
+        self._slots_needed = needed
+
+        starts = torch.tensor([self.next_slot - p.shape[1] for p in prefixes for _ in range(p.shape[0])],
+                              device=self.device)
+        x = torch.cat([F.pad(p, (0, 0, width - p.shape[1], 0)) for p in prefixes])  # (R, width, D)
+        slots = torch.arange(self.next_slot - width, self.next_slot, device=self.device)
+        h = tfmr(x, slots, kv_len=self.next_slot, seq_start=starts, rows=slice(old_rows, old_rows + new_rows))[:, -1]
+        self.seq_start = torch.cat((self.seq_start, starts))
+        self.positions = torch.cat((self.positions, torch.ones(len(requests), 1, dtype=torch.long, device=self.device)))
+        first = [old_rows + sum(r.rows for r in requests[:j]) for j in range(len(requests))]
+        self._set_rows(self._rows + [list(range(f, f + r.rows)) for f, r in zip(first, requests)])
+        logits = t3.speech_head(h).float()  # (R, V)
+        local = [f - old_rows for f in first]
+        return logits[local], logits[[f + r.rows - 1 for f, r in zip(local, requests)]]
+
+    def _shift(self, offset: int) -> None:
+        """Drop the `offset` leading slots no live row uses."""
+        if offset > 0:
+            self.t3.tfmr.shift_caches(offset, self.next_slot)
+            self.seq_start = self.seq_start - offset
+            self.next_slot -= offset
+            self._slots_needed -= offset
 
     def _set_rows(self, rows: list[list[int]]) -> None:
         """rows[j]: the backbone rows of live request j, its conditional row first."""
         self._rows = rows
-        device = self.seq_start.device
-        self.cond_rows = torch.tensor([r[0] for r in rows], device=device)  # (N,)
-        self.uncond_rows = torch.tensor([r[-1] for r in rows], device=device)  # (N,)
+        self.cond_rows = torch.tensor([r[0] for r in rows], dtype=torch.long, device=self.device)  # (N,)
+        self.uncond_rows = torch.tensor([r[-1] for r in rows], dtype=torch.long, device=self.device)  # (N,)
         request = [0] * sum(len(r) for r in rows)
         for j, request_rows in enumerate(rows):
             for row in request_rows:
                 request[row] = j
-        self.row_request = torch.tensor(request, device=device)  # (B,) live request of each row
-
-    def _logits(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.t3.speech_head(h).float()  # (B, V)
-        return logits[self.cond_rows], logits[self.uncond_rows]
-
-    def prefill(self) -> tuple[Tensor, Tensor]:
-        """Run the prefixes (the second BOS last); logits for token 0."""
-        x, self._prefill_x = self._prefill_x, None
-        pos = self.cache_pos[: self.prefill_len]
-        h = self.t3.tfmr(x, pos, kv_len=self.prefill_len, seq_start=self.seq_start)[:, -1]  # (B, D)
-        return self._logits(h)
+        self.row_request = torch.tensor(request, dtype=torch.long, device=self.device)  # (B,) live request of each row
 
     def step(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Feed token i (N, 1) of every live request; logits for token i + 1."""
-        i = self.steps
-        x = self.t3.speech_embeds(tokens, self.speech_pos[i + 1 : i + 2])[self.row_request]  # (B, 1, D)
-        slot = self.prefill_len + i
-        h = self.t3.tfmr(x, self.cache_pos[slot : slot + 1], kv_len=slot + 1, seq_start=self.seq_start)[:, -1]
-        self.steps += 1
-        return self._logits(h)
+        """Feed each live request's latest token (N, 1) at its own speech position; logits for the next."""
+        x = self.t3.speech_embeds(tokens, self.positions)[self.row_request]  # (B, 1, D)
+        slot = self.next_slot
+        slots = torch.arange(slot, slot + 1, device=self.device)
+        h = self.t3.tfmr(x, slots, kv_len=slot + 1, seq_start=self.seq_start)[:, -1]  # (B, D)
+        self.next_slot += 1
+        self.positions += 1
+        logits = self.t3.speech_head(h).float()  # (B, V)
+        return logits[self.cond_rows], logits[self.uncond_rows]
 
     def keep(self, live: list[int]) -> None:
         """Keep only the live requests at positions `live`, in that order. Their rows keep their places
@@ -122,10 +156,114 @@ class BatchDecoder:
         for old in kept:
             if old >= n:
                 rows[next(holes)] = old
-        self.t3.tfmr.keep_rows(rows, kv_len=self.prefill_len + self.steps)
+        if n:
+            self.t3.tfmr.keep_rows(rows, kv_len=self.next_slot)
         self.seq_start = self.seq_start[rows]
+        self.positions = self.positions[live]
         new_row = {old: new for new, old in enumerate(rows)}
         self._set_rows([[new_row[row] for row in self._rows[j]] for j in live])
+
+
+@dataclass
+class _Live:
+    key: object  # the caller's handle
+    request: DecodeRequest
+    generator: torch.Generator
+    tokens: list[int]  # sampled so far (collected at checks)
+    sampled: int  # sampled so far, collected or not
+    done: bool = False
+
+
+class DecodeBatch:
+    """Requests sampling together on one `BatchDecoder`: they join with `admit` (between checks) and
+    `advance` runs the batch to its next check, reporting new tokens and dropping finished requests."""
+
+    def __init__(self, t3: T3, check_every: int = 4):
+        if not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
+        self.t3, self.check_every = t3, check_every
+        self.decoder = BatchDecoder(t3)
+        self.live: list[_Live] = []
+        device, vocab = self.decoder.device, t3.cfg.speech_tokens_dict_size
+        self._params = RowSamplingParams.stack([], device)
+        self._seen = torch.zeros(0, vocab, dtype=torch.bool, device=device)  # (N, V) ids sampled, BOS included
+        self._unfed = torch.zeros(0, 1, dtype=torch.long, device=device)  # (N, 1) latest tokens, not yet fed
+        self._since_check = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.live
+
+    def fits(self, request: DecodeRequest) -> bool:
+        return self.decoder.fits(request)
+
+    def admit(self, keys: list, requests: list[DecodeRequest]) -> None:
+        """Join `requests` (validated, each fitting) under the handles `keys`; samples their token 0."""
+        device = self.decoder.device
+        if self.empty:
+            self._since_check = 1  # token 0 counts as the batch's first step
+        cond, uncond = self.decoder.admit(requests)
+        params = RowSamplingParams.stack([r.sampling for r in requests], device)
+        seen = torch.zeros(len(requests), self.t3.cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
+        seen[:, self.t3.cfg.start_speech_token] = True
+        generators = [r.generator or _generator_from_global_rng(device) for r in requests]
+        tokens = sample_rows(next_token_probs_rows(cond, uncond, seen, params), generators)  # (R, 1)
+        seen.scatter_(1, tokens, True)
+        self._params = self._params.cat(params)
+        self._seen, self._unfed = torch.cat((self._seen, seen)), torch.cat((self._unfed, tokens))
+        stop = self.t3.cfg.stop_speech_token
+        for key, r, g, token in zip(keys, requests, generators, tokens.view(-1).tolist()):
+            self.live.append(_Live(key, r, g, [token], 1, done=token == stop or r.max_new_tokens == 1))
+
+    def advance(self) -> list[tuple[object, list[int], bool]]:
+        """Decode to the next check; (key, tokens so far, finished) for every request with news. The token
+        lists are the batch's own: read them, do not modify them."""
+        if not self.live:
+            return []
+        if any(live.done for live in self.live):  # finished at admission: leave before the next step
+            return self._collect([[] for _ in self.live])
+        pending = []  # (N, 1) per step
+        while True:
+            cond, uncond = self.decoder.step(self._unfed)
+            probs = next_token_probs_rows(cond, uncond, self._seen, self._params)  # (N, V)
+            tokens = sample_rows(probs, [live.generator for live in self.live])  # (N, 1)
+            self._seen.scatter_(1, tokens, True)
+            self._unfed = tokens
+            pending.append(tokens)
+            self._since_check += 1
+            for live in self.live:
+                live.sampled += 1
+            if (self._since_check >= self.check_every
+                    or any(live.sampled >= live.request.max_new_tokens for live in self.live)):
+                return self._collect(torch.cat(pending, dim=1).tolist())
+
+    def remove(self, keys: set) -> None:
+        """Drop the requests with these handles (cancelled)."""
+        self._keep([p for p, live in enumerate(self.live) if live.key not in keys])
+
+    def _collect(self, new: list[list[int]]) -> list[tuple[object, list[int], bool]]:
+        """Append the tokens sampled since the last check (new[p]: live position p's) up to each request's
+        end, report, and drop the finished requests."""
+        stop, reports, keep = self.t3.cfg.stop_speech_token, [], []
+        for p, (live, tokens) in enumerate(zip(self.live, new)):
+            for token in tokens:
+                if live.done:
+                    break
+                live.tokens.append(token)
+                live.done = token == stop or len(live.tokens) == live.request.max_new_tokens
+            reports.append((live.key, live.tokens, live.done))
+            if not live.done:
+                keep.append(p)
+        self._since_check = 0
+        if len(keep) < len(self.live):
+            self._keep(keep)
+        return reports
+
+    def _keep(self, keep: list[int]) -> None:
+        index = torch.tensor(keep, dtype=torch.long, device=self.decoder.device)
+        self.decoder.keep(keep)
+        self._params, self._seen, self._unfed = self._params.select(index), self._seen[index], self._unfed[index]
+        self.live = [self.live[p] for p in keep]
 
 
 @torch.inference_mode()
@@ -138,64 +276,18 @@ def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check
     on_tokens: called at every such sync as on_tokens(j, tokens of request j so far) for each request that
     got new tokens (token-level streaming); the list must not be modified.
     """
-    _validate(t3, requests, check_every)
-    device = t3.speech_emb.weight.device
-    stop = t3.cfg.stop_speech_token
-    generators = [r.generator or _generator_from_global_rng(device) for r in requests]
-    max_steps = max(r.max_new_tokens for r in requests)
-
-    decoder = BatchDecoder(t3, requests, max_steps)
-    params = RowSamplingParams.stack([r.sampling for r in requests], device)
-    seen = torch.zeros(len(requests), t3.cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
-    seen[:, t3.cfg.start_speech_token] = True  # the repetition penalty sees BOS too
-    live = list(range(len(requests)))  # request index of each live position
+    _validate(t3, requests)
+    batch = DecodeBatch(t3, check_every)
+    batch.admit(list(range(len(requests))), list(requests))
     out: list[list[int]] = [[] for _ in requests]
-    pending: list[Tensor] = []  # (N, 1) tokens sampled since the last check
-
-    cond, uncond = decoder.prefill()
-    for i in range(max_steps):
-        probs = next_token_probs_rows(cond, uncond, seen, params)  # (N, V)
-        tokens = sample_rows(probs, [generators[j] for j in live])  # (N, 1)
-        pending.append(tokens)
-        if i == max_steps - 1:
-            break
-        if (i + 1) % check_every == 0 or any(requests[j].max_new_tokens == i + 1 for j in live):
-            keep = _collect(torch.cat(pending, dim=1).tolist(), live, requests, out, stop)
-            if on_tokens is not None:
-                for j in live:
-                    on_tokens(j, out[j])
-            pending = []
-            if not keep:
-                break
-            if len(keep) < len(live):
-                index = torch.tensor(keep, device=device)
-                decoder.keep(keep)
-                params, seen, tokens = params.select(index), seen[index], tokens[index]
-                live = [live[p] for p in keep]
-        seen.scatter_(1, tokens, True)
-        cond, uncond = decoder.step(tokens)
-    if pending:
-        _collect(torch.cat(pending, dim=1).tolist(), live, requests, out, stop)
-        if on_tokens is not None:
-            for j in live:
-                on_tokens(j, out[j])
+    reported = [0] * len(requests)
+    while not batch.empty:
+        for j, tokens, _ in batch.advance():
+            if on_tokens is not None and len(tokens) > reported[j]:
+                on_tokens(j, tokens)
+            out[j], reported[j] = tokens, len(tokens)
+    device = t3.speech_emb.weight.device
     return [torch.tensor(tokens, dtype=torch.long, device=device) for tokens in out]
-
-
-def _collect(new: list[list[int]], live: list[int], requests: list[DecodeRequest], out: list[list[int]],
-             stop: int) -> list[int]:
-    """Append the tokens sampled since the last check (new[p]: live position p's) up to each request's end;
-    returns the live positions still unfinished."""
-    keep = []
-    for p, j in enumerate(live):
-        tokens, budget = out[j], requests[j].max_new_tokens
-        for token in new[p]:
-            tokens.append(token)
-            if token == stop or len(tokens) == budget:
-                break
-        else:
-            keep.append(p)
-    return keep
 
 
 def _generator_from_global_rng(device: torch.device) -> torch.Generator:
@@ -203,18 +295,16 @@ def _generator_from_global_rng(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _validate(t3: T3, requests: list[DecodeRequest], check_every: int) -> None:
+def _validate(t3: T3, requests: list[DecodeRequest]) -> None:
     if not isinstance(requests, (list, tuple)) or not requests:
         raise ValueError("requests must be a non-empty list of DecodeRequest")
-    if not isinstance(check_every, int) or check_every < 1:
-        raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
     for n, r in enumerate(requests):
-        problem = _request_problem(t3, r)
+        problem = request_problem(t3, r)
         if problem:
             raise ValueError(f"request {n}: {problem}")
 
 
-def _request_problem(t3: T3, r: DecodeRequest) -> str | None:
+def request_problem(t3: T3, r: DecodeRequest) -> str | None:
     if not isinstance(r, DecodeRequest):
         return f"expected a DecodeRequest, got {type(r).__name__}"
     for name, limits in SAMPLING_RANGES.items():

@@ -121,6 +121,12 @@ class RowSamplingParams:
                    column([p.repetition_penalty for p in params]), column([p.min_p for p in params]),
                    column([1 - p.top_p for p in params]), any(p.top_p < 1.0 for p in params))
 
+    def cat(self, other: RowSamplingParams) -> RowSamplingParams:
+        """These rows, then `other`'s."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, use_top_p=self.use_top_p or other.use_top_p,
+                       **{name: torch.cat((v, getattr(other, name))) for name, v in values.items()})
+
     def select(self, rows: Tensor) -> RowSamplingParams:
         """The parameters of rows `rows` (K,), in that order."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}

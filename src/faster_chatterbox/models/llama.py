@@ -82,14 +82,38 @@ class KVCache(nn.Module):
         super().__init__()
         shape = (batch, n_kv_heads, max_seq_len, head_dim)
         # zeros, not empty: unwritten slots are masked, but 0 * NaN would still poison the output
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self._k_store = torch.zeros(shape, dtype=dtype, device=device)
+        self._v_store = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_cache, self.v_cache = self._k_store, self._v_store  # the live rows: views of the first rows
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # input_pos: (S,); k, v: (B, H_kv, S, head_dim), cast to the cache's dtype
-        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
-        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
-        return self.k_cache, self.v_cache
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        # input_pos: (S,); k, v: (B, H_kv, S, head_dim) for cache rows `rows`, cast to the cache's dtype
+        k_cache, v_cache = self.k_cache[rows], self.v_cache[rows]
+        k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+        return k_cache, v_cache
+
+    def resize(self, batch: int, max_seq_len: int) -> None:
+        """Make the cache `batch` rows of at least `max_seq_len` slots, keeping what the current rows hold.
+        Reuses the allocation when it is large enough (rows beyond the current ones are zeroed)."""
+        old_batch = self.k_cache.shape[0]
+        store_batch, _, store_len, _ = self._k_store.shape
+        if batch <= store_batch and max_seq_len <= store_len:
+            self._k_store[old_batch:batch].zero_()
+            self._v_store[old_batch:batch].zero_()
+        else:
+            keep = min(old_batch, batch)
+            for name in ("_k_store", "_v_store"):
+                old = getattr(self, name)
+                new = old.new_zeros(max(batch, store_batch), old.shape[1], max(max_seq_len, store_len), old.shape[3])
+                new[:keep, :, :store_len] = old[:keep]
+                setattr(self, name, new)
+        self.k_cache, self.v_cache = self._k_store[:batch], self._v_store[:batch]
+
+    def shift(self, offset: int, kv_len: int) -> None:
+        """Move slots [offset, kv_len) of every row to [0, kv_len - offset)."""
+        for cache in (self.k_cache, self.v_cache):
+            cache[:, :, : kv_len - offset] = cache[:, :, offset:kv_len].clone()
 
     def keep_rows(self, rows: list[int], kv_len: int) -> None:
         """Row i takes row rows[i]'s first kv_len slots, in place; the cache becomes a view of len(rows) rows."""
@@ -112,15 +136,16 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
-        # x: (B, S, D); cos, sin: (S, head_dim) or (B, 1, S, head_dim); input_pos: (S,);
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor,
+                rows: slice = slice(None)) -> Tensor:
+        # x: (B, S, D) for cache rows `rows`; cos, sin: (S, head_dim) or (B, 1, S, head_dim); input_pos: (S,);
         # mask: (S, kv_len) or (B, 1, S, kv_len) bool
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, hd)
         k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
         v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all = self.kv_cache.update(input_pos, k, v)  # (B, H_kv, max_seq_len, hd)
+        k_all, v_all = self.kv_cache.update(input_pos, k, v, rows)  # (B, H_kv, max_seq_len, hd)
         kv_len = mask.shape[-1]
         # Attention runs in the cache's dtype: a float32 cache under bf16 weights is faster on CPU.
         y = F.scaled_dot_product_attention(
@@ -149,8 +174,9 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor,
+                rows: slice = slice(None)) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask, rows)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -184,11 +210,32 @@ class Llama(nn.Module):
             for layer in self.layers:
                 layer.self_attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_seq_len, self.cfg.head_dim,
                                                    dtype, weight.device)
-            # RoPE tables in float32 whatever the model dtype, cast on use as Hugging Face does
-            inv_freq = llama3_inv_freq(self.cfg, weight.device)  # (head_dim/2,)
-            freqs = torch.arange(max_seq_len, device=weight.device, dtype=torch.float32)[:, None] * inv_freq
-            angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
-            self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
+            self._rope_tables(max_seq_len)
+
+    def _rope_tables(self, max_seq_len: int) -> None:
+        # RoPE tables in float32 whatever the model dtype, cast on use as Hugging Face does
+        weight = self.norm.weight
+        inv_freq = llama3_inv_freq(self.cfg, weight.device)  # (head_dim/2,)
+        freqs = torch.arange(max_seq_len, device=weight.device, dtype=torch.float32)[:, None] * inv_freq
+        angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
+        self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
+
+    def resize_caches(self, batch: int, max_seq_len: int) -> None:
+        """Grow or shrink the batch to `batch` rows with room for at least `max_seq_len` slots, keeping what
+        the current rows hold (rows joining a running batch; a batch outgrowing its slots)."""
+        with torch.inference_mode(False):
+            for layer in self.layers:
+                layer.self_attn.kv_cache.resize(batch, max_seq_len)
+            if max_seq_len > self.max_seq_len:
+                self._rope_tables(max_seq_len)
+        self.max_batch, self.max_seq_len = batch, max(max_seq_len, self.max_seq_len)
+
+    def shift_caches(self, offset: int, kv_len: int) -> None:
+        """Move every row's slots [offset, kv_len) to [0, kv_len - offset): a batch whose oldest sequence
+        now starts at `offset` gives its unused leading slots back (callers shift their positions too)."""
+        with torch.inference_mode(False):
+            for layer in self.layers:
+                layer.self_attn.kv_cache.shift(offset, kv_len)
 
     def keep_rows(self, rows: list[int], kv_len: int | None = None) -> None:
         """Shrink the batch to len(rows) rows: row i takes what row rows[i] held in cache slots [0, kv_len)
@@ -201,11 +248,12 @@ class Llama(nn.Module):
         self.max_batch = len(rows)
 
     def forward(self, x: Tensor, input_pos: Tensor, kv_len: int | None = None,
-                seq_start: Tensor | None = None) -> Tensor:
+                seq_start: Tensor | None = None, rows: slice = slice(None)) -> Tensor:
         """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
         Attention covers cache slots [0, kv_len) (default: the whole cache), causally masked by position.
         seq_start: (B,) first slot of each row's sequence when rows are left-padded; None: all rows start at 0.
+        rows: the cache rows x belongs to (default: all), e.g. the prefill of sequences joining a batch.
         """
         assert self.rope_cos is not None, "call setup_caches() first"
         kv_len = kv_len or self.max_seq_len
@@ -216,7 +264,7 @@ class Llama(nn.Module):
         else:
             mask, cos, sin = self._left_padded(input_pos, kv_len, seq_start, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, input_pos, mask)
+            x = layer(x, cos, sin, input_pos, mask, rows)
         return self.norm(x)
 
     def _left_padded(self, input_pos: Tensor, kv_len: int, seq_start: Tensor,

@@ -143,23 +143,28 @@ class S3Gen(nn.Module):
         wav[:, : self.trim_fade.numel()] *= self.trim_fade[: wav.size(1)]  # hide spill-over from the reference clip
         return wav
 
-    def _vocode_rows(self, mels: list[torch.Tensor], f0_smoothing: F0Smoothing | None = None) -> list[torch.Tensor]:
+    def _vocode_rows(self, mels: list[torch.Tensor], f0_smoothing: F0Smoothing | None = None,
+                     generators: list[torch.Generator] | None = None) -> list[torch.Tensor]:
         """HiFT, one row at a time (batching does not pay on CPU: benchmarks/hift_speed.md):
-        [(1, 80, F_i)] -> [(1, F_i * 480)]."""
-        return [self.mel2wav.inference(mel, f0_smoothing=f0_smoothing)[0] for mel in mels]  # casts as it needs
+        [(1, 80, F_i)] -> [(1, F_i * 480)]; generators: each row's source noise (None: the global RNG)."""
+        generators = generators or [None] * len(mels)
+        return [self.mel2wav.inference(mel, f0_smoothing=f0_smoothing, generators=[g] if g else None)[0]
+                for mel, g in zip(mels, generators)]  # casts as it needs
 
     @torch.inference_mode()
     def inference(
         self, speech_tokens: torch.Tensor, ref: dict, n_timesteps: int | None = None, *, solver: str | None = None,
         schedule: str | None = None, sway_coef: float | None = None, cfg_rate: float | None = None,
         noise: torch.Tensor | None = None, f0_smoothing: F0Smoothing | None = None,
+        vocoder_generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """(T,) speech tokens (< vocab_size) -> (1, 2 T * 480) float32 waveform at 24 kHz.
 
         n_timesteps: flow steps (None: 10, or 2 for the meanflow decoder); solver, schedule, sway_coef, cfg_rate:
         the ODE solve (None: upstream's, see flow.CausalConditionalCFM); noise: starting noise
         (1, 80, 2 (Tp + T)) (None: `draw_noise`, which is upstream's draw); f0_smoothing: HiFT's F0 smoothing
-        (None: off, as upstream).
+        (None: off, as upstream); vocoder_generator: the random stream of HiFT's source (None: the global RNG,
+        as upstream; a call's own stream keeps it reproducible while other threads draw from the global one).
         """
         device = self.trim_fade.device
         tokens = self._check_tokens(speech_tokens)
@@ -173,20 +178,20 @@ class S3Gen(nn.Module):
             noise=noise.to(device), solver=solver, schedule=schedule, sway_coef=sway_coef,
             cfg_rate=cfg_rate,
         )  # (1, 80, 2T)
-        return self._finish(self._vocode_rows([mel], f0_smoothing)[0])
+        return self._finish(self._vocode_rows([mel], f0_smoothing, [vocoder_generator])[0])
 
     @torch.inference_mode()
     def inference_batch(
         self, speech_tokens: list[torch.Tensor], refs: list[dict], n_timesteps: int | None = None, *,
         solver: str | None = None, schedule: str | None = None, sway_coef: float | None = None,
         cfg_rate: float | None = None, noises: list[torch.Tensor | None] | None = None,
-        f0_smoothing: F0Smoothing | None = None,
+        f0_smoothing: F0Smoothing | None = None, vocoder_generators: list[torch.Generator] | None = None,
     ) -> list[torch.Tensor]:
         """Several chunks, each with its own voice and length, through the flow as one padded batch.
 
         speech_tokens[i]: (T_i,); refs[i]: its voice (`embed_ref`'s dict); noises[i]: (1, 80, 2 (Tp_i + T_i)) or
-        None for `draw_noise` (drawn row after row from the global RNG before any decoding). Solve arguments as in
-        `inference`. Returns [(1, 2 T_i * 480)] float32 waveforms, each equal to `inference` of that row with the
+        None for `draw_noise` (drawn row after row from the global RNG before any decoding); vocoder_generators:
+        each row's HiFT source stream (None: the global RNG). Solve arguments as in `inference`. Returns [(1, 2 T_i * 480)] float32 waveforms, each equal to `inference` of that row with the
         same noise up to float rounding.
         """
         if len(speech_tokens) == 0 or len(speech_tokens) != len(refs):
@@ -205,7 +210,7 @@ class S3Gen(nn.Module):
         mels = self.flow.inference_rows(
             tokens, prompt_tokens, prompt_feats, [ref["embedding"].to(device) for ref in refs], noises,
             self._steps(n_timesteps), solver=solver, schedule=schedule, sway_coef=sway_coef, cfg_rate=cfg_rate)
-        return [self._finish(wav) for wav in self._vocode_rows(mels, f0_smoothing)]
+        return [self._finish(wav) for wav in self._vocode_rows(mels, f0_smoothing, vocoder_generators)]
 
     def _steps(self, n_timesteps: int | None) -> int:
         return (MEANFLOW_STEPS if self.meanflow else CFM_STEPS) if n_timesteps is None else n_timesteps
