@@ -235,3 +235,24 @@ def test_bench_reports_every_stage(small_ckpt, tmp_path):
     # the default preset (fast) solves the flow with 8 estimator calls (Adams-Bashforth 2: one per step)
     assert result["t3_tokens"] == 4 and result["cfm_steps"] == 8 and result["peak_rss_mb"] > 0
     assert result["machine"]["cpu_count"] >= 1
+
+
+def test_bench_jobs_scenario_runs_requests_one_by_one_and_at_once(small_ckpt, tmp_path, capsys):
+    import json
+
+    from faster_chatterbox.bench import job_texts
+
+    texts = job_texts(3, 60)
+    assert len(texts) == 3 and len(set(texts)) == 3 and all(0 < len(t) <= 60 for t in texts)
+    out = tmp_path / "bench.jsonl"
+    assert main(["bench", "--checkpoint", str(small_ckpt), "--scenario", "jobs", "--jobs", "3", "--chars", "60",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["job"] == {"scenario": "jobs", "jobs": 3, "chars": 60, "preset": "fast", "decoder": "cfm",
+                             "checkpoint": str(small_ckpt)}
+    assert result["jobs"] == 3 and result["chars"] == sum(map(len, texts)) and result["tokens"] > 0
+    assert 0 < result["latency_p50_s"] <= result["latency_p95_s"] <= result["latency_max_s"] == result["concurrent_s"]
+    assert result["throughput"] == pytest.approx(result["audio_s"] / result["concurrent_s"])
+    assert result["sequential_s"] > 0 and result["peak_rss_mb"] > 0
+    assert main(["bench", "--checkpoint", str(small_ckpt), "--scenario", "jobs", "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err

@@ -13,6 +13,14 @@ plan, after our normalisation) as sequential `generate` calls with the same budg
 upstream does by hand. Keys: chars, chunks, tokens, t3_s, s3gen_s, generate_s, audio_s, rtf, peak_rss_mb,
 and with `--stream` ttfa_s (time to the first streamed piece, a second run) for ours.
 
+Scenario `jobs`: `--jobs N` independent requests, each a different piece of the chapter of at most `--chars`
+characters (budgets as in `text`), run one after another and then all at once from N threads (as N users
+of one server would send them), in one process after a warm-up call. Ours at once: their T3 decodes share
+the scheduler's continuously refilled batch. Upstream: one after another only (its model is not
+thread-safe). Keys: jobs, chars, tokens, audio_s, sequential_s, concurrent_s, latency_p50_s, latency_p95_s,
+latency_max_s (at once, from the common start), throughput (audio seconds per second, at once),
+peak_rss_mb; upstream: sequential_s, and generate_s = sequential_s for the speed-up.
+
 Each side runs in its own Python process, so peak memory and warm-up are measured separately.
 """
 
@@ -139,6 +147,90 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
     return out
 
 
+def job_texts(jobs: int, chars: int) -> list[str]:
+    """`jobs` different pieces of the corpus chapter, each at most `chars` characters (sentences packed)."""
+    from .text.chunking import pack_chunks
+
+    pieces = [c.text for c in pack_chunks(chapter_text(max(chars, 1) * jobs + 2000), chars)]
+    return [pieces[k % len(pieces)] for k in range(jobs)]
+
+
+def _run_jobs(side: str, checkpoint: str, device: str, preset: str, decoder: str, jobs: int, chars: int,
+              voice: str) -> dict:
+    """The jobs scenario, in the child process."""
+    import threading
+
+    import numpy as np
+    import torch
+
+    from .checks import expected_tokens
+    from .tts import ChatterboxTTS
+
+    texts = job_texts(jobs, chars)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if side == "ours":
+        tts = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False, decoder=decoder)
+        tts.prepare_conditionals(voice)
+        kw = dict(token_budget_factor=1.0, max_retries=0, progress=False)
+
+        def one(k: int) -> tuple[int, int]:
+            result = tts.synthesize(texts[k], seed=SEED + k, **kw)
+            return len(result.audio), sum(c.t3_steps for c in result.chunks)
+    else:
+        from chatterbox.tts import ChatterboxTTS as Upstream
+
+        tts = Upstream.from_local(checkpoint, device)
+        tts.watermarker.apply_watermark = lambda wav, sample_rate: wav
+        tts.prepare_conditionals(voice)
+        budget, steps = {}, {}
+        t3_inference = tts.t3.inference
+
+        def counted(**kw):
+            out = t3_inference(**{**kw, "max_new_tokens": budget["n"]})
+            steps["n"] = out.shape[-1]
+            return out
+
+        tts.t3.inference = counted
+
+        def one(k: int) -> tuple[int, int]:
+            budget["n"] = max(1, round(expected_tokens(texts[k])))
+            torch.manual_seed(SEED + k)
+            return tts.generate(texts[k]).shape[-1], steps["n"]
+
+    one(0)  # warm-up
+    sync()
+    start = time.perf_counter()
+    done = [one(k) for k in range(jobs)]
+    sync()
+    out = {"jobs": jobs, "chars": sum(map(len, texts)), "tokens": sum(t for _, t in done),
+           "audio_s": sum(n for n, _ in done) / tts.sr, "sequential_s": time.perf_counter() - start}
+    if side == "ours":
+        latencies = [0.0] * jobs
+        begin = threading.Barrier(jobs + 1)
+
+        def user(k: int) -> None:
+            begin.wait()
+            one(k)
+            latencies[k] = time.perf_counter() - start
+
+        threads = [threading.Thread(target=user, args=(k,)) for k in range(jobs)]
+        for thread in threads:
+            thread.start()
+        begin.wait()
+        start = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        sync()
+        out.update(concurrent_s=max(latencies), latency_p50_s=float(np.percentile(latencies, 50)),
+                   latency_p95_s=float(np.percentile(latencies, 95)), latency_max_s=max(latencies),
+                   throughput=out["audio_s"] / max(latencies))
+        out["generate_s"] = out["concurrent_s"]
+    else:
+        out["generate_s"] = out["sequential_s"]
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
 def _run_side(side: str, checkpoint: str, device: str, preset: str, decoder: str, tokens: int, voice: str) -> dict:
     """The stages scenario, in the child process: load, then time the job once."""
     import torch
@@ -221,7 +313,8 @@ def random_checkpoint_dir() -> Path:
 
 def _spawn(side: str, checkpoint: Path, args) -> dict:
     cmd = [sys.executable, "-m", "faster_chatterbox.bench", side, str(checkpoint), args.device, args.preset,
-           str(args.tokens), args.voice_path, args.scenario, str(args.chars), str(int(args.stream)), args.decoder]
+           str(args.tokens), args.voice_path, args.scenario, str(args.chars), str(int(args.stream)), args.decoder,
+           str(args.jobs)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the {side} benchmark run failed (exit {proc.returncode})")
@@ -252,10 +345,12 @@ def run_bench(args) -> dict:
 
     if args.tokens < 1:
         raise ValueError(f"--tokens must be at least 1, got {args.tokens}")
-    if args.scenario == "text":
+    if args.scenario in ("text", "jobs"):
         chapter_text(args.chars)  # fails early without the corpus
         if args.chars < 20:
             raise ValueError(f"--chars must be at least 20, got {args.chars}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
     elif args.random_weights:
@@ -267,14 +362,16 @@ def run_bench(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args.voice_path = str(Path(tmp) / "voice.wav")
         write_audio(args.voice_path, synthetic_voice(10.0, 24000, seed=SEED), 24000)
-        job = {"text_chars": len(TEXT), "tokens": args.tokens} if args.scenario == "stages" else {"chars": args.chars}
+        job = {"stages": {"text_chars": len(TEXT), "tokens": args.tokens}, "text": {"chars": args.chars},
+               "jobs": {"jobs": args.jobs, "chars": args.chars}}[args.scenario]
         result = {"job": {"scenario": args.scenario, **job, "preset": args.preset, "decoder": args.decoder,
                           "checkpoint": str(checkpoint)}}
         result.update(_spawn("ours", checkpoint, args))
         if args.compare_upstream:
             result["upstream"] = _spawn("upstream", checkpoint, args)
-            keys = ("conditioning_s", "t3_prefill_s", "t3_ms_per_token", "flow_encoder_s", "cfm_s", "hift_s",
-                    "generate_s", "total_s") if args.scenario == "stages" else ("t3_s", "s3gen_s", "generate_s")
+            keys = {"stages": ("conditioning_s", "t3_prefill_s", "t3_ms_per_token", "flow_encoder_s", "cfm_s",
+                               "hift_s", "generate_s", "total_s"),
+                    "text": ("t3_s", "s3gen_s", "generate_s"), "jobs": ("sequential_s", "generate_s")}[args.scenario]
             result["speedup"] = {k: result["upstream"][k] / result[k] for k in keys if result[k] > 0}
     result["machine"] = _machine(args.device)
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -286,12 +383,14 @@ def run_bench(args) -> dict:
 
 
 if __name__ == "__main__":  # the child process of one side
-    side, checkpoint, device, preset, tokens, voice, scenario, chars, stream, decoder = sys.argv[1:11]
+    side, checkpoint, device, preset, tokens, voice, scenario, chars, stream, decoder, jobs = sys.argv[1:12]
     if side == "upstream":
         import warnings
 
         warnings.filterwarnings("ignore")
     if scenario == "text":
         print(json.dumps(_run_text(side, checkpoint, device, preset, decoder, int(chars), voice, stream == "1")))
+    elif scenario == "jobs":
+        print(json.dumps(_run_jobs(side, checkpoint, device, preset, decoder, int(jobs), int(chars), voice)))
     else:
         print(json.dumps(_run_side(side, checkpoint, device, preset, decoder, int(tokens), voice)))

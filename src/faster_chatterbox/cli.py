@@ -121,10 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
     p.add_argument("--decoder", default="cfm", choices=("cfm", "meanflow"), help="S3Gen decoder (ours)")
-    p.add_argument("--scenario", choices=("stages", "text"), default="stages",
-                   help="stages: one sentence, stage by stage (default); text: a long text, whole")
+    p.add_argument("--scenario", choices=("stages", "text", "jobs"), default="stages",
+                   help="stages: one sentence, stage by stage (default); text: a long text, whole; "
+                        "jobs: --jobs requests one after another, then all at once")
     p.add_argument("--tokens", type=int, default=100, help="stages: decode steps (default 100)")
-    p.add_argument("--chars", type=int, default=1200, help="text: characters of the corpus chapter (default 1200)")
+    p.add_argument("--chars", type=int, default=1200,
+                   help="text: characters of the corpus chapter (default 1200); jobs: at most, per request")
+    p.add_argument("--jobs", type=int, default=8, help="jobs: concurrent requests (default 8)")
     p.add_argument("--stream", action="store_true", help="text: also time the first streamed piece")
     p.add_argument("--compare-upstream", action="store_true", help="also run upstream chatterbox-tts on the same job")
     p.add_argument("--json", metavar="FILE", help="append the result as one JSON line to FILE")

@@ -184,12 +184,23 @@ class T3Work:
 
 def _render(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]],
             generators: dict[int, torch.Generator]) -> dict[int, np.ndarray]:
-    """S3Gen for chunks with tokens: {index: (N,) float32 audio}; chunks without speech tokens get silence."""
-    device, ref, s3gen = tts.device, job.conds.gen, tts.s3gen
-    if s3gen.meanflow:  # as Turbo feeds its meanflow decoder: the tokens, then 0.12 s of silence
+    """S3Gen for chunks with tokens: {index: (N,) float32 audio}; chunks without speech tokens get silence.
+    Renders take turns across calls (`render_slots`)."""
+    if tts.s3gen.meanflow:  # as Turbo feeds its meanflow decoder: the tokens, then 0.12 s of silence
         tokens = {i: t + [SILENCE_TOKEN] * 3 if t else t for i, t in tokens.items()}
     todo = [i for i, t in tokens.items() if t]
     audio = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
+    with tts.render_slots:
+        wavs = _render_wavs(tts, job, tokens, todo, generators)
+    for i, wav in zip(todo, wavs):
+        audio[i] = wav.reshape(-1).float().cpu().numpy()
+    return audio
+
+
+def _render_wavs(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]], todo: list[int],
+                 generators: dict[int, torch.Generator]) -> list[torch.Tensor]:
+    """The waveforms of chunks `todo`, in order."""
+    device, ref, s3gen = tts.device, job.conds.gen, tts.s3gen
     if job.batched and job.render_batch > 1 and todo:
         wavs = []
         for k in range(0, len(todo), job.render_batch):
@@ -197,14 +208,11 @@ def _render(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]],
             wavs += s3gen.inference_batch([torch.tensor(tokens[i], device=device) for i in group], [ref] * len(group),
                                           noises=[_noise(s3gen, ref, len(tokens[i]), generators[i]) for i in group],
                                           vocoder_generators=[generators[i] for i in group], **job.solve)
-    elif job.batched:  # one chunk at a time, each with its own noise
-        wavs = [s3gen.inference(torch.tensor(tokens[i], device=device), ref, noise=_noise(s3gen, ref, len(tokens[i]),
+        return wavs
+    if job.batched:  # one chunk at a time, each with its own noise
+        return [s3gen.inference(torch.tensor(tokens[i], device=device), ref, noise=_noise(s3gen, ref, len(tokens[i]),
                                 generators[i]), vocoder_generator=generators[i], **job.solve) for i in todo]
-    else:
-        wavs = [s3gen.inference(torch.tensor(tokens[i], device=device), ref, **job.solve) for i in todo]
-    for i, wav in zip(todo, wavs):
-        audio[i] = wav.reshape(-1).float().cpu().numpy()
-    return audio
+    return [s3gen.inference(torch.tensor(tokens[i], device=device), ref, **job.solve) for i in todo]
 
 
 def _noise(s3gen, ref: dict, n_tokens: int, generator: torch.Generator) -> torch.Tensor:
@@ -420,8 +428,9 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
             segment = tokens[start:]  # context + new + lookahead
             noise = _noise(tts.s3gen, ref, len(segment), noise_gen)
             begin = time.perf_counter()
-            wav = tts.s3gen.inference(torch.tensor(segment, device=device), ref, noise=noise,
-                                      vocoder_generator=noise_gen, **job.solve)
+            with tts.render_slots:
+                wav = tts.s3gen.inference(torch.tensor(segment, device=device), ref, noise=noise,
+                                          vocoder_generator=noise_gen, **job.solve)
             clock.add("s3gen_s", time.perf_counter() - begin)
             wav = wav.reshape(-1).float().cpu().numpy()
             lead = 0 if first else min(overlap, (emitted - start) * spf)

@@ -99,6 +99,9 @@ class ChatterboxTTS:
         self.max_batch = 8 if self.device.type == "cpu" else 32
         self.t3_scheduler = T3Scheduler(t3, self.max_batch, self.t3_lock)
         self._voice_lock = threading.RLock()  # the current voice and the voice cache, across threads
+        # S3Gen renders at once, across calls: on CPU one (concurrent renders only split the cores and add
+        # memory); on CUDA two (one's host work overlaps the other's kernels)
+        self.render_slots = threading.Semaphore(1 if self.device.type == "cpu" else 2)
         self.voice_cache_dir: str | Path | None = None  # set to keep voices on disk (prepare_conditionals)
         self._voices: OrderedDict[tuple, Conditionals] = OrderedDict()
 
