@@ -26,7 +26,8 @@ MIN_CHARS, MAX_CHARS = 20, 1000
 # Pause after a chunk by what ends it; 0 means an equal-power crossfade (see audio.joins).
 DEFAULT_PAUSES_S: Mapping[str, float] = {"word": 0.0, "clause": 0.1, "sentence": 0.3, "paragraph": 0.8}
 
-_WHITESPACE_CONTROLS = frozenset("\t\n\r\f\v")
+# control characters other than tab, newline, vertical tab, form feed and carriage return (U+0009-U+000D)
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v\r]*\n")
 _CLAUSE_BREAK = re.compile(r"(?<=[;:,\u2014\u2013])\s+|\s+(?=[\u2014\u2013-]\s)")
 
@@ -47,13 +48,12 @@ def check_text(text: str) -> None:
     """Raise ValueError for non-str text, control characters (with their position) or nothing to speak."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
-    for pos, ch in enumerate(text):
-        code = ord(ch)
-        if (code < 0x20 or 0x7F <= code <= 0x9F) and ch not in _WHITESPACE_CONTROLS:
-            raise ValueError(
-                f"text contains control character U+{code:04X} at position {pos}; "
-                "only tab, newline, carriage return, form feed and vertical tab are allowed"
-            )
+    control = _CONTROL.search(text)
+    if control:
+        raise ValueError(
+            f"text contains control character U+{ord(control[0]):04X} at position {control.start()}; "
+            "only tab, newline, carriage return, form feed and vertical tab are allowed"
+        )
     if not _speakable(text):
         raise ValueError("text has nothing to speak: it is empty or only whitespace and punctuation")
 

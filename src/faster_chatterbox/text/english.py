@@ -14,11 +14,12 @@ Supported forms (`normalize_english` docstring has examples):
 - years: 4-digit numbers 1100-2099 read as years in dates, decades, year ranges ("1990-1995"),
   before AD/BC/CE/BCE and after "in", "since", "by", "from", "until", "during", ... Elsewhere a
   4-digit number is a cardinal ("2000 people" -> "two thousand people").
-- times: 10:30, 7:05 pm, 7 p.m., 14:00 (hours 0-23, minutes 00-59; "p.m." -> "PM").
+- times: 10:30, 7:05 pm, 7 p.m., 14:00, 10:30:15 (hours 0-23, minutes and seconds 00-59; "p.m." -> "PM").
 - units after a number: km, m, cm, mm, kg, g, mg, lb, oz, mi, ft, mph, km/h, °C, °F, °, ml, L,
   ms, sec, min, h, hr, kWh, kW, GB, MB, KB, TB, GHz, MHz, kHz, Hz, V (singular for exactly 1).
 - phone-like groups "555-1234", "555-123-4567" are read digit by digit; version numbers
-  "2.0.1" as "two point zero point one"; "10:30:15" is left to the number rules.
+  "2.0.1" as "two point zero point one".
+- ranges: "3-5", "1.5-2" and "10 – 20" read "three to five" etc. (a hyphen only between bare numbers).
 - abbreviations: Mr. Mrs. Ms. Dr. St. Prof. Jr. Sr. Capt. Lt. Sgt. Mt. Ave. etc. e.g. i.e. vs.
   approx. Inc. Ltd. No. #; "Dr."/"St." before a capitalised word read Doctor/Saint unless they
   follow a capitalised name mid-sentence ("on Baker St."), then Drive/Street. Abbreviations that can end a sentence keep a full stop when the sentence ends.
@@ -148,12 +149,14 @@ def _unit(m: re.Match[str]) -> str:
 
 
 def _time(m: re.Match[str]) -> str:
-    hour, minute, half = int(m["h"]), m["m"], m["ampm"]
+    hour, minute, second, half = int(m["h"]), m["m"], m.groupdict().get("s"), m["ampm"]
     words = _int_words(str(hour))
     if minute and minute != "00":
         words += f" oh {_DIGITS[int(minute[1])]}" if minute[0] == "0" else f" {_int_words(minute)}"
     elif minute and not half:
         words += " o'clock" if 1 <= hour <= 12 else " hundred"
+    if second and second != "00":
+        words += f" and {_int_words(second.lstrip('0'))} second{'' if second == '01' else 's'}"
     if half:
         words += " " + ("AM" if half[0].lower() == "a" else "PM")
         if half.endswith(".") and _ends_sentence(m):
@@ -232,7 +235,8 @@ def _rules(day_first: bool) -> list[tuple[re.Pattern[str], str | Callable[[re.Ma
          lambda m: f"the {_ordinal_words(int(m['d']))} of {_MONTHS[_month_index(m['mon']) - 1]}"
          + (f", {_year_words(m['y'])}" if m["y"] else "")),
         (re.compile(rf"\b{month}\s+(?P<y>{_YEAR})\b"), lambda m: f"{_MONTHS[_month_index(m['mon']) - 1]} {_year_words(m['y'])}"),
-        (re.compile(r"\b(?P<h>[01]?\d|2[0-3]):(?P<m>[0-5]\d)(?!:?\d)(?:\s?(?P<ampm>[aApP]\.[mM]\.|[aApP][mM]\b))?"), _time),
+        (re.compile(r"\b(?P<h>[01]?\d|2[0-3]):(?P<m>[0-5]\d)(?::(?P<s>[0-5]\d))?(?!:?\d)"
+                    r"(?:\s?(?P<ampm>[aApP]\.[mM]\.|[aApP][mM]\b))?"), _time),
         (re.compile(r"\b(?P<h>1[0-2]|0?[1-9])(?P<m>)\s?(?P<ampm>[aApP]\.[mM]\.|[aApP][mM]\b)"), _time),
         (re.compile(rf"(?P<sign>(?<![\w.])[-\u2212])?(?P<cur>[$£€])\s?(?P<amount>{_NUM})"
                     rf"(?:\s?(?P<scale>thousand|million|billion|trillion|k|m|mn|bn|b|tn)\b)?", re.I), _money),
@@ -248,7 +252,7 @@ def _rules(day_first: bool) -> list[tuple[re.Pattern[str], str | Callable[[re.Ma
          lambda m: f"{m['cue']} {_year_words(m['y'])}"),
         (re.compile(r"\b(?:\d{3}-){1,2}\d{4}\b"), _digit_groups),
         (re.compile(r"\b\d+(?:\.\d+){2,}\b"), lambda m: " point ".join(_int_words(p) for p in m[0].split("."))),
-        (re.compile(rf"(?P<a>{_SIGN}(?:{_NUM}))\s?\u2013\s?(?P<b>{_NUM})"),
+        (re.compile(rf"(?<!\d-)(?P<a>{_SIGN}(?:{_NUM}))(?:\s?\u2013\s?|(?<=\d)-(?=\d))(?P<b>{_NUM})(?![\w.-]\d)"),
          lambda m: f"{_number_words(m['a'])} to {_number_words(m['b'])}"),
         (re.compile(rf"{_SIGN}(?:{_NUM})"), _spaced_number),
     ]
