@@ -256,3 +256,16 @@ def test_bench_jobs_scenario_runs_requests_one_by_one_and_at_once(small_ckpt, tm
     assert result["sequential_s"] > 0 and result["peak_rss_mb"] > 0
     assert main(["bench", "--checkpoint", str(small_ckpt), "--scenario", "jobs", "--jobs", "0"]) == 2
     assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
+def test_gpu_utilisation_sampler_reads_nvidia_smi_lines():
+    from faster_chatterbox.bench import GpuUtilisation
+
+    with GpuUtilisation(command=["sh", "-c", "echo 50; echo '[N/A]'; echo 70"]) as gpu:
+        gpu._proc.wait()  # all printed before the sampler stops (nvidia-smi -lms runs until stopped)
+    assert gpu.command[0] == "sh" and gpu.samples == [50.0, 70.0]
+    assert gpu.summary() == {"gpu_util_mean_pct": 60.0, "gpu_util_max_pct": 70.0, "gpu_util_samples": 2}
+    with GpuUtilisation(command=["no-such-nvidia-smi-here"]) as missing:
+        pass
+    assert missing.summary() == {}
+    assert GpuUtilisation("cuda:1").command[-4:] == ["-i", "1", "-lms", "200"]

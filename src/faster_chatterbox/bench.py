@@ -21,7 +21,9 @@ thread-safe). Keys: jobs, chars, tokens, audio_s, sequential_s, concurrent_s, la
 latency_max_s (at once, from the common start), throughput (audio seconds per second, at once),
 peak_rss_mb; upstream: sequential_s, and generate_s = sequential_s for the speed-up.
 
-Each side runs in its own Python process, so peak memory and warm-up are measured separately.
+On CUDA every scenario adds gpu_util_mean_pct and gpu_util_max_pct (nvidia-smi samples every 200 ms over
+the timed work) and cuda_peak_mb (torch's peak allocation). Each side runs in its own Python process, so
+peak memory and warm-up are measured separately.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +81,61 @@ class StageTimer:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+class GpuUtilisation:
+    """GPU utilisation (%) sampled every `interval_ms` while in use, from `nvidia-smi -lms` (no extra
+    dependency); `summary()` is empty where nvidia-smi is missing or reported nothing."""
+
+    def __init__(self, device: str = "cuda", interval_ms: int = 200, command: list[str] | None = None):
+        index = device.split(":")[1] if ":" in device else "0"
+        self.command = command or ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                   "-i", index, "-lms", str(interval_ms)]
+        self.samples: list[float] = []
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> GpuUtilisation:
+        try:
+            self._proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            return self
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                self.samples.append(float(line.strip()))
+            except ValueError:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
+            self._reader.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        return {"gpu_util_mean_pct": sum(self.samples) / len(self.samples), "gpu_util_max_pct": max(self.samples),
+                "gpu_util_samples": len(self.samples)}
+
+
+@contextmanager
+def device_watch(device: str, out: dict):
+    """Adds GPU utilisation and peak CUDA memory of the block to `out` when `device` is CUDA."""
+    if not device.startswith("cuda"):
+        yield
+        return
+    import torch
+
+    torch.cuda.reset_peak_memory_stats()
+    with GpuUtilisation(device) as gpu:
+        yield
+    out.update(gpu.summary(), cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20)
+
+
 CHAPTER = Path(__file__).resolve().parents[2] / "corpus" / "chapter.txt"
 
 
@@ -101,16 +159,17 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
     from .checks import expected_tokens
     from .tts import ChatterboxTTS
 
-    text = chapter_text(chars)
+    text, watch = chapter_text(chars), {}
     ours = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False,
                                     decoder=decoder) if side == "ours" else None
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if side == "ours":
         ours.prepare_conditionals(voice)
         sync()
-        start = time.perf_counter()
-        result = ours.synthesize(text, seed=SEED, token_budget_factor=1.0, max_retries=0, progress=False)
-        sync()
+        with device_watch(device, watch):
+            start = time.perf_counter()
+            result = ours.synthesize(text, seed=SEED, token_budget_factor=1.0, max_retries=0, progress=False)
+            sync()
         out = {"generate_s": time.perf_counter() - start, "t3_s": result.timings["t3_s"],
                "s3gen_s": result.timings["s3gen_s"], "chunks": len(result.chunks),
                "tokens": sum(c.t3_steps for c in result.chunks), "audio_s": len(result.audio) / ours.sr}
@@ -135,7 +194,7 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
         timer.wrap(tts.s3gen, "inference", "s3gen")
         torch.manual_seed(SEED)
         audio, tokens = 0, 0
-        with timer.stage("generate"):
+        with device_watch(device, watch), timer.stage("generate"):
             for chunk in plan:
                 budget["n"] = max(1, round(expected_tokens(chunk.text)))
                 audio += tts.generate(chunk.text).shape[-1]
@@ -143,7 +202,7 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
         out = {"generate_s": timer.seconds["generate"], "t3_s": timer.seconds["t3"], "s3gen_s": timer.seconds["s3gen"],
                "chunks": len(plan), "tokens": tokens, "audio_s": audio / tts.sr}
     out.update(chars=len(text), rtf=out["generate_s"] / out["audio_s"],
-               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **watch)
     return out
 
 
@@ -158,15 +217,13 @@ def job_texts(jobs: int, chars: int) -> list[str]:
 def _run_jobs(side: str, checkpoint: str, device: str, preset: str, decoder: str, jobs: int, chars: int,
               voice: str) -> dict:
     """The jobs scenario, in the child process."""
-    import threading
-
     import numpy as np
     import torch
 
     from .checks import expected_tokens
     from .tts import ChatterboxTTS
 
-    texts = job_texts(jobs, chars)
+    texts, watch = job_texts(jobs, chars), {}
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if side == "ours":
         tts = ChatterboxTTS.from_local(checkpoint, device=device, preset=preset, watermark=False, decoder=decoder)
@@ -200,8 +257,9 @@ def _run_jobs(side: str, checkpoint: str, device: str, preset: str, decoder: str
     one(0)  # warm-up
     sync()
     start = time.perf_counter()
-    done = [one(k) for k in range(jobs)]
-    sync()
+    with device_watch(device, watch):  # the concurrent run's, for ours
+        done = [one(k) for k in range(jobs)]
+        sync()
     out = {"jobs": jobs, "chars": sum(map(len, texts)), "tokens": sum(t for _, t in done),
            "audio_s": sum(n for n, _ in done) / tts.sr, "sequential_s": time.perf_counter() - start}
     if side == "ours":
@@ -216,18 +274,19 @@ def _run_jobs(side: str, checkpoint: str, device: str, preset: str, decoder: str
         threads = [threading.Thread(target=user, args=(k,)) for k in range(jobs)]
         for thread in threads:
             thread.start()
-        begin.wait()
-        start = time.perf_counter()
-        for thread in threads:
-            thread.join()
-        sync()
+        with device_watch(device, watch):
+            begin.wait()
+            start = time.perf_counter()
+            for thread in threads:
+                thread.join()
+            sync()
         out.update(concurrent_s=max(latencies), latency_p50_s=float(np.percentile(latencies, 50)),
                    latency_p95_s=float(np.percentile(latencies, 95)), latency_max_s=max(latencies),
                    throughput=out["audio_s"] / max(latencies))
         out["generate_s"] = out["concurrent_s"]
     else:
         out["generate_s"] = out["sequential_s"]
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.update(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **watch)
     return out
 
 
@@ -262,7 +321,8 @@ def _run_side(side: str, checkpoint: str, device: str, preset: str, decoder: str
     with timer.stage("conditioning"):
         tts.prepare_conditionals(voice, exaggeration=0.5)
     torch.manual_seed(SEED)
-    with timer.stage("generate"):
+    watch = {}
+    with device_watch(device, watch), timer.stage("generate"):
         out = run()
     s, n = timer.seconds, timer.calls
     if side == "ours":
@@ -283,6 +343,7 @@ def _run_side(side: str, checkpoint: str, device: str, preset: str, decoder: str
         "audio_s": audio_s,
         "rtf": s["generate"] / audio_s if audio_s else float("nan"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **watch,
     }
 
 
