@@ -167,7 +167,11 @@ class T3Work:
 
     def result(self, clock: Clock) -> dict[int, Decoded]:
         """Wait for the tokens; adds the decode's wall time (submission to last tokens) to clock's t3_s."""
-        outputs = self.outputs or {i: f.result() for i, f in self.futures.items()}
+        try:
+            outputs = self.outputs or {i: f.result() for i, f in self.futures.items()}
+        except BaseException:  # interrupted (Ctrl-C) or failed: nothing goes on decoding for this call
+            self.cancel()
+            raise
         clock.add("t3_s", self.finished - self.start)
         stop, vocab = self.tts.t3.cfg.stop_speech_token, self.tts.s3gen.vocab_size
         decoded = {}
