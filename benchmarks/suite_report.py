@@ -2,10 +2,11 @@
 
     python benchmarks/suite_report.py benchmarks/results.jsonl --out benchmarks/suite
 
-Writes OUT/suite.md and, with matplotlib (the `bench` extra), OUT/cost_per_char.png (generate seconds per
-1,000 characters against text length) and OUT/stages.png (time per stage, ours beside upstream).
+Writes OUT/suite.md (tables of the stages, text and jobs scenarios) and, with matplotlib (the `bench` extra),
+OUT/cost_per_char.png (generate seconds per 1,000 characters against text length) and OUT/stages.png (time per
+stage, ours beside upstream).
 
-A run's job is its scenario, preset, decoder, checkpoint (directory name), --tokens or --chars, on a machine
+A run's job is its scenario, preset, decoder, checkpoint (directory name), --tokens, --chars or --jobs, on a machine
 setup (device, GPU, torch threads); only the latest run of each job is reported, older ones are counted.
 Lines written before the `text` scenario existed have no job.scenario (read as `stages`) and no job.decoder
 (read as `cfm`, the only decoder then). Speed-ups are upstream / ours from the same line, never across lines.
@@ -28,6 +29,7 @@ REQUIRED = {
     "stages": ("conditioning_s", "t3_prefill_s", "t3_tokens", "t3_ms_per_token", "flow_encoder_s", "cfm_s",
                "hift_s", "generate_s", "total_s", "audio_s", "rtf", "peak_rss_mb"),
     "text": ("chars", "chunks", "tokens", "t3_s", "s3gen_s", "generate_s", "audio_s", "rtf", "peak_rss_mb"),
+    "jobs": ("jobs", "chars", "tokens", "audio_s", "sequential_s", "generate_s", "peak_rss_mb"),
 }
 # stacked segments of the stage plot: (label, seconds of one side's results)
 STAGE_SEGMENTS = {
@@ -49,23 +51,24 @@ class Run:
     """One line of the results file."""
 
     line: int
-    scenario: str  # "stages" | "text"
+    scenario: str  # "stages" | "text" | "jobs"
     preset: str
     decoder: str
     checkpoint: str  # the checkpoint directory's name
-    size: int  # stages: --tokens; text: --chars
+    size: int  # stages: --tokens; text: --chars; jobs: --jobs
     device: str
     gpu: str  # "" off CUDA
     threads: int
     date: datetime
     ours: dict
     upstream: dict | None
+    chars_per_job: int = 0  # jobs: --chars
 
     @property
     def job(self) -> tuple:
         """What was run where; runs of the same job supersede each other."""
         return (self.scenario, self.preset, self.decoder, self.checkpoint, self.device, self.gpu, self.threads,
-                self.size)
+                self.chars_per_job, self.size)
 
     @property
     def setup(self) -> str:
@@ -110,8 +113,8 @@ def parse_run(record: object, where: str, line: int = 0) -> Run:
     scenario = job.get("scenario", "stages")
     if scenario not in REQUIRED:
         raise ValueError(f"{where}: unknown scenario {scenario!r} (expected one of {sorted(REQUIRED)})")
-    size_key = "tokens" if scenario == "stages" else "chars"
-    for key, kind in (("preset", str), (size_key, int)):
+    size_key = {"stages": "tokens", "text": "chars", "jobs": "jobs"}[scenario]
+    for key, kind in (("preset", str), (size_key, int)) + ((("chars", int),) if scenario == "jobs" else ()):
         if not isinstance(job.get(key), kind):
             raise ValueError(f"{where}: job.{key} is missing or not a {kind.__name__}")
     if not isinstance(machine.get("device"), str) or not isinstance(machine.get("torch_threads"), int):
@@ -123,6 +126,7 @@ def parse_run(record: object, where: str, line: int = 0) -> Run:
         gpu=str(machine.get("gpu", "")), threads=machine["torch_threads"], date=_date(where, record.get("date")),
         ours=_results(where, scenario, record),
         upstream=None if upstream is None else _results(f"{where} (upstream)", scenario, upstream),
+        chars_per_job=job["chars"] if scenario == "jobs" else 0,
     )
 
 
@@ -223,6 +227,23 @@ def text_table(runs: list[Run]) -> list[str]:
     return lines
 
 
+def jobs_table(runs: list[Run]) -> list[str]:
+    """Markdown rows, one per run: ours one after another and all at once, upstream one after another."""
+    lines = _header(["preset", "decoder", "checkpoint", "machine", "date", "jobs", "chars each", "tokens",
+                     "audio s", "one by one s", "at once s", "at once / one by one", "latency p50 s",
+                     "latency p95 s", "audio s per s", "peak RSS MB", "upstream one by one s", "speed-up"], 5)
+    for run in runs:
+        r = run.ours
+        gain = r["sequential_s"] / r["generate_s"] if r["generate_s"] > 0 else None
+        lines.append(_row([run.preset, run.decoder, run.checkpoint, _machine(run), _when(run), str(r["jobs"]),
+                           str(run.chars_per_job), str(r["tokens"]), _num(r["audio_s"]), _num(r["sequential_s"]),
+                           _num(r["generate_s"]), _num(gain, 2, "x"), _num(r.get("latency_p50_s")),
+                           _num(r.get("latency_p95_s")), _num(r.get("throughput")), _num(r["peak_rss_mb"], 0),
+                           _num(run.upstream["generate_s"] if run.upstream else None),
+                           _num(run.speedup("generate_s"), 2, "x")]))
+    return lines
+
+
 def render_markdown(runs: list[Run], source: str, plots: list[str] | None) -> str:
     """suite.md: the latest run of each job, stages then text, then the plots (None: matplotlib missing)."""
     latest = latest_runs(runs)
@@ -240,6 +261,12 @@ def render_markdown(runs: list[Run], source: str, plots: list[str] | None) -> st
               "`faster-chatterbox bench --scenario text --chars N [--stream] [--compare-upstream]`: the corpus "
               "chapter's first N characters; upstream speaks the same chunks one `generate` call each.", ""]
     lines += text_table(by["text"]) if by["text"] else ["(no runs)"]
+    lines += ["", "## Jobs: independent requests, one after another and all at once", "",
+              "`faster-chatterbox bench --scenario jobs --jobs N --chars C [--compare-upstream]`: N pieces of the "
+              "chapter of at most C characters each; at once = N threads at the same time, their T3 decodes "
+              "sharing the scheduler's batch; latency from the common start; speed-up = upstream one by one / "
+              "ours at once.", ""]
+    lines += jobs_table(by["jobs"]) if by["jobs"] else ["(no runs)"]
     lines += ["", "## Plots", ""]
     if plots is None:
         lines.append("matplotlib is not installed (`pip install faster-chatterbox[bench]`): no plots.")
@@ -305,10 +332,12 @@ def _stacked_bars(ax, runs: list[Run], scenario: str) -> None:
 
 
 def plot_stages(plt, runs: list[Run], path: Path) -> bool:
-    """Time per stage, ours beside upstream: one panel per scenario with runs."""
+    """Time per stage, ours beside upstream: one panel per scenario with runs; False without any."""
     latest = latest_runs(runs)
-    panels = [(s, [r for r in latest if r.scenario == s]) for s in REQUIRED]
+    panels = [(s, [r for r in latest if r.scenario == s]) for s in STAGE_SEGMENTS]
     panels = [(s, group) for s, group in panels if group]
+    if not panels:
+        return False
     bars = [len(group) + sum(r.upstream is not None for r in group) for _, group in panels]
     fig, axes = plt.subplots(1, len(panels), figsize=(2 + 2 * len(panels) + 1.1 * sum(bars), 5), squeeze=False,
                              gridspec_kw={"width_ratios": [b + 1 for b in bars]})

@@ -107,6 +107,30 @@ def test_report_tables(suite, tmp_path):
     assert fast_300[6:] == ["1", "20.00", "6.00", "0.30", "20.00", "1.50", "3500", "15.00", "2.50x"]
 
 
+def jobs(n: int, sequential_s: float, at_once_s: float | None) -> dict:
+    out = {"jobs": n, "chars": 100 * n, "tokens": 150 * n, "audio_s": 6.0 * n, "sequential_s": sequential_s,
+           "generate_s": at_once_s or sequential_s, "peak_rss_mb": 5000.0}
+    if at_once_s:
+        out |= {"concurrent_s": at_once_s, "latency_p50_s": at_once_s / 2, "latency_p95_s": at_once_s,
+                "latency_max_s": at_once_s, "throughput": 6.0 * n / at_once_s}
+    return out
+
+
+def test_jobs_table(suite, tmp_path):
+    job = {"scenario": "jobs", "jobs": 8, "chars": 100, "preset": "fast", "decoder": "cfm", "checkpoint": CKPT}
+    lines = [line(job, jobs(8, 240.0, 160.0), "2026-11-25T12:00:00+0000", upstream=jobs(8, 480.0, None)),
+             line(job | {"chars": 50}, jobs(8, 100.0, 80.0), "2026-11-25T12:30:00+0000")]
+    md = suite.write_report(write(tmp_path, lines), tmp_path / "suite").read_text()
+    rows = table_rows(md, "## Jobs")
+    assert len(rows) == 2  # 50 and 100 characters per job are different jobs
+    assert rows[1][5:] == ["8", "100", "1200", "48.00", "240.00", "160.00", "1.50x", "80.00", "160.00", "0.30",
+                           "5000", "480.00", "3.00x"]
+    assert rows[0][6] == "50" and rows[0][-2:] == ["-", "-"]
+    with pytest.raises(ValueError, match="job.chars is missing"):
+        suite.load_runs(write(tmp_path, [line({k: v for k, v in job.items() if k != "chars"}, jobs(8, 1.0, 1.0),
+                                              "2026-11-25T12:00:00")]))
+
+
 def test_old_lines_read_as_stages_cfm(suite, tmp_path):
     (run,) = suite.load_runs(write(tmp_path, LINES[:1]))
     assert (run.scenario, run.decoder, run.size, run.upstream is not None) == ("stages", "cfm", 100, True)
