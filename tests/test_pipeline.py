@@ -1,5 +1,6 @@
 """The long-text pipeline on a small random checkpoint: chunking, batching, joins, streaming, checks and retries."""
 
+import logging
 import threading
 from concurrent.futures import Future
 
@@ -151,6 +152,15 @@ def test_token_streaming_gives_audio_every_few_tokens(fast):
     assert len(audio) == n * 960 and np.isfinite(audio).all()
     seams = [(int(p.start_s * fast.sr) - 480, int(p.start_s * fast.sr) + 480) for p in pieces[1:-1]]
     assert measure_joins(audio, fast.sr, seams).clicks == 0
+
+
+def test_a_failed_token_streamed_chunk_is_reported(fast, monkeypatch, caplog):
+    stop = fast.t3.cfg.stop_speech_token
+    monkeypatch.setattr(fast, "t3_scheduler", ScriptedT3(fast, lambda request, tokens: torch.tensor([5, 6, 7] * 40 + [stop])))
+    with caplog.at_level(logging.WARNING, logger="faster_chatterbox.pipeline"):
+        pieces = list(fast.generate_stream(SENTENCE.format(1), seed=1, max_new_tokens=20, max_retries=1))
+    assert pieces[-1].last and sum(len(p.audio) for p in pieces) > 0
+    assert any("streamed chunk 0 failed its token check (loop" in r.getMessage() for r in caplog.records)
 
 
 def test_exact_short_text_is_one_untouched_chunk(exact):

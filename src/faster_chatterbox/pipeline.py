@@ -403,7 +403,8 @@ class TokenStreaming:
 
 def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: StreamJoiner, clock: Clock,
                         streaming: TokenStreaming = TokenStreaming()) -> Iterator[Piece]:
-    """Chunk `index` of a batched job, streamed as T3 samples it (one attempt: no checks, no retry)."""
+    """Chunk `index` of a batched job, streamed as T3 samples it: one attempt, as its audio is out before its
+    tokens are complete; a failed token check is logged, not retried."""
     chunk, device, ref = job.chunks[index], tts.device, job.conds.gen
     updates: queue.Queue = queue.Queue()  # token lists as they come, then the finished Future
     request = DecodeRequest(job.conds.t3, tts.text_tokens(chunk.text), max_new_tokens=_budget(job, chunk.text),
@@ -423,6 +424,7 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
             if done:
                 clock.add("t3_s", ended[0] - submitted)
                 item = item.result().tolist()  # raises what the decode raised
+                stopped = bool(item) and item[-1] == tts.t3.cfg.stop_speech_token
             tokens = [t for t in item if t < vocab]
             ready = len(tokens) if done else len(tokens) - streaming.lookahead
             need = streaming.first_tokens if first else streaming.piece_tokens
@@ -445,4 +447,8 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
                 yield piece
     finally:
         future.cancel()  # a consumer that stops early stops the decode (no-op once it is done)
+    reason = token_failure(tokens, chunk.text, stopped, job.limits) if job.max_retries else None
+    if reason:
+        log.warning("streamed chunk %d failed its token check (%s); its audio was already out: not retried",
+                    index, reason)
     joiner.end_chunk(chunk.kind)

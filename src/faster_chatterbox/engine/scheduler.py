@@ -7,11 +7,14 @@ longer than the running batch's history waits until it fits or the batch drains 
 request's tokens do not depend on what it was batched with or when it joined (engine/batch_decode.py).
 
 The thread holds `lock` (the model's KV cache) while its batch has requests, so code that decodes T3
-directly (the exact preset's loop) takes turns with it.
+directly (the exact preset's loop) takes turns with it. On CUDA it decodes on its own stream, so that T3
+steps and the callers' S3Gen/HiFT kernels (on the default stream) can run at the same time; tokens are
+handed over as CPU tensors (read after the check's host sync), never as device memory of that stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
@@ -33,8 +36,8 @@ class _Ticket:
 
 
 class T3Scheduler:
-    """Submit `DecodeRequest`s from any thread; each gets a Future of its tokens (N,), the stop token
-    included when sampled, as `generate_speech_tokens_batch` returns them.
+    """Submit `DecodeRequest`s from any thread; each gets a Future of its tokens (N,) on the CPU, the stop
+    token included when sampled, as `generate_speech_tokens_batch` returns them.
 
     on_tokens(tokens so far), if given, runs on the scheduler thread at every check where the request got
     new tokens; if it raises, the request leaves the batch and its Future holds the exception (a consumer
@@ -87,6 +90,8 @@ class T3Scheduler:
     def _serve(self) -> None:
         batch: DecodeBatch | None = None
         running: dict[_Ticket, None] = {}
+        device = self.t3.speech_emb.weight.device
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         while True:
             with self._wake:
                 while not self._waiting and not running and not self._closed:
@@ -98,8 +103,10 @@ class T3Scheduler:
                 if batch is None:
                     self.lock.acquire()
                     batch = DecodeBatch(self.t3, self.check_every)
-                with torch.inference_mode():
+                with torch.inference_mode(), _on(stream):
                     if joining:
+                        if stream is not None:  # the joining requests' tensors were made on the default stream
+                            stream.wait_stream(torch.cuda.default_stream(device))
                         batch.admit(joining, [t.request for t in joining])
                         running.update(dict.fromkeys(joining))
                     self._report(batch, running, batch.advance())
@@ -141,12 +148,17 @@ class T3Scheduler:
                 gone.add(ticket)
                 continue
             if finished:
-                _settle(ticket.future, result=torch.tensor(tokens, dtype=torch.long, device=batch.decoder.device))
+                _settle(ticket.future, result=torch.tensor(tokens, dtype=torch.long))
                 del running[ticket]
         if gone:
             batch.remove(gone)
             for ticket in gone:
                 running.pop(ticket, None)
+
+
+def _on(stream: torch.cuda.Stream | None):
+    """Run on `stream` (CUDA), or as is (None)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def _settle(future: Future, result: Tensor | None = None, exc: BaseException | None = None) -> None:
