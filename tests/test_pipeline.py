@@ -73,16 +73,19 @@ def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast, monke
     rows = []
     forward = fast.t3.tfmr.forward
     monkeypatch.setattr(fast.t3.tfmr, "forward", lambda x, *a, **kw: rows.append(x.shape[0]) or forward(x, *a, **kw))
-    start = threading.Barrier(len(calls))
+    submitted, submit = threading.Semaphore(0), fast.t3_scheduler.submit
+    monkeypatch.setattr(fast.t3_scheduler, "submit", lambda *a, **kw: (submit(*a, **kw), submitted.release())[0])
     together = [None] * len(calls)
 
     def call(k):
-        start.wait()
         together[k] = fast.synthesize(max_new_tokens=40, **calls[k])
 
     threads = [threading.Thread(target=call, args=(k,)) for k in range(len(calls))]
-    for thread in threads:
-        thread.start()
+    with fast.t3_lock:  # the scheduler starts its batch once both calls have submitted (not a race on timing)
+        for thread in threads:
+            thread.start()
+        for _ in calls:
+            assert submitted.acquire(timeout=60)
     for thread in threads:
         thread.join()
     assert max(rows) == 4  # both CFG pairs in one backbone batch

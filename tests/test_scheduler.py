@@ -4,7 +4,6 @@ shares batches between callers. Every request must sample exactly what it sample
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import CancelledError
 
 import pytest
@@ -76,22 +75,26 @@ def test_requests_joining_a_running_batch_sample_as_alone(t3):
 
 
 def test_scheduler_shares_batches_between_threads(t3):
-    """Four callers on four threads, submitting at different times; at most three requests per batch."""
+    """Four callers on four threads, at most three requests per batch: the fourth joins the running batch
+    when the first one finishes. The lock (the model's KV cache) is held until all have submitted, so the
+    batching does not depend on thread timing."""
     requests = _requests(budgets=(30, 20, 25, 35), seed=60)
     ref = _solos(t3, requests, 60)
-    scheduler = T3Scheduler(t3, max_batch=3, lock=threading.Lock())
-    results = {}
+    lock = threading.Lock()
+    scheduler = T3Scheduler(t3, max_batch=3, lock=lock)
+    futures = {}
 
     def caller(j):
-        time.sleep(0.05 * j)
-        results[j] = scheduler.submit(requests[j]).result(timeout=120)
+        futures[j] = scheduler.submit(requests[j])
 
     with _Spy(t3.tfmr, "forward") as forward:
-        threads = [threading.Thread(target=caller, args=(j,)) for j in range(len(requests))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with lock:
+            threads = [threading.Thread(target=caller, args=(j,)) for j in range(len(requests))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        results = {j: f.result(timeout=120) for j, f in futures.items()}
         scheduler.close()
     for j in range(len(requests)):
         assert torch.equal(results[j], ref[j]), j
