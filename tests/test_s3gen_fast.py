@@ -51,7 +51,7 @@ def _capture_mels(model: S3Gen, monkeypatch) -> list[torch.Tensor]:
     """Record the mels S3Gen hands to HiFT (HiFT's own random draws then play no part in the comparison)."""
     mels: list[torch.Tensor] = []
 
-    def vocode(rows, f0_smoothing=None):
+    def vocode(rows, f0_smoothing=None, generators=None):
         mels.extend(rows)
         return [torch.zeros(1, row.size(2) * 480) for row in rows]
 
