@@ -159,7 +159,8 @@ def test_token_streaming_gives_audio_every_few_tokens(fast):
 
 def test_a_failed_token_streamed_chunk_is_reported(fast, monkeypatch, caplog):
     stop = fast.t3.cfg.stop_speech_token
-    monkeypatch.setattr(fast, "t3_scheduler", ScriptedT3(fast, lambda request, tokens: torch.tensor([5, 6, 7] * 40 + [stop])))
+    looping = ScriptedT3(fast, lambda request, tokens: torch.tensor([5, 6, 7] * 40 + [stop]))
+    monkeypatch.setattr(fast, "t3_scheduler", looping)
     with caplog.at_level(logging.WARNING, logger="faster_chatterbox.pipeline"):
         pieces = list(fast.generate_stream(SENTENCE.format(1), seed=1, max_new_tokens=20, max_retries=1))
     assert pieces[-1].last and sum(len(p.audio) for p in pieces) > 0

@@ -91,7 +91,6 @@ class BatchDecoder:
         old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
         if not self._rows:  # a fresh batch: the prefixes left-padded to a common length
             self.next_slot = self._slots_needed = width
-            self.seq_start = self.seq_start[:0]
         assert width <= self.next_slot, "admit only requests that fit"
         needed = max(self._slots_needed, self.next_slot + max(r.max_new_tokens for r in requests))
         if old_rows and needed > tfmr.max_seq_len:
@@ -109,7 +108,8 @@ class BatchDecoder:
         slots = torch.arange(self.next_slot - width, self.next_slot, device=self.device)
         h = tfmr(x, slots, kv_len=self.next_slot, seq_start=starts, rows=slice(old_rows, old_rows + new_rows))[:, -1]
         self.seq_start = torch.cat((self.seq_start, starts))
-        self.positions = torch.cat((self.positions, torch.ones(len(requests), 1, dtype=torch.long, device=self.device)))
+        token_0_at = torch.ones(len(requests), 1, dtype=torch.long, device=self.device)  # speech position 1
+        self.positions = torch.cat((self.positions, token_0_at))
         first = [old_rows + sum(r.rows for r in requests[:j]) for j in range(len(requests))]
         self._set_rows(self._rows + [list(range(f, f + r.rows)) for f, r in zip(first, requests)])
         logits = t3.speech_head(h).float()  # (R, V)

@@ -191,8 +191,9 @@ class S3Gen(nn.Module):
 
         speech_tokens[i]: (T_i,); refs[i]: its voice (`embed_ref`'s dict); noises[i]: (1, 80, 2 (Tp_i + T_i)) or
         None for `draw_noise` (drawn row after row from the global RNG before any decoding); vocoder_generators:
-        each row's HiFT source stream (None: the global RNG). Solve arguments as in `inference`. Returns [(1, 2 T_i * 480)] float32 waveforms, each equal to `inference` of that row with the
-        same noise up to float rounding.
+        each row's HiFT source stream (None: the global RNG). Solve arguments as in `inference`. Returns
+        [(1, 2 T_i * 480)] float32 waveforms, each equal to `inference` of that row with the same noise up to float
+        rounding.
         """
         if len(speech_tokens) == 0 or len(speech_tokens) != len(refs):
             raise ValueError(f"need one reference per chunk, got {len(speech_tokens)} chunks and "
