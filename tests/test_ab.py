@@ -84,6 +84,32 @@ def test_identical_settings_give_same_verdicts(small_checkpoint, tmp_path, singl
     assert (out / "outputs.png").stat().st_size > 0 and (out / "paired.png").stat().st_size > 0
 
 
+def test_same_tokens_with_different_noise_streams_are_not_paired(monkeypatch, tmp_path):
+    """exact draws decoder noise from the global RNG, the batched presets from each chunk's stream: even with
+    identical tokens their waveforms differ by the noise, so the pair is compared as outputs only."""
+    assert ab.noise_stream(ab.Setting("exact", "exact")) == "global"
+    assert ab.noise_stream(ab.Setting("fast", "fast")) == "chunk"
+    assert ab.noise_stream(ab.Setting("f", "fast", {"fast_inference": False})) == "global"
+    rng = np.random.default_rng(0)
+    tokens = np.arange(10)
+
+    def fake_outputs(a, b, jobs, *args):
+        outs = [[ab.Output(rng.standard_normal(24000).astype(np.float32), tokens, 1.0, 0.0, 0) for _ in jobs]
+                for _ in (a, b)]
+        scorer = type("Scorer", (), {"resemblyzer": None, "similarities": lambda self, wav, sr: {}})()
+        return outs[0], outs[1], scorer, True
+
+    monkeypatch.setattr(ab, "synthesize_both", fake_outputs)
+    monkeypatch.setattr(ab, "output_metrics", lambda *args: {m.name: 0.0 for m in METRICS})
+    monkeypatch.setattr(ab, "paired_metrics", lambda *args: {m.name: 0.0 for m in METRICS if m.kind == "paired"})
+    monkeypatch.setattr("faster_chatterbox.quality.report.write_html", lambda report, out_dir: None)
+    mixed = ab.run_ab("exact", "fast", ["Hello."], seeds=2, checkpoint=tmp_path, device="cpu", out_dir=tmp_path / "x")
+    assert mixed["same_tokens"] == "2/2" and mixed["mode"] == "statistical" and "paired" in mixed["skipped"]
+    assert all(u["paired"] is None for u in mixed["utterances"])
+    same = ab.run_ab("fast", "fast", ["Hello."], seeds=2, checkpoint=tmp_path, device="cpu", out_dir=tmp_path / "y")
+    assert same["mode"] == "deterministic" and "paired" not in same["skipped"]
+
+
 def test_cli_errors_exit_2(tmp_path, capsys):
     import argparse
 

@@ -4,8 +4,9 @@
 
 A setting is a preset name or a JSON file {"preset": NAME, "generate": {keyword arguments of generate}}.
 Every (text, seed) is spoken by A and by B. Two kinds of metrics:
-  paired   when A and B produced the same speech tokens (only the decoder, vocoder or precision differ,
-           so the outputs are renderings of the same utterance): B's distance from A (mel L1, MCD, SI-SDR,
+  paired   when A and B produced the same speech tokens and draw decoder noise the same way (both exact,
+           or both batched presets: `noise_stream`), so that only the decoder, vocoder or precision differ
+           and the outputs are renderings of the same utterance: B's distance from A (mel L1, MCD, SI-SDR,
            PESQ, STOI, F0 RMSE, voicing agreement). Verdict: "same" when the whole 95% interval of the mean
            lies within the metric's tolerance, else "worse" (B departs from A, the reference, by more).
   output   a property of every output (speaker similarity to the voice, duration per character, clicks,
@@ -140,6 +141,19 @@ def _speak(tts, text: str, seed: int, max_new_tokens: int, kwargs: dict) -> Outp
     failed = sum(bool(c.failures) for c in result.chunks) / len(result.chunks)
     clicks = measure_joins(result.audio, result.sample_rate, result.joins).clicks if result.joins else 0
     return Output(result.audio, np.concatenate(tokens) if tokens else None, seconds, failed, clicks)
+
+
+NOISE_SOURCES = {"global": "the global RNG", "chunk": "each chunk's own generator"}
+
+
+def noise_stream(setting: Setting) -> str:
+    """Where a setting draws its decoder noise: "global" (the exact preset, or fast_inference=False: the global
+    RNG, as upstream) or "chunk" (batched presets: each chunk's own generator). Outputs of two settings with
+    the same tokens are comparable sample by sample only when they draw noise the same way."""
+    from ..presets import get_preset
+
+    exact = not get_preset(setting.preset, "cpu").batched or setting.generate.get("fast_inference") is False
+    return "global" if exact else "chunk"
 
 
 def _load(setting: Setting, checkpoint, device: str):
@@ -297,6 +311,11 @@ def run_ab(a: str | Setting, b: str | Setting, texts: Sequence[str], voice: str 
         skipped["sim_resemblyzer"] = ("needs a --voice clip and `pip install resemblyzer`" if voice is None
                                       else "resemblyzer is not installed")
     sr = 24000
+    comparable = noise_stream(a) == noise_stream(b)
+    if not comparable:
+        skipped["paired"] = (f"A draws decoder noise from {NOISE_SOURCES[noise_stream(a)]}, B from "
+                             f"{NOISE_SOURCES[noise_stream(b)]}: outputs with the same tokens still differ by "
+                             "their noise, so they are compared as outputs only")
     utterances = []
     for i, ((text, seed), oa, ob) in enumerate(zip(jobs, outs_a, outs_b)):
         same_tokens = oa.tokens is not None and ob.tokens is not None and np.array_equal(oa.tokens, ob.tokens)
@@ -308,14 +327,16 @@ def run_ab(a: str | Setting, b: str | Setting, texts: Sequence[str], voice: str 
             seconds=[oa.seconds, ob.seconds], tokens=[_count(oa.tokens), _count(ob.tokens)],
             a=output_metrics(oa, sr, text, scorer, transcribe, skipped),
             b=output_metrics(ob, sr, text, scorer, transcribe, skipped),
-            paired=paired_metrics(oa.wav, ob.wav, sr, skipped) if same_tokens and oa.wav.size else None,
+            paired=(paired_metrics(oa.wav, ob.wav, sr, skipped) if comparable and same_tokens and oa.wav.size
+                    else None),
         ))
     n_same = sum(u["same_tokens"] for u in utterances)
+    n_paired = sum(u["paired"] is not None for u in utterances)
     report = dict(
         a=asdict(a), b=asdict(b), checkpoint=str(checkpoint) if checkpoint else None, device=device,
         voice=str(voice) if voice else None, seeds=seeds, max_new_tokens=max_new_tokens,
         random_weights=random_weights, confidence=CONFIDENCE, n_resamples=n_resamples,
-        mode="deterministic" if n_same == len(utterances) else "statistical" if n_same == 0 else "mixed",
+        mode="deterministic" if n_paired == len(utterances) else "statistical" if n_paired == 0 else "mixed",
         same_tokens=f"{n_same}/{len(utterances)}", skipped=skipped, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         aggregate=aggregate(utterances, n_resamples), utterances=utterances,
     )
