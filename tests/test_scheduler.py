@@ -142,3 +142,19 @@ def test_scheduler_rejects_bad_requests_and_submits_after_close(t3):
         scheduler.submit(_requests(budgets=(4, 4, 4, 4))[0])
     with pytest.raises(ValueError, match="max_batch"):
         T3Scheduler(t3, max_batch=0, lock=threading.Lock())
+
+
+def test_a_failing_batch_fails_its_requests_and_the_scheduler_goes_on(t3, monkeypatch):
+    requests = _requests(budgets=(6, 6, 6, 6), seed=90)
+    ref = _solos(t3, requests[1:2], 91)[0]
+    lock = threading.Lock()
+    scheduler = T3Scheduler(t3, max_batch=4, lock=lock)
+    prefix_embeds = t3.prefix_embeds
+    monkeypatch.setattr(t3, "prefix_embeds", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):  # failed while joining: its caller is told, not left waiting
+        scheduler.submit(requests[0]).result(timeout=60)
+    monkeypatch.setattr(t3, "prefix_embeds", prefix_embeds)
+    assert torch.equal(scheduler.submit(requests[1]).result(timeout=60), ref)
+    scheduler.close()
+    assert lock.acquire(timeout=1)
+    lock.release()

@@ -70,15 +70,6 @@ class T3Scheduler:
             self._wake.notify()
         return ticket.future
 
-    def decode(self, requests: list[DecodeRequest]) -> list[Tensor]:
-        """Submit `requests` and wait for all of them (they share batches with whatever else is running)."""
-        futures = [self.submit(r) for r in requests]
-        try:
-            return [f.result() for f in futures]
-        finally:  # an interrupted caller leaves nothing decoding for it
-            for f in futures:
-                f.cancel()
-
     def close(self) -> None:
         """Finish the requests already submitted, then stop the thread; later submits raise."""
         with self._wake:
@@ -111,7 +102,7 @@ class T3Scheduler:
                         running.update(dict.fromkeys(joining))
                     self._report(batch, running, batch.advance())
             except BaseException as exc:  # the whole batch fails with it; the next request starts afresh
-                for ticket in running:
+                for ticket in [*running, *joining]:
                     _settle(ticket.future, exc=exc)
                 running.clear()
             if not running and batch is not None:
