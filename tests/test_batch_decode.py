@@ -91,7 +91,6 @@ def test_teacher_forced_logits_match_single_sequence(t3):
             if i == steps:
                 break
             if i == join_at:  # the request without a speech prompt (the shortest prefix) joins
-                assert decoder.fits(requests[joining])
                 c, u = decoder.admit([requests[joining]])
                 got[joining].append(torch.stack((c[0], u[0])))
                 live.append(joining)

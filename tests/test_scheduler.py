@@ -63,7 +63,6 @@ def test_requests_joining_a_running_batch_sample_as_alone(t3):
             waiting = [j for j in order if j not in got and all(live.key != j for live in batch.live)]
             if waiting and (checks in (1, 2) or batch.empty or len(got) == 1):
                 j = waiting[0]
-                assert batch.fits(requests[j])
                 batch.admit([j], [requests[j]])
             for j, tokens, finished in batch.advance():
                 if finished:
@@ -72,6 +71,28 @@ def test_requests_joining_a_running_batch_sample_as_alone(t3):
     for j in range(len(requests)):
         assert got[j] == ref[j].tolist(), j
     assert shifts.calls >= 1
+
+
+def test_a_longer_prefix_joins_by_moving_the_batch_right(t3):
+    """The shortest-prefix request starts alone; at its first check the longest-prefix one (39 slots longer)
+    joins: the live row's cache moves right to make room in front. Both sample what they sample alone."""
+    requests = _requests(budgets=(20, 20, 20, 20), seed=50)
+    short, long = 2, 3  # no speech prompt: 39 positions shorter than request 3's prefix
+    ref = {short: _solo(t3, requests[short], 50 + short), long: _solo(t3, requests[long], 50 + long)}
+    batch, got = DecodeBatch(t3, check_every=4), {}
+    with torch.inference_mode(), _Spy(t3.tfmr, "shift_caches") as shifts:
+        batch.admit([short], [requests[short]])
+        history = batch.decoder.next_slot
+        for j, tokens, finished in batch.advance():
+            assert not finished
+        assert batch.decoder.next_slot == history + 3 < history + 39  # too short a history for the long prefix
+        batch.admit([long], [requests[long]])
+        while not batch.empty:
+            for j, tokens, finished in batch.advance():
+                if finished:
+                    got[j] = list(tokens)
+    assert shifts.calls == 1 and batch.decoder.next_slot > history + 39
+    assert got[short] == ref[short].tolist() and got[long] == ref[long].tolist()
 
 
 def test_scheduler_shares_batches_between_threads(t3):

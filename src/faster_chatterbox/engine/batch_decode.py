@@ -7,7 +7,8 @@ speech position i + 1, the repetition penalty counting BOS). Every live row writ
 each step; a row's sequence starts at its own first slot (`seq_start`), the backbone counts the row's RoPE
 positions from there and masks the slots before it. The first requests of a batch are left-padded to a
 common prefix length; a request joining a running batch is prefilled into new rows, its prefix ending just
-before the slot the next step writes.
+before the slot the next step writes (a prefix longer than the batch's history first moves the live rows'
+caches to the right).
 
 Sampling runs per row with the request's own parameters and its own generator, so a request's tokens do
 not depend on what else is in the batch, or when it joined: they are the tokens `generate_speech_tokens`
@@ -75,15 +76,9 @@ class BatchDecoder:
         self._slots_needed = 0  # slots the live requests may still reach
         self._set_rows([])
 
-    def fits(self, request: DecodeRequest) -> bool:
-        """Whether `request` can join now: its prefix (and second BOS) fits before the next slot."""
-        return not self._rows or self._prefix_len(request) <= self.next_slot
-
-    def _prefix_len(self, request: DecodeRequest) -> int:
-        return self.t3.prefix_len(request.cond, len(request.text_tokens)) + 1
-
     def admit(self, requests: list[DecodeRequest]) -> tuple[Tensor, Tensor]:
-        """Prefill `requests` (each must fit) into new rows after the live ones; their logits for token 0."""
+        """Prefill `requests` into new rows after the live ones; their logits for token 0. A prefix longer
+        than the batch's history first moves every live row's cache to the right to make room in front."""
         t3, tfmr = self.t3, self.t3.tfmr
         prefixes = [torch.cat((t3.prefix_embeds(r.cond, r.text_tokens, cfg=r.rows == 2),
                                self._bos_emb.expand(r.rows, -1, -1)), dim=1) for r in requests]  # (R_j, P_j, D)
@@ -91,7 +86,8 @@ class BatchDecoder:
         old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
         if not self._rows:  # a fresh batch: the prefixes left-padded to a common length
             self.next_slot = self._slots_needed = width
-        assert width <= self.next_slot, "admit only requests that fit"
+        elif width > self.next_slot:
+            self._shift(self.next_slot - width)
         needed = max(self._slots_needed, self.next_slot + max(r.max_new_tokens for r in requests))
         if old_rows and needed > tfmr.max_seq_len:
             self._shift(min(int(self.seq_start.min()), self.next_slot - width))
@@ -117,12 +113,16 @@ class BatchDecoder:
         return logits[local], logits[[f + r.rows - 1 for f, r in zip(local, requests)]]
 
     def _shift(self, offset: int) -> None:
-        """Drop the `offset` leading slots no live row uses."""
-        if offset > 0:
-            self.t3.tfmr.shift_caches(offset, self.next_slot)
-            self.seq_start = self.seq_start - offset
-            self.next_slot -= offset
-            self._slots_needed -= offset
+        """Move every live row's history `offset` slots to the left (dropping leading slots no row uses) or,
+        negative, to the right (making room in front)."""
+        if offset == 0:
+            return
+        if offset < 0:
+            self.t3.tfmr.resize_caches(len(self.seq_start), self.next_slot - offset)
+        self.t3.tfmr.shift_caches(offset, self.next_slot)
+        self.seq_start = self.seq_start - offset
+        self.next_slot -= offset
+        self._slots_needed -= offset
 
     def _set_rows(self, rows: list[list[int]]) -> None:
         """rows[j]: the backbone rows of live request j, its conditional row first."""
@@ -194,11 +194,8 @@ class DecodeBatch:
     def empty(self) -> bool:
         return not self.live
 
-    def fits(self, request: DecodeRequest) -> bool:
-        return self.decoder.fits(request)
-
     def admit(self, keys: list, requests: list[DecodeRequest]) -> None:
-        """Join `requests` (validated, each fitting) under the handles `keys`; samples their token 0."""
+        """Join `requests` (validated) under the handles `keys`; samples their token 0."""
         device = self.decoder.device
         if self.empty:
             self._since_check = 1  # token 0 counts as the batch's first step

@@ -2,9 +2,8 @@
 
 Requests from any number of callers (chunks of one long text, concurrent `synthesize` calls, server
 requests) are queued; at every check of the running batch (every `check_every` tokens) finished requests
-leave it and waiting ones join, up to `max_batch` requests, in arrival order. A request whose prefix is
-longer than the running batch's history waits until it fits or the batch drains (see BatchDecoder). A
-request's tokens do not depend on what it was batched with or when it joined (engine/batch_decode.py).
+leave it and waiting ones join, up to `max_batch` requests, in arrival order. A request's tokens do not
+depend on what it was batched with or when it joined (engine/batch_decode.py).
 
 The thread holds `lock` (the model's KV cache) while its batch has requests, so code that decodes T3
 directly (the exact preset's loop) takes turns with it. On CUDA it decodes on its own stream, so that T3
@@ -89,7 +88,7 @@ class T3Scheduler:
                     self._wake.wait()
                 if not self._waiting and not running:
                     return  # closed and drained
-                joining = self._take(batch, len(running))
+                joining = self._take(len(running))
             try:
                 if batch is None:
                     self.lock.acquire()
@@ -109,20 +108,13 @@ class T3Scheduler:
                 batch = None
                 self.lock.release()
 
-    def _take(self, batch: DecodeBatch | None, n_running: int) -> list[_Ticket]:
-        """The waiting requests that join now (called holding `_wake`): in order, while there is room and
-        they fit; cancelled ones are dropped."""
-        joining, still = [], []
-        for ticket in self._waiting:
-            if ticket.future.cancelled():
-                continue
-            fits = batch is None or batch.empty or batch.fits(ticket.request)
-            if fits and n_running + len(joining) < self.max_batch:
-                joining.append(ticket)  # its Future stays pending (cancellable) until it is settled
-            else:
-                still.append(ticket)
-        self._waiting = still
-        return joining
+    def _take(self, n_running: int) -> list[_Ticket]:
+        """The waiting requests that join now (called holding `_wake`): the first ones, while there is room;
+        cancelled ones are dropped. Their Futures stay pending (cancellable) until settled."""
+        waiting = [ticket for ticket in self._waiting if not ticket.future.cancelled()]
+        room = self.max_batch - n_running
+        self._waiting = waiting[room:]
+        return waiting[:room]
 
     def _report(self, batch: DecodeBatch, running: dict[_Ticket, None], reports) -> None:
         gone = set()

@@ -111,9 +111,11 @@ class KVCache(nn.Module):
         self.k_cache, self.v_cache = self._k_store[:batch], self._v_store[:batch]
 
     def shift(self, offset: int, kv_len: int) -> None:
-        """Move slots [offset, kv_len) of every row to [0, kv_len - offset)."""
+        """Move every row's slots [0, kv_len) by `offset` to the left (the first `offset` are dropped) or, when
+        negative, to the right (the cache must hold kv_len - offset slots)."""
+        src, dst = max(offset, 0), max(-offset, 0)
         for cache in (self.k_cache, self.v_cache):
-            cache[:, :, : kv_len - offset] = cache[:, :, offset:kv_len].clone()
+            cache[:, :, dst : kv_len - offset] = cache[:, :, src:kv_len].clone()
 
     def keep_rows(self, rows: list[int], kv_len: int) -> None:
         """Row i takes row rows[i]'s first kv_len slots, in place; the cache becomes a view of len(rows) rows."""
@@ -231,8 +233,9 @@ class Llama(nn.Module):
         self.max_batch, self.max_seq_len = batch, max(max_seq_len, self.max_seq_len)
 
     def shift_caches(self, offset: int, kv_len: int) -> None:
-        """Move every row's slots [offset, kv_len) to [0, kv_len - offset): a batch whose oldest sequence
-        now starts at `offset` gives its unused leading slots back (callers shift their positions too)."""
+        """Move every row's slots [0, kv_len) `offset` slots to the left, dropping the first `offset` (a batch
+        whose oldest sequence starts there gives them back), or, negative, to the right (room in front for a
+        longer sequence). Callers shift their positions too."""
         with torch.inference_mode(False):
             for layer in self.layers:
                 layer.self_attn.kv_cache.shift(offset, kv_len)

@@ -124,13 +124,6 @@ class T3(nn.Module):
             prompt_emb = prompt_emb.to(device=w.device, dtype=w.dtype)
         return self.cond_enc(speaker, prompt_emb, emotion)
 
-    def prefix_len(self, cond: T3Cond, n_text: int) -> int:
-        """The length of `prefix_embeds` for `n_text` text tokens, without computing it."""
-        prompt = cond.cond_prompt_speech_emb
-        prompt = cond.cond_prompt_speech_tokens if prompt is None else prompt
-        n_prompt = 0 if prompt is None else self.cfg.perceiver_queries if self.cond_enc.perceiver else prompt.shape[1]
-        return 1 + n_prompt + (self.cond_enc.emotion_adv_fc is not None) + n_text + 1
-
     def prefix_embeds(self, cond: T3Cond, text_tokens: Tensor, *, cfg: bool) -> Tensor:
         """Prompt embeddings before the first decode step, (1 + cfg, len_cond + L + 1, D).
 
