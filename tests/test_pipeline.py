@@ -157,6 +157,14 @@ def test_token_streaming_gives_audio_every_few_tokens(fast):
     assert measure_joins(audio, fast.sr, seams).clicks == 0
 
 
+def test_a_seeded_batched_call_leaves_the_global_rng_alone(fast):
+    state = torch.get_rng_state()
+    first = fast.synthesize(LONG_TEXT, seed=6, max_new_tokens=10)
+    assert torch.equal(torch.get_rng_state(), state)  # its streams derive from the seed: nothing drawn globally
+    torch.manual_seed(123)  # whatever the global RNG holds, the output is the same
+    assert np.array_equal(fast.synthesize(LONG_TEXT, seed=6, max_new_tokens=10).audio, first.audio)
+
+
 def test_a_failed_token_streamed_chunk_is_reported(fast, monkeypatch, caplog):
     stop = fast.t3.cfg.stop_speech_token
     looping = ScriptedT3(fast, lambda request, tokens: torch.tensor([5, 6, 7] * 40 + [stop]))

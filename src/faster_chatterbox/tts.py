@@ -264,7 +264,8 @@ class ChatterboxTTS:
 
         Upstream's arguments, plus:
         seed: if given, the call is reproducible (exact preset: torch.manual_seed(seed) first, as upstream
-            users do; otherwise the global RNG is used as is).
+            users do; batched presets: every chunk's random streams derive from it, the global RNG is left
+            alone, so the output is the same with other calls running; None: one draw of the global RNG).
         max_new_tokens: each chunk's speech-token cap (25 tokens per second of speech; upstream: 1000).
         n_timesteps: flow-matching steps of the S3Gen decoder (default: the preset's; upstream: 10).
         watermark: override the instance's watermark setting for this call.
@@ -303,9 +304,10 @@ class ChatterboxTTS:
 
         The first chunk is cut to at most FIRST_CHUNK_CHARS (at a sentence, else a clause or word boundary)
         and decoded alone; with token_streaming (batched presets) its audio comes every 50 tokens, the
-        first after 25 (pipeline.TokenStreaming), otherwise when the chunk is done. The T3 of each
-        next window of chunks is decoded (by the model's T3 scheduler) while the current one is rendered. Concatenating
-        the pieces' audio gives the whole output. Each piece carries its position and readiness time.
+        first after 25 (pipeline.TokenStreaming), otherwise when the chunk is done. The T3 of each next
+        window of chunks is decoded (by the model's T3 scheduler) while the current one is rendered.
+        Concatenating the pieces' audio gives the whole output. Each piece carries its position and
+        readiness time.
         """
         job, options = self._job(text, **kwargs)
         job.chunks = _short_first(job.chunks, self.FIRST_CHUNK_CHARS)
@@ -359,13 +361,12 @@ class ChatterboxTTS:
             voice = self.conds
 
         chunks = self._chunks(text, preset, max_chars)
-        if seed is not None:
-            torch.manual_seed(seed)  # the exact preset's stream (upstream's)
-        # the chunks' random streams (batched presets) come from `seed` directly: concurrent calls share the
-        # global RNG, so a seeded call's tokens and noises must not depend on it
+        # The batched presets' chunk streams come from `seed` directly: concurrent calls share the global RNG.
         base_seed = 0
         if preset.batched:
             base_seed = seed if seed is not None else int(torch.randint(0, 2**62, (), dtype=torch.long))
+        elif seed is not None:
+            torch.manual_seed(seed)  # upstream's stream
         if max_retries is None:
             max_retries = 0 if self.random_weights or not preset.batched else 2
         if token_budget_factor == -1.0:
