@@ -47,7 +47,8 @@ class T3Scheduler:
     def __init__(self, t3: T3, max_batch: int, lock: threading.Lock, check_every: int = 4):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
-        DecodeBatch(t3, check_every)  # validates check_every here, not on the thread
+        if not isinstance(check_every, int) or check_every < 1:  # here, not on the thread
+            raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         self.t3, self.max_batch, self.lock, self.check_every = t3, max_batch, lock, check_every
         self._waiting: list[_Ticket] = []
         self._wake = threading.Condition()
