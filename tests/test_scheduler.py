@@ -163,6 +163,8 @@ def test_scheduler_rejects_bad_requests_and_submits_after_close(t3):
         scheduler.submit(_requests(budgets=(4, 4, 4, 4))[0])
     with pytest.raises(ValueError, match="max_batch"):
         T3Scheduler(t3, max_batch=0, lock=threading.Lock())
+    with pytest.raises(ValueError, match="check_every"):
+        T3Scheduler(t3, max_batch=2, lock=threading.Lock(), check_every=0)
 
 
 def test_a_failing_batch_fails_its_requests_and_the_scheduler_goes_on(t3, monkeypatch):
