@@ -151,6 +151,18 @@ def chapter_text(chars: int) -> str:
     return text[: min(ends) + 1]
 
 
+def _upstream(checkpoint: str, device: str, budget: dict):
+    """Upstream's model, unwatermarked, its T3 capped at budget["n"] decode steps (set before each call;
+    random weights never sample the stop token, so it decodes exactly that many)."""
+    from chatterbox.tts import ChatterboxTTS as Upstream
+
+    tts = Upstream.from_local(checkpoint, device)
+    tts.watermarker.apply_watermark = lambda wav, sample_rate: wav
+    t3_inference = tts.t3.inference
+    tts.t3.inference = lambda **kw: t3_inference(**{**kw, "max_new_tokens": budget["n"]})
+    return tts
+
+
 def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str, chars: int, voice: str,
               stream: bool) -> dict:
     """The text scenario, in the child process."""
@@ -180,16 +192,11 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
             out["ttfa_s"] = time.perf_counter() - start
             pieces.close()
     else:
-        from chatterbox.tts import ChatterboxTTS as Upstream
-
         plan = ChatterboxTTS._chunks(ChatterboxTTS.__new__(ChatterboxTTS), text, get_preset(preset, device), 300)
-        tts = Upstream.from_local(checkpoint, device)
-        tts.watermarker.apply_watermark = lambda wav, sample_rate: wav
+        budget = {}
+        tts = _upstream(checkpoint, device, budget)
         tts.prepare_conditionals(voice)
         timer = StageTimer(sync)
-        budget = {}
-        t3_inference = tts.t3.inference
-        tts.t3.inference = lambda **kw: t3_inference(**{**kw, "max_new_tokens": budget["n"]})
         timer.wrap(tts.t3, "inference", "t3")
         timer.wrap(tts.s3gen, "inference", "s3gen")
         torch.manual_seed(SEED)
@@ -234,30 +241,21 @@ def _run_jobs(side: str, checkpoint: str, device: str, preset: str, decoder: str
             result = tts.synthesize(texts[k], seed=SEED + k, **kw)
             return len(result.audio), sum(c.t3_steps for c in result.chunks)
     else:
-        from chatterbox.tts import ChatterboxTTS as Upstream
-
-        tts = Upstream.from_local(checkpoint, device)
-        tts.watermarker.apply_watermark = lambda wav, sample_rate: wav
+        budget = {}
+        tts = _upstream(checkpoint, device, budget)
         tts.prepare_conditionals(voice)
-        budget, steps = {}, {}
-        t3_inference = tts.t3.inference
-
-        def counted(**kw):
-            out = t3_inference(**{**kw, "max_new_tokens": budget["n"]})
-            steps["n"] = out.shape[-1]
-            return out
-
-        tts.t3.inference = counted
+        timer = StageTimer()
+        timer.wrap(tts.t3, "inference", "t3")
 
         def one(k: int) -> tuple[int, int]:
             budget["n"] = max(1, round(expected_tokens(texts[k])))
             torch.manual_seed(SEED + k)
-            return tts.generate(texts[k]).shape[-1], steps["n"]
+            return tts.generate(texts[k]).shape[-1], timer.last_output["t3"].shape[-1]
 
     one(0)  # warm-up
     sync()
     start = time.perf_counter()
-    with device_watch(device, watch):  # the concurrent run's, for ours
+    with device_watch(device, watch):  # ours: replaced by the at-once run's below
         done = [one(k) for k in range(jobs)]
         sync()
     out = {"jobs": jobs, "chars": sum(map(len, texts)), "tokens": sum(t for _, t in done),
@@ -303,12 +301,7 @@ def _run_side(side: str, checkpoint: str, device: str, preset: str, decoder: str
         # exactly `tokens` decode steps, no retries: random weights never stop and speak noise
         run = lambda: tts.synthesize(TEXT, max_new_tokens=tokens, token_budget_factor=None, max_retries=0)
     else:
-        from chatterbox.tts import ChatterboxTTS as Upstream
-
-        tts = Upstream.from_local(checkpoint, device)
-        tts.watermarker.apply_watermark = lambda wav, sample_rate: wav
-        t3_inference = tts.t3.inference
-        tts.t3.inference = lambda **kw: t3_inference(**{**kw, "max_new_tokens": tokens})
+        tts = _upstream(checkpoint, device, {"n": tokens})
         timer.wrap(tts.t3, "inference", "t3")
         run = lambda: tts.generate(TEXT)
     timer.wrap(tts.t3.tfmr, "forward", "t3_step", first_stage="t3_prefill")

@@ -82,16 +82,15 @@ class BatchDecoder:
         t3, tfmr = self.t3, self.t3.tfmr
         prefixes = [torch.cat((t3.prefix_embeds(r.cond, r.text_tokens, cfg=r.rows == 2),
                                self._bos_emb.expand(r.rows, -1, -1)), dim=1) for r in requests]  # (R_j, P_j, D)
-        width = max(p.shape[1] for p in prefixes)
+        width, budget = max(p.shape[1] for p in prefixes), max(r.max_new_tokens for r in requests)
         old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
         if not self._rows:  # a fresh batch: the prefixes left-padded to a common length
             self.next_slot = self._slots_needed = width
         elif width > self.next_slot:
             self._shift(self.next_slot - width)
-        needed = max(self._slots_needed, self.next_slot + max(r.max_new_tokens for r in requests))
-        if old_rows and needed > tfmr.max_seq_len:
-            self._shift(min(int(self.seq_start.min()), self.next_slot - width))
-            needed = max(self._slots_needed, self.next_slot + max(r.max_new_tokens for r in requests))
+        if old_rows and max(self._slots_needed, self.next_slot + budget) > tfmr.max_seq_len:
+            self._shift(min(int(self.seq_start.min()), self.next_slot - width))  # leading slots no row uses
+        needed = max(self._slots_needed, self.next_slot + budget)
         if old_rows:
             tfmr.resize_caches(old_rows + new_rows, needed)
         else:
@@ -169,8 +168,7 @@ class _Live:
     key: object  # the caller's handle
     request: DecodeRequest
     generator: torch.Generator
-    tokens: list[int]  # sampled so far (collected at checks)
-    sampled: int  # sampled so far, collected or not
+    tokens: list[int]  # sampled so far, collected at checks
     done: bool = False
 
 
@@ -210,7 +208,7 @@ class DecodeBatch:
         self._seen, self._unfed = torch.cat((self._seen, seen)), torch.cat((self._unfed, tokens))
         stop = self.t3.cfg.stop_speech_token
         for key, r, g, token in zip(keys, requests, generators, tokens.view(-1).tolist()):
-            self.live.append(_Live(key, r, g, [token], 1, done=token == stop or r.max_new_tokens == 1))
+            self.live.append(_Live(key, r, g, [token], done=token == stop or r.max_new_tokens == 1))
 
     def advance(self) -> list[tuple[object, list[int], bool]]:
         """Decode to the next check; (key, tokens so far, finished) for every request with news. The token
@@ -226,12 +224,10 @@ class DecodeBatch:
             tokens = sample_rows(probs, [live.generator for live in self.live])  # (N, 1)
             self._seen.scatter_(1, tokens, True)
             self._unfed = tokens
-            pending.append(tokens)
+            pending.append(tokens)  # every live request joined before the last check: all have these steps
             self._since_check += 1
-            for live in self.live:
-                live.sampled += 1
             if (self._since_check >= self.check_every
-                    or any(live.sampled >= live.request.max_new_tokens for live in self.live)):
+                    or any(len(live.tokens) + len(pending) >= live.request.max_new_tokens for live in self.live)):
                 return self._collect(torch.cat(pending, dim=1).tolist())
 
     def remove(self, keys: set) -> None:
