@@ -7,8 +7,8 @@ flow_encoder_s, cfm_steps, cfm_s, hift_s, generate_s, total_s (= conditioning_s 
 audio_s, rtf (= generate_s / audio_s), peak_rss_mb.
 
 Scenario `text`: the first `--chars` characters of the chapter in corpus/chapter.txt (cut at a sentence end),
-spoken whole. Ours: `synthesize` with each chunk's token budget equal to its expected length (random weights
-never stop, so every chunk decodes exactly that many tokens; no retries). Upstream: the same chunks (our
+spoken whole. Ours: `synthesize` with each chunk's token budget equal to its expected length, at least 50
+(checks.token_budget; random weights never stop, so every chunk decodes exactly that many; no retries). Upstream: the same chunks (our
 plan, after our normalisation) as sequential `generate` calls with the same budgets: the work a user of
 upstream does by hand. Keys: chars, chunks, tokens, t3_s, s3gen_s, generate_s, audio_s, rtf, peak_rss_mb,
 and with `--stream` ttfa_s (time to the first streamed piece, a second run) for ours.
@@ -168,7 +168,7 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
     """The text scenario, in the child process."""
     import torch
 
-    from .checks import expected_tokens
+    from .checks import token_budget
     from .tts import ChatterboxTTS
 
     text, watch = chapter_text(chars), {}
@@ -203,7 +203,7 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
         audio, tokens = 0, 0
         with device_watch(device, watch), timer.stage("generate"):
             for chunk in plan:
-                budget["n"] = max(1, round(expected_tokens(chunk.text)))
+                budget["n"] = token_budget(chunk.text, 1000, factor=1.0)  # what ours gives the chunk
                 audio += tts.generate(chunk.text).shape[-1]
                 tokens += timer.last_output["t3"].shape[-1]
         out = {"generate_s": timer.seconds["generate"], "t3_s": timer.seconds["t3"], "s3gen_s": timer.seconds["s3gen"],
@@ -227,7 +227,7 @@ def _run_jobs(side: str, checkpoint: str, device: str, preset: str, decoder: str
     import numpy as np
     import torch
 
-    from .checks import expected_tokens
+    from .checks import token_budget
     from .tts import ChatterboxTTS
 
     texts, watch = job_texts(jobs, chars), {}
@@ -248,7 +248,7 @@ def _run_jobs(side: str, checkpoint: str, device: str, preset: str, decoder: str
         timer.wrap(tts.t3, "inference", "t3")
 
         def one(k: int) -> tuple[int, int]:
-            budget["n"] = max(1, round(expected_tokens(texts[k])))
+            budget["n"] = token_budget(texts[k], 1000, factor=1.0)  # what ours gives the request
             torch.manual_seed(SEED + k)
             return tts.generate(texts[k]).shape[-1], timer.last_output["t3"].shape[-1]
 
