@@ -46,7 +46,7 @@ from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.bench import _machine
 from faster_chatterbox.checkpoint import load_weights, read_safetensors, skip_weight_init
 from faster_chatterbox.config import ChatterboxConfig
-from faster_chatterbox.engine.flow_solvers import EPSS_GRIDS, Velocity, get_solver, make_t_span, make_velocity, solve
+from faster_chatterbox.models.flow_solvers import EPSS_GRIDS, Velocity, get_solver, make_t_span, make_velocity, solve
 from faster_chatterbox.models.s3gen import S3GEN_SR, S3Gen, S3GenConfig
 from faster_chatterbox.random_checkpoint import RANDOM_MARKER, _randomize_
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from faster_chatterbox.engine.flow_solvers import cosine_t_span, euler_cfg_solve
+from faster_chatterbox.models.flow_solvers import cosine_t_span, euler_cfg_solve
 from faster_chatterbox.models.cfm_estimator import CFMEstimatorConfig, ConditionalDecoder
 from faster_chatterbox.models.flow import CausalMaskedDiffWithXvec, FlowConfig
 from faster_chatterbox.models.flow_encoder import FlowEncoderConfig

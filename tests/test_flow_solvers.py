@@ -1,4 +1,4 @@
-"""ODE solvers, time grids and guidance for the CFM decoder (engine/flow_solvers.py) and their use by the flow."""
+"""ODE solvers, time grids and guidance for the CFM decoder (models/flow_solvers.py) and their use by the flow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from faster_chatterbox.config import small_config
-from faster_chatterbox.engine.flow_solvers import (
+from faster_chatterbox.models.flow_solvers import (
     EPSS_GRIDS, SCHEDULES, SOLVERS, CFGVelocity, PlainVelocity, cosine_t_span, euler_cfg_solve, linear_t_span,
     make_t_span, make_velocity, solve,
 )

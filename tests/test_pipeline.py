@@ -12,7 +12,7 @@ from faster_chatterbox import pipeline
 from faster_chatterbox.audio.joins import measure_joins
 from faster_chatterbox.checks import audio_failure, expected_tokens, loop_length, token_failure
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
-from faster_chatterbox.tts import ChatterboxTTS, _short_first
+from faster_chatterbox.tts import ChatterboxTTS
 
 SENTENCE = "This is sentence number {}, which goes on for a little while to fill the chunk."
 LONG_TEXT = " ".join(SENTENCE.format(i) for i in range(1, 13))  # ~950 characters: 4 chunks of <= 300
@@ -48,15 +48,14 @@ def test_long_text_is_chunked_joined_and_reproducible(fast):
 def test_chunk_does_not_depend_on_its_batch(fast, monkeypatch):
     """A chunk's tokens come from its own random stream: batched 8 at a time or one by one, the same."""
     together = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30)
-    monkeypatch.setattr(pipeline.Job, "batch_size", 1)  # the dataclass default is overridden by _job: patch it
-    original = fast._job
+    original = fast.engine._job
 
     def one_by_one(*args, **kwargs):
-        job, options = original(*args, **kwargs)
-        job.batch_size = 1
-        return job, options
+        job = original(*args, **kwargs)
+        job.window = 1
+        return job
 
-    monkeypatch.setattr(fast, "_job", one_by_one)
+    monkeypatch.setattr(fast.engine, "_job", one_by_one)
     alone = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30)
     for a, b in zip(together.chunks, alone.chunks):
         assert torch.equal(a.tokens, b.tokens)
@@ -73,15 +72,15 @@ def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast, monke
     rows = []
     forward = fast.t3.tfmr.forward
     monkeypatch.setattr(fast.t3.tfmr, "forward", lambda x, *a, **kw: rows.append(x.shape[0]) or forward(x, *a, **kw))
-    submitted, submit = threading.Semaphore(0), fast.t3_scheduler.submit
-    monkeypatch.setattr(fast.t3_scheduler, "submit", lambda *a, **kw: (submit(*a, **kw), submitted.release())[0])
+    submitted, submit = threading.Semaphore(0), fast.engine.scheduler.submit
+    monkeypatch.setattr(fast.engine.scheduler, "submit", lambda *a, **kw: (submit(*a, **kw), submitted.release())[0])
     together = [None] * len(calls)
 
     def call(k):
         together[k] = fast.synthesize(max_new_tokens=40, **calls[k])
 
     threads = [threading.Thread(target=call, args=(k,)) for k in range(len(calls))]
-    with fast.t3_lock:  # the scheduler starts its batch once both calls have submitted (not a race on timing)
+    with fast.engine.t3_lock:  # the scheduler starts its batch once both calls have submitted (not a race on timing)
         for thread in threads:
             thread.start()
         for _ in calls:
@@ -97,9 +96,9 @@ def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast, monke
 @pytest.mark.parametrize("preset", ["exact", "fast"])
 def test_stream_gives_the_same_audio_as_synthesize(request, preset, monkeypatch):
     tts = request.getfixturevalue(preset)
-    monkeypatch.setattr(tts, "FIRST_CHUNK_CHARS", tts.MAX_CHARS)  # the same chunks as synthesize
     whole = tts.synthesize(LONG_TEXT, seed=2, max_new_tokens=25)
-    pieces = list(tts.generate_stream(LONG_TEXT, seed=2, max_new_tokens=25, token_streaming=False))
+    pieces = list(tts.generate_stream(LONG_TEXT, seed=2, max_new_tokens=25, token_streaming=False,
+                                      first_chunk_chars=tts.MAX_CHARS))  # the same chunks as synthesize
     assert pieces[-1].last and not any(p.last for p in pieces[:-1])
     assert [p.ready_s for p in pieces] == sorted(p.ready_s for p in pieces)
     starts = np.cumsum([0] + [len(p.audio) for p in pieces[:-1]]) / tts.sr
@@ -114,7 +113,7 @@ class ScriptedT3:
     script(request, tokens) -> the tokens the pipeline gets."""
 
     def __init__(self, tts, script=lambda request, tokens: tokens):
-        self.real, self.script, self.requests = tts.t3_scheduler, script, []
+        self.real, self.script, self.requests = tts.engine.scheduler, script, []
 
     def submit(self, request, on_tokens=None):
         self.requests.append(request)
@@ -125,12 +124,12 @@ class ScriptedT3:
 
 def test_stream_starts_with_a_short_chunk(fast, monkeypatch):
     t3 = ScriptedT3(fast)
-    monkeypatch.setattr(fast, "t3_scheduler", t3)
+    monkeypatch.setattr(fast.engine, "scheduler", t3)
     pieces = fast.generate_stream(LONG_TEXT, seed=2, max_new_tokens=10)
     first = next(pieces)
-    assert first.chunk_index == 0 and len(t3.requests) <= 1 + fast.max_batch  # chunk 0, then one window ahead
-    job, _ = fast._job(LONG_TEXT)
-    chunk_0 = fast.text_tokens(_short_first(job.chunks, fast.FIRST_CHUNK_CHARS)[0].text)
+    assert first.chunk_index == 0 and len(t3.requests) <= 1 + fast.settings.max_batch  # chunk 0, one window ahead
+    call = fast._call(LONG_TEXT, None)[1]
+    chunk_0 = fast.text_tokens(pipeline.short_first(pipeline.plan_chunks(LONG_TEXT, call), call.first_chunk_chars)[0].text)
     assert torch.equal(t3.requests[0].text_tokens, chunk_0)  # the first chunk, cut short, decoded first
     rest = list(pieces)
     assert rest[-1].last and len(t3.requests) == rest[-1].chunk_index + 1
@@ -140,13 +139,15 @@ def test_stream_starts_with_a_short_chunk(fast, monkeypatch):
 
 def test_token_streaming_gives_audio_every_few_tokens(fast):
     """A chunk streamed as T3 samples it: the first piece after 25 tokens, then every 50, seamless."""
-    job, _ = fast._job(SENTENCE.format(1) * 2, seed=3, max_new_tokens=160, token_budget_factor=None)
+    text = SENTENCE.format(1) * 2
+    voice, call = fast._call(text, None, seed=3, max_new_tokens=160, token_budget_factor=None)
+    job = fast.engine._job(text, voice, call)
     clock = pipeline.Clock()
     joiner = pipeline.StreamJoiner(fast.sr, clock)
-    pieces = list(pipeline.stream_chunk_tokens(fast, job, 0, joiner, clock))
+    pieces = list(pipeline.stream_chunk_tokens(fast.engine, job, 0, joiner, clock))
     pieces.append(joiner.finish())
-    streaming = pipeline.TokenStreaming()
-    decoded = pipeline.T3Work(fast, job, [0], attempt=0).result(clock)
+    streaming = call.token_streaming
+    decoded = pipeline.T3Work(fast.engine, job, [0], attempt=0).result(clock)
     n = len(decoded[0].tokens)  # the same tokens (the chunk's own generator), special ids dropped
     # pieces as the tokens come: >= 25, then >= 50 more each (all but `lookahead`), the rest at the end
     assert len(pieces) >= 1 + (n - streaming.first_tokens - streaming.lookahead) // 60 and pieces[-1].last
@@ -168,7 +169,7 @@ def test_a_seeded_batched_call_leaves_the_global_rng_alone(fast):
 def test_a_failed_token_streamed_chunk_is_reported(fast, monkeypatch, caplog):
     stop = fast.t3.cfg.stop_speech_token
     looping = ScriptedT3(fast, lambda request, tokens: torch.tensor([5, 6, 7] * 40 + [stop]))
-    monkeypatch.setattr(fast, "t3_scheduler", looping)
+    monkeypatch.setattr(fast.engine, "scheduler", looping)
     with caplog.at_level(logging.WARNING, logger="faster_chatterbox.pipeline"):
         pieces = list(fast.generate_stream(SENTENCE.format(1), seed=1, max_new_tokens=20, max_retries=1))
     assert pieces[-1].last and sum(len(p.audio) for p in pieces) > 0
@@ -195,25 +196,28 @@ def test_detectors_on_made_up_tokens_and_audio():
     n = round(expected_tokens(text))
     healthy = list(np.random.default_rng(0).integers(0, 6561, n))
     assert token_failure(healthy, text, stopped=True) is None
-    assert token_failure(healthy, text, stopped=False).startswith("runaway")
-    assert token_failure(healthy[:5], text, stopped=True).startswith("truncated")
-    assert token_failure(healthy * 4, text, stopped=True).startswith("runaway")
+    assert token_failure(healthy, text, stopped=False).reason.startswith("runaway")
+    assert token_failure(healthy[:5], text, stopped=True).reason.startswith("truncated")
+    assert token_failure(healthy * 4, text, stopped=True).reason.startswith("runaway")
+    assert token_failure([], text, stopped=True).reason.startswith("no speech")
+    # badness: how far past its limit; twice as short is twice as bad
+    assert token_failure(healthy[:4], text, stopped=True).badness > token_failure(healthy[:8], text, stopped=True).badness
     looped = healthy[:20] + [7, 8, 9, 10] * 20 + healthy[20:40]
-    assert loop_length(looped, 25) >= 80 and token_failure(looped, text, stopped=True).startswith("loop")
+    assert loop_length(looped, 25) >= 80 and token_failure(looped, text, stopped=True).reason.startswith("loop")
     sr = 24000
     t = np.arange(sr * 3) / sr
     speech = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
     gap = np.concatenate([speech, np.zeros(3 * sr, np.float32), speech])
     assert audio_failure(speech, sr, similarity=0.9) is None
-    assert audio_failure(gap, sr, similarity=0.9).startswith("silence")
-    assert audio_failure(speech, sr, similarity=0.1).startswith("drift")
+    assert audio_failure(gap, sr, similarity=0.9).reason.startswith("silence")
+    assert audio_failure(speech, sr, similarity=0.1).reason.startswith("drift")
 
 
 def test_failed_chunks_are_regenerated_with_reasons(fast, monkeypatch):
     """A T3 that loops, one that stops early and a speaker that drifts: each is detected and retried."""
     stop = fast.t3.cfg.stop_speech_token
     text = " ".join(f"Here is a sentence of medium length, number {i}." for i in range(1, 5))
-    chunk_tokens = [fast.text_tokens(c.text) for c in fast._job(text, max_chars=60)[0].chunks]
+    chunk_tokens = [fast.text_tokens(c.text) for c in pipeline.plan_chunks(text, fast._call(text, None, max_chars=60)[1])]
     attempts = [0] * len(chunk_tokens)
 
     def script(request, out):
@@ -228,8 +232,8 @@ def test_failed_chunks_are_regenerated_with_reasons(fast, monkeypatch):
 
     similarities = iter([0.9, 0.1])  # the first render has chunks 2 and 3: chunk 3 drifts; then all 0.9
     t3 = ScriptedT3(fast, script)
-    monkeypatch.setattr(fast, "t3_scheduler", t3)
-    monkeypatch.setattr(pipeline, "_similarity", lambda tts, job, wav: next(similarities, 0.9))
+    monkeypatch.setattr(fast.engine, "scheduler", t3)
+    monkeypatch.setattr(pipeline, "_similarity", lambda engine, job, wav: next(similarities, 0.9))
     result = fast.synthesize(text, seed=4, max_new_tokens=40, max_retries=2, max_chars=60)
     assert len(result.chunks) == 4
     reasons = {c.index: c.failures for c in result.chunks}
@@ -243,11 +247,18 @@ def test_failed_chunks_are_regenerated_with_reasons(fast, monkeypatch):
 
 def test_retries_stop_at_the_limit(fast, monkeypatch):
     stop = fast.t3.cfg.stop_speech_token
-    monkeypatch.setattr(fast, "t3_scheduler", ScriptedT3(fast, lambda request, tokens: torch.tensor([1, 2, stop])))
+    lengths = iter([4, 1, 2])  # attempt 2 is the worst (1 token for ~100 expected), attempt 1 the least bad
+
+    def truncated(request, tokens):
+        return torch.tensor(list(range(1, 1 + next(lengths))) + [stop])
+
+    monkeypatch.setattr(fast.engine, "scheduler", ScriptedT3(fast, truncated))
     text = SENTENCE.format(1) * 2
-    result = fast.synthesize(text, seed=1, max_new_tokens=50, max_retries=1)
+    result = fast.synthesize(text, seed=1, max_new_tokens=50, max_retries=2)
     chunk = result.chunks[0]
-    assert chunk.attempts == 2 and len(chunk.failures) == 2 and "out of retries" in chunk.failures[-1]
+    assert chunk.attempts == 3 and len(chunk.failures) == 4 and chunk.failures[-1].startswith("kept attempt 1 of 3")
+    assert chunk.kept == 1 and chunk.tokens.tolist() == [1, 2, 3, 4]
+    assert all(f.startswith(f"attempt {k + 1}: truncated") for k, f in enumerate(chunk.failures[:3]))
 
 
 # ---- bad input ------------------------------------------------------------------------------------------
@@ -255,7 +266,7 @@ def test_retries_stop_at_the_limit(fast, monkeypatch):
 @pytest.mark.parametrize("text,problem", [
     ("?!... --- ,,,", "nothing to speak"),
     ("Hello\x00world", r"control character U\+0000 at position 5"),
-    ("   \n\n\t ", "text is empty"),
+    ("   \n\n\t ", "nothing to speak"),
 ])
 def test_bad_text(fast, text, problem):
     with pytest.raises(ValueError, match=problem):
@@ -264,8 +275,8 @@ def test_bad_text(fast, text, problem):
 
 def test_a_megabyte_of_text_is_planned_in_chunks(fast):
     text = (SENTENCE.format(7) + " ") * (1_000_000 // (len(SENTENCE) + 2))
-    job, _ = fast._job(text, max_new_tokens=10)
-    assert len(job.chunks) > 3000 and max(len(c.text) for c in job.chunks) <= fast.MAX_CHARS
+    chunks = pipeline.plan_chunks(text, fast._call(text, None, max_new_tokens=10)[1])
+    assert len(chunks) > 3000 and max(len(c.text) for c in chunks) <= fast.MAX_CHARS
 
 
 # ---- the meanflow decoder ------------------------------------------------------------------------------
@@ -302,8 +313,8 @@ def test_voices_are_cached_in_memory_and_on_disk(small_ckpt, tmp_path, monkeypat
     tts = ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="fast", watermark=False)
     tts.voice_cache_dir = tmp_path / "voices"
     computed = []
-    real = tts.conditionals_from_wav
-    monkeypatch.setattr(tts, "conditionals_from_wav", lambda *a, **kw: computed.append(1) or real(*a, **kw))
+    real = tts.engine.voice_from_wav
+    monkeypatch.setattr(tts.engine, "voice_from_wav", lambda *a, **kw: computed.append(1) or real(*a, **kw))
     tts.prepare_conditionals(clip, exaggeration=0.3)
     first = tts.conds
     tts.prepare_conditionals(clip, exaggeration=0.7)  # memory hit: only the emotion control changes
@@ -312,7 +323,7 @@ def test_voices_are_cached_in_memory_and_on_disk(small_ckpt, tmp_path, monkeypat
     (stored,) = (tmp_path / "voices").glob("*-exact.pt")  # fast tokenizes a voice as upstream does
     other = ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="fast", watermark=False)
     other.voice_cache_dir = tmp_path / "voices"
-    monkeypatch.setattr(other, "conditionals_from_wav", lambda *a, **kw: computed.append(1) or real(*a, **kw))
+    monkeypatch.setattr(other.engine, "voice_from_wav", lambda *a, **kw: computed.append(1) or real(*a, **kw))
     other.prepare_conditionals(clip)  # disk hit in a new instance
     assert len(computed) == 1 and torch.equal(other.conds.t3.speaker_emb, first.t3.speaker_emb)
 

@@ -40,7 +40,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .presets import get_preset
 
 TEXT = ("Faster Chatterbox reads this sentence aloud so that every stage of the pipeline can be timed, "
         "from the voice to the waveform.")
@@ -192,7 +191,10 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
             out["ttfa_s"] = time.perf_counter() - start
             pieces.close()
     else:
-        plan = ChatterboxTTS._chunks(ChatterboxTTS.__new__(ChatterboxTTS), text, get_preset(preset, device), 300)
+        from .pipeline import plan_chunks
+        from .settings import call_settings, engine_settings
+
+        plan = plan_chunks(text, call_settings(engine_settings(preset, device)))  # the chunks ours speaks
         budget = {}
         tts = _upstream(checkpoint, device, budget)
         tts.prepare_conditionals(voice)

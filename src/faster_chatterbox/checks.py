@@ -15,7 +15,9 @@ a whole chunk, so only clear failures trigger one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +36,14 @@ class CheckLimits:
     max_silence_s: float = 2.0  # a silence longer than this inside a chunk
     silence_db: float = -40.0  # frames this far under the chunk's speech level are silent
     min_speaker_similarity: float = 0.4  # cosine of the chunk's x-vector to the voice's
+
+
+class Failure(NamedTuple):
+    """Why a chunk attempt failed, and how badly: `badness` >= 1 is how far past its limit it went (2: twice
+    the allowed length, silence or loop); the least bad attempt is kept when every attempt fails."""
+
+    reason: str
+    badness: float
 
 
 def expected_tokens(text: str) -> float:
@@ -61,22 +71,28 @@ def loop_length(tokens: list[int], max_period: int) -> int:
     return longest
 
 
-def token_failure(tokens: list[int], text: str, stopped: bool, limits: CheckLimits = CheckLimits()) -> str | None:
+def token_failure(tokens: list[int], text: str, stopped: bool, limits: CheckLimits = CheckLimits()) -> Failure | None:
     """Why these speech tokens (stop token excluded) are a failed rendering of `text`, or None.
 
     stopped: whether T3 sampled its stop token (False: the budget ran out).
     """
     expected = expected_tokens(text)
+    if not tokens:
+        return Failure("no speech: T3 sampled its stop token at once", math.inf)
     if not stopped:
-        return f"runaway: no stop token within the budget of {len(tokens)} tokens"
+        return Failure(f"runaway: no stop token within the budget of {len(tokens)} tokens",
+                       max(1.0, len(tokens) / (limits.max_length_ratio * max(expected, 1.0))))
     if expected >= limits.min_expected_tokens:
         if len(tokens) < limits.min_length_ratio * expected:
-            return f"truncated: {len(tokens)} tokens for ~{expected:.0f} expected"
+            return Failure(f"truncated: {len(tokens)} tokens for ~{expected:.0f} expected",
+                           limits.min_length_ratio * expected / len(tokens))
         if len(tokens) > limits.max_length_ratio * expected:
-            return f"runaway: {len(tokens)} tokens for ~{expected:.0f} expected"
+            return Failure(f"runaway: {len(tokens)} tokens for ~{expected:.0f} expected",
+                           len(tokens) / (limits.max_length_ratio * expected))
     loop = loop_length(tokens, limits.loop_max_period)
     if loop >= limits.loop_min_tokens:
-        return f"loop: a repeating token pattern over {loop} tokens ({loop / TOKENS_PER_SECOND:.1f} s)"
+        return Failure(f"loop: a repeating token pattern over {loop} tokens ({loop / TOKENS_PER_SECOND:.1f} s)",
+                       loop / limits.loop_min_tokens)
     return None
 
 
@@ -105,11 +121,12 @@ def speaker_similarity(embedding: torch.Tensor, voice_embedding: torch.Tensor) -
 
 
 def audio_failure(wav: np.ndarray, sr: int, similarity: float | None,
-                  limits: CheckLimits = CheckLimits()) -> str | None:
+                  limits: CheckLimits = CheckLimits()) -> Failure | None:
     """Why a chunk's audio is a failure, or None. similarity: speaker_similarity to the voice (None: unchecked)."""
     silence = longest_inner_silence(wav, sr, limits.silence_db)
     if silence > limits.max_silence_s:
-        return f"silence: {silence:.1f} s of silence inside the chunk"
+        return Failure(f"silence: {silence:.1f} s of silence inside the chunk", silence / limits.max_silence_s)
     if similarity is not None and similarity < limits.min_speaker_similarity:
-        return f"drift: speaker similarity {similarity:.2f} to the voice (< {limits.min_speaker_similarity})"
+        return Failure(f"drift: speaker similarity {similarity:.2f} to the voice (< {limits.min_speaker_similarity})",
+                       1.0 + limits.min_speaker_similarity - similarity)
     return None

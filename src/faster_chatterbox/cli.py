@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .presets import DEFAULT_PRESET, PRESET_NAMES
+from .settings import DEFAULT_PRESET, PRESET_NAMES
 from .quality.ab import add_ab_command
 
 EXIT_USAGE = 2

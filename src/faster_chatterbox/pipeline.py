@@ -1,22 +1,19 @@
-"""Text of any length -> audio: chunks, batched T3, batched S3Gen, checks and retries, seamless joins, streaming.
+"""The engine: text of any length -> audio, for any number of callers at once.
 
-  text --(fast presets: normalise numbers etc.) split into sentences, pack into chunks--> chunks
-  chunks, a window of up to `batch_size` at a time:
-      T3 (one batch; exact preset: one chunk after another) --> speech tokens --token checks--> (retry)
-      S3Gen (one batch) --> audio per chunk --audio checks--> (retry)
-  chunks --> trim edges, join with pauses or crossfades --> (optimize_quality: post-processing)
+  text --(normalise numbers etc.) split into sentences, pack into chunks--> chunks
+  chunks, a window of up to `max_batch` at a time:
+      T3 (continuous batching across calls; or one chunk after another) --> speech tokens --token checks--> (retry)
+      S3Gen (S3Gen.render) --> audio per chunk --audio checks--> (retry; out of retries: the least-bad attempt)
+  chunks --> trim edges, join with pauses or crossfades
 
-`synthesize` returns the whole result with per-chunk metadata (attempts, failure reasons, timings);
-`stream` yields the audio chunk by chunk as soon as each is ready, the first chunk alone and first, the
-next window's T3 decoding while the current window is rendered.
+`Engine` owns the models, the T3 scheduler (one thread decoding every call's chunks in one continuously
+refilled batch), the S3Gen render slots, tokenisation and voices. It knows no presets: every call brings its
+`CallSettings` and its `Voice`; the result carries both, and passing them back reproduces the audio.
 
-T3 (batched presets) runs in the model's scheduler thread (engine/scheduler.py): the chunks of every call
-in flight, from any thread, share its continuously refilled batch.
-
-Random streams: the exact preset consumes the global RNG as upstream does (one chunk: identical to
-upstream's generate). The batched presets give each chunk attempt its own torch.Generator, seeded from
-`seed` (or one draw of the global RNG), so a chunk's tokens, decoder noise and vocoder source noise do not
-depend on how the chunks were batched, nor on other calls running at the same time.
+Random streams: with `seeded_streams` every chunk attempt has its own torch.Generators, hashed from the
+call's seed, its index and attempt (settings.stream_seed), so a chunk's tokens, decoder noise and vocoder
+noise do not depend on its batch mates nor on other calls. Otherwise the global RNG is consumed as upstream
+does, chunk after chunk (seeded with `seed`, or restored to the state the call started from).
 """
 
 from __future__ import annotations
@@ -25,49 +22,43 @@ import logging
 import queue
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from .audio.io import load_audio, resample
 from .audio.joins import join_chunks, remove_dc, trim_edges
-from .checks import CheckLimits, audio_failure, speaker_similarity, token_budget, token_failure
-from .engine.batch_decode import DecodeRequest
-from .engine.t3_decode import generate_speech_tokens
-from .models.s3gen import S3_SR, SILENCE_TOKEN
 from .audio.sinc_resample import sinc_resample
-from .text.chunking import DEFAULT_PAUSES_S, Chunk
-
-if TYPE_CHECKING:
-    from .tts import ChatterboxTTS, Conditionals
+from .checks import Failure, audio_failure, speaker_similarity, token_budget, token_failure
+from .engine.batch_decode import DecodeRequest
+from .engine.scheduler import T3Scheduler
+from .engine.t3_decode import generate_speech_tokens
+from .models.hift import F0Smoothing
+from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
+from .models.t3 import T3, T3Cond
+from .models.voice_encoder import VoiceEncoder
+from .settings import CallSettings, EngineSettings, stream_seed, torch_seed
+from .text.chunking import DEFAULT_PAUSES_S, Chunk, check_text, pack_chunks
+from .text.english import normalize_english
+from .text.normalize import punc_norm
+from .text.tokenizer import EnglishTokenizer
+from .voices import Voice, clip_digest
 
 log = logging.getLogger(__name__)
 
-_SEED_STRIDE_CHUNK, _SEED_STRIDE_ATTEMPT = 7919, 104_729
+VOICE_SECONDS = 30.0  # of a reference clip, what is read: T3 takes 6 s, S3Gen 10 s, the voice encoder all of it
 
 
-@dataclass
-class Job:
-    """One call's settings, resolved and validated by ChatterboxTTS."""
-
-    chunks: list[Chunk]
-    conds: Conditionals
-    sampling: dict  # temperature, cfg_weight, repetition_penalty, min_p, top_p
-    max_new_tokens: int  # each chunk's token cap
-    budget_factor: float | None  # chunk budget = factor x its expected tokens (capped); None: the cap
-    solve: dict  # S3Gen.inference's n_timesteps, solver, schedule, sway_coef (and f0_smoothing)
-    batched: bool
-    seed: int  # base seed of the chunk generators (batched)
-    max_retries: int
-    limits: CheckLimits = field(default_factory=CheckLimits)
-    render_batch: int = 1  # chunks per S3Gen batch within a window (batching does not pay on CPU:
-    # benchmarks/s3gen_speed.md, 0.94x for 8 chunks; it is for GPUs)
-    batch_size: int = 8  # chunks per window (1 for the exact preset: T3 then S3Gen, chunk after chunk, as
-    # sequential upstream calls consume the global random stream)
+class NoSpeechError(ValueError):
+    """A call produced no speech at all (T3 sampled its stop token at once for every chunk)."""
 
 
 @dataclass
@@ -80,6 +71,7 @@ class ChunkResult:
     failures: list[str]  # one reason per failed attempt ("attempt 1: loop: ...")
     kind: str  # what ends the chunk (text.chunking.Chunk.kind): sets the pause after it
     t3_steps: int  # T3 decode steps of the kept attempt (special ids included)
+    kept: int = 1  # the attempt kept (1-based): the last passing one, or the least-bad when all failed
 
 
 @dataclass
@@ -101,6 +93,12 @@ class SynthesisResult:
     chunks: list[ChunkResult]
     joins: list[tuple[int, int]]  # per join, the span [start, end) of `audio` it touched
     timings: dict[str, float]  # t3_s, s3gen_s, total_s
+    settings: CallSettings  # what the call ran with, its seed included: pass it back to reproduce the audio
+    voice: Voice  # the voice it spoke in (the call's exaggeration applied)
+
+    @property
+    def seed(self) -> int | None:
+        return self.settings.seed
 
 
 class Clock:
@@ -119,17 +117,15 @@ class Clock:
         return time.perf_counter() - self.start
 
 
-def _generator(job: Job, index: int, attempt: int, device: torch.device, stage: str) -> torch.Generator:
-    """The random stream of one chunk attempt's T3 sampling (stage "t3") or S3Gen's noise: flow decoder,
-    then vocoder source ("s3gen")."""
-    seed = job.seed + _SEED_STRIDE_CHUNK * index + _SEED_STRIDE_ATTEMPT * attempt + (stage == "s3gen")
-    return torch.Generator(device=device).manual_seed(seed % 2**63)
+@dataclass
+class Job:
+    """One call's work: its chunks, voice and settings."""
 
-
-def _budget(job: Job, text: str) -> int:
-    if job.budget_factor is None:
-        return job.max_new_tokens
-    return token_budget(text, job.max_new_tokens, job.budget_factor)
+    chunks: list[Chunk]
+    voice: Voice
+    call: CallSettings
+    window: int  # chunks per window (1 without continuous batching: T3 then S3Gen, chunk after chunk, as
+    # sequential upstream calls consume the global random stream)
 
 
 class Decoded(NamedTuple):
@@ -138,28 +134,223 @@ class Decoded(NamedTuple):
     steps: int  # decode steps (sampled ids, special ones included)
 
 
-class T3Work:
-    """The T3 decodes of chunks `indices`, one attempt each: batched presets submit them to the model's
-    scheduler (shared, continuously batched with whatever else is decoding) and return at once; the exact
-    preset decodes them here, one after another on the global random stream, as upstream's calls do."""
+class Engine:
+    """The models and everything shared by the calls: scheduler, render slots, tokenizer, voice cache."""
 
-    def __init__(self, tts: ChatterboxTTS, job: Job, indices: list[int], attempt: int):
-        self.tts, self.indices = tts, indices
+    ENC_COND_LEN = 6 * S3_SR  # T3's speech prompt: the first 6 s of the clip
+    DEC_COND_LEN = 10 * S3GEN_SR  # S3Gen's reference: the first 10 s
+    VOICE_CACHE_SIZE = 8  # voices (reference clips) kept in memory
+
+    def __init__(self, t3: T3, s3gen: S3Gen, ve: VoiceEncoder, tokenizer: EnglishTokenizer,
+                 settings: EngineSettings):
+        self.t3, self.s3gen, self.ve, self.tokenizer, self.settings = t3, s3gen, ve, tokenizer, settings
+        self.device = torch.device(settings.device)
+        self.sr = S3GEN_SR
+        self.t3_lock = threading.Lock()  # TRANSITIONAL: one KV cache per model until the cache leaves the module
+        self.scheduler = T3Scheduler(t3, settings.max_batch, self.t3_lock)
+        self.render_slots = threading.Semaphore(settings.render_slots)
+        self.voice_cache_dir: Path | None = None  # voices of clips also kept on disk, by content
+        self._voices: OrderedDict[tuple, Voice] = OrderedDict()
+        self._voice_lock = threading.Lock()
+        weakref.finalize(self, self.scheduler.close)
+
+    def close(self) -> None:
+        """Stop the scheduler thread and drop its batch; later calls raise."""
+        self.scheduler.close()
+
+    # ---- voices ---------------------------------------------------------------------------
+    def voice_variant(self, tokenize_once: bool | None = None) -> str:
+        """How a clip becomes a voice here: T3's prompt tokens from their own S3 tokenizer pass or not."""
+        return "once" if (self.settings.tokenize_voice_once if tokenize_once is None else tokenize_once) else "exact"
+
+    @torch.inference_mode()
+    def voice_from_wav(self, wav: np.ndarray, sr: int, *, exaggeration: float = 0.5,
+                       tokenize_once: bool | None = None) -> Voice:
+        """The voice of a mono float32 clip, computed as upstream's prepare_conditionals does.
+
+        tokenize_once (default: the engine's setting): T3's prompt tokens (the first 6 s) are taken from the
+        decoder's S3 tokenizer pass over the first 10 s instead of a second pass over 6 s.
+        """
+        wav_24k = resample(np.asarray(wav, dtype=np.float32), sr, S3GEN_SR)  # as librosa.load(sr=24000)
+        wav_16k = resample(wav_24k, S3GEN_SR, S3_SR)
+        gen = self.s3gen.embed_ref(torch.from_numpy(wav_24k[: self.DEC_COND_LEN]).to(self.device), S3GEN_SR)
+        prompt_len = self.t3.cfg.speech_cond_prompt_len
+        if self.voice_variant(tokenize_once) == "once":
+            six_seconds = round(25 * min(len(wav_16k), self.ENC_COND_LEN) / S3_SR)  # 25 tokens per second
+            t3_prompt = gen["prompt_token"][:, : min(prompt_len, six_seconds)]
+        else:
+            t3_prompt, _ = self.s3gen.tokenizer([torch.from_numpy(wav_16k[: self.ENC_COND_LEN])], max_len=prompt_len)
+        ve_embed = torch.from_numpy(self.ve.embeds_from_wavs([wav_16k], sample_rate=S3_SR))
+        t3_cond = T3Cond(speaker_emb=ve_embed.mean(dim=0, keepdim=True),
+                         cond_prompt_speech_tokens=torch.atleast_2d(t3_prompt),
+                         emotion_adv=float(exaggeration) * torch.ones(1, 1, 1)).to(device=self.device)
+        return Voice(t3_cond, gen)
+
+    def voice_from_clip(self, path: str | Path, *, tokenize_once: bool | None = None) -> Voice:
+        """The voice of the clip at `path` (its first VOICE_SECONDS), cached in memory by file (path, size,
+        modification time) and, with `voice_cache_dir` set, on disk by content."""
+        path, variant = Path(path), self.voice_variant(tokenize_once)
+        try:
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, variant)
+        except OSError:
+            key = None  # load_audio names the problem
+        with self._voice_lock:
+            voice = self._voices.get(key) if key else None
+            if voice is not None:
+                self._voices.move_to_end(key)
+                return voice
+        voice = self._voice_from_disk_cache(path, variant) or self.voice_from_wav(
+            load_audio(path, S3GEN_SR), S3GEN_SR, tokenize_once=variant == "once")
+        if key:
+            with self._voice_lock:
+                self._voices[key] = voice
+                while len(self._voices) > self.VOICE_CACHE_SIZE:
+                    self._voices.popitem(last=False)
+        return voice
+
+    def _voice_from_disk_cache(self, clip: Path, variant: str) -> Voice | None:
+        """The cached voice of `clip` (computed and stored on a miss); None without a cache directory."""
+        if self.voice_cache_dir is None:
+            return None
+        try:
+            digest = clip_digest(clip.read_bytes())
+        except OSError:
+            return None  # load_audio names the problem
+        cached = Path(self.voice_cache_dir).expanduser() / f"{digest}-{variant}.pt"
+        if cached.is_file():
+            return Voice.load(cached, map_location=self.device)
+        voice = self.voice_from_wav(load_audio(clip, S3GEN_SR), S3GEN_SR,
+                                    tokenize_once=variant == "once")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        voice.save(cached)
+        return voice
+
+    # ---- text -----------------------------------------------------------------------------
+    def text_tokens(self, text: str) -> torch.Tensor:
+        """T3's input for one chunk: (L,) ids wrapped in the start/stop text tokens."""
+        ids = self.tokenizer.encode(punc_norm(text))
+        max_text = self.t3.cfg.max_text_tokens - 2
+        if len(ids) > max_text:
+            raise ValueError(f"a chunk of text is {len(ids)} tokens long; T3 takes at most {max_text}")
+        return torch.tensor([self.t3.cfg.start_text_token, *ids, self.t3.cfg.stop_text_token],
+                            dtype=torch.long, device=self.device)
+
+    # ---- synthesis ------------------------------------------------------------------------
+    def _job(self, text: str, voice: Voice, call: CallSettings) -> Job:
+        chunks = plan_chunks(text, call)
+        if not call.seeded_streams:  # the global stream, from where the call says
+            if call.seed is not None:
+                torch.manual_seed(torch_seed(call.seed))
+            elif call.rng_state is not None:
+                torch.set_rng_state(call.rng_state)
+        return Job(chunks, voice, call, window=self.settings.max_batch if call.continuous_batching else 1)
+
+    @torch.inference_mode()
+    def synthesize(self, text: str, voice: Voice, call: CallSettings, *, progress: bool | None = None,
+                   trim: bool | None = None) -> SynthesisResult:
+        """The whole audio of `text` with per-chunk metadata. trim (default: for several chunks): remove DC
+        and cut each chunk's leading and trailing silence before joining."""
+        job = self._job(text, voice, call)
+        clock = Clock()
+        results = list(chunk_results(self, job, clock, ahead=self.settings.decode_ahead,
+                                     progress=len(job.chunks) >= 4 if progress is None else progress))
+        audio, joins = assemble(results, self.sr, trim=len(results) > 1 if trim is None else trim)
+        if not len(audio):
+            raise _no_speech(call)
+        clock.stages["total_s"] = clock.elapsed()
+        return SynthesisResult(audio, self.sr, results, joins, clock.stages, call, voice)
+
+    def stream(self, text: str, voice: Voice, call: CallSettings) -> Iterator[Piece]:
+        """The audio of `text` piece by piece as soon as each is ready; together exactly what `synthesize`
+        (trim=True) gives. The first chunk is cut to at most `call.first_chunk_chars` and decoded alone; with
+        `call.token_streaming` (and continuous batching) its audio comes every few tokens, otherwise when the
+        chunk is done. The next window's T3 is decoded while the current one is rendered."""
+        job = self._job(text, voice, call)
+        job.chunks = short_first(job.chunks, call.first_chunk_chars)
+        clock = Clock()
+        joiner = StreamJoiner(self.sr, clock)
+        with torch.inference_mode():
+            first = 0
+            if call.token_streaming is not None and call.continuous_batching:
+                first = 1
+                yield from stream_chunk_tokens(self, job, 0, joiner, clock)
+            results = chunk_results(self, job, clock, first_alone=first == 0, start=first, ahead=True)
+            yield from streamed_pieces(results, self.sr, clock, joiner)
+            if joiner.pending is None:  # nothing was ever spoken
+                raise _no_speech(call)
+
+
+def plan_chunks(text: str, call: CallSettings) -> list[Chunk]:
+    """The chunks `text` is spoken in (validated: a clear ValueError for text that can't be spoken)."""
+    check_text(text)
+    if call.normalize_text:
+        text = normalize_english(text)
+    if not call.chunk_short_text and len(text) <= call.max_chars:
+        return [Chunk(text, "end")]  # upstream speaks a short text in one call, untouched
+    return pack_chunks(text, call.max_chars)
+
+
+def _no_speech(call: CallSettings) -> NoSpeechError:
+    s = call.sampling
+    return NoSpeechError(
+        "no speech: T3 sampled its stop token at once for every chunk (nothing to render); with "
+        f"repetition_penalty={s.repetition_penalty:g}, temperature={s.temperature:g}, min_p={s.min_p:g}, "
+        f"top_p={s.top_p:g} the sampling may leave nothing but the stop token: try the defaults")
+
+
+def short_first(chunks: list[Chunk], max_chars: int) -> list[Chunk]:
+    """The chunks with the first one re-packed into pieces of at most max_chars."""
+    if len(chunks[0].text) <= max_chars:
+        return chunks
+    head = pack_chunks(chunks[0].text, max_chars)
+    head[-1] = Chunk(head[-1].text, chunks[0].kind)
+    return head + chunks[1:]
+
+
+def _generator(job: Job, index: int, attempt: int, device: torch.device, stage: str) -> torch.Generator | None:
+    """The random stream of one chunk attempt's T3 sampling (stage "t3") or S3Gen's noise (flow decoder, then
+    vocoder source: "s3gen"); None for calls on the global RNG."""
+    if not job.call.seeded_streams:
+        return None
+    return torch.Generator(device=device).manual_seed(stream_seed(job.call.seed, stage, index, attempt))
+
+
+def _budget(job: Job, text: str) -> int:
+    if job.call.budget_factor is None:
+        return job.call.max_new_tokens
+    return token_budget(text, job.call.max_new_tokens, job.call.budget_factor)
+
+
+def _request(engine: Engine, job: Job, index: int, attempt: int) -> DecodeRequest:
+    text = job.chunks[index].text
+    s = job.call.sampling
+    return DecodeRequest(job.voice.t3, engine.text_tokens(text), temperature=s.temperature, cfg_weight=s.cfg_weight,
+                         repetition_penalty=s.repetition_penalty, min_p=s.min_p, top_p=s.top_p,
+                         max_new_tokens=_budget(job, text), generator=_generator(job, index, attempt, engine.device, "t3"))
+
+
+class T3Work:
+    """The T3 decodes of chunks `indices`, one attempt each: with continuous batching they are submitted to
+    the engine's scheduler (shared with whatever else is decoding) and this returns at once; otherwise they
+    are decoded here, one after another (on the global random stream, as upstream's calls)."""
+
+    def __init__(self, engine: Engine, job: Job, indices: list[int], attempt: int):
+        self.engine, self.indices = engine, indices
         self.start = self.finished = time.perf_counter()
         self.futures: dict[int, Future] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        texts = {i: tts.text_tokens(job.chunks[i].text) for i in indices}
-        if job.batched:
-            for i in indices:
-                request = DecodeRequest(job.conds.t3, texts[i], max_new_tokens=_budget(job, job.chunks[i].text),
-                                        generator=_generator(job, i, attempt, tts.device, "t3"), **job.sampling)
-                self.futures[i] = tts.t3_scheduler.submit(request)
+        requests = {i: _request(engine, job, i, attempt) for i in indices}
+        if job.call.continuous_batching:
+            for i, request in requests.items():
+                self.futures[i] = engine.scheduler.submit(request)
                 self.futures[i].add_done_callback(self._stamp)
         else:
-            with tts.t3_lock:  # one KV cache per model: the scheduler's batches and this loop take turns
-                self.outputs = {i: generate_speech_tokens(tts.t3, job.conds.t3, texts[i], **job.sampling,
-                                                          max_new_tokens=_budget(job, job.chunks[i].text))
-                                for i in indices}
+          with engine.t3_lock:
+            self.outputs = {i: generate_speech_tokens(
+                engine.t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                cfg_weight=r.cfg_weight, repetition_penalty=r.repetition_penalty, min_p=r.min_p, top_p=r.top_p,
+                generator=r.generator) for i, r in requests.items()}
             self.finished = time.perf_counter()
 
     def _stamp(self, _future: Future) -> None:
@@ -173,135 +364,129 @@ class T3Work:
             self.cancel()
             raise
         clock.add("t3_s", self.finished - self.start)
-        stop, vocab = self.tts.t3.cfg.stop_speech_token, self.tts.s3gen.vocab_size
-        decoded = {}
-        for i in self.indices:
-            tokens = outputs[i].tolist()
-            stopped = bool(tokens) and tokens[-1] == stop
-            decoded[i] = Decoded([t for t in tokens if t < vocab], stopped, len(tokens))
-        return decoded
+        return {i: _decoded(self.engine, outputs[i].tolist()) for i in self.indices}
 
     def cancel(self) -> None:
         for future in self.futures.values():
             future.cancel()
 
 
-def _render(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]],
-            generators: dict[int, torch.Generator]) -> dict[int, np.ndarray]:
-    """S3Gen for chunks with tokens: {index: (N,) float32 audio}; chunks without speech tokens get silence.
-    Renders take turns across calls (`render_slots`)."""
-    if tts.s3gen.meanflow:  # as Turbo feeds its meanflow decoder: the tokens, then 0.12 s of silence
-        tokens = {i: t + [SILENCE_TOKEN] * 3 if t else t for i, t in tokens.items()}
-    todo = [i for i, t in tokens.items() if t]
-    audio = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
-    with tts.render_slots:
-        wavs = _render_wavs(tts, job, tokens, todo, generators)
-    for i, wav in zip(todo, wavs):
-        audio[i] = wav.reshape(-1).float().cpu().numpy()
-    return audio
+def _decoded(engine: Engine, tokens: list[int]) -> Decoded:
+    stop, vocab = engine.t3.cfg.stop_speech_token, engine.s3gen.vocab_size
+    return Decoded([t for t in tokens if t < vocab], bool(tokens) and tokens[-1] == stop, len(tokens))
 
 
-def _render_wavs(tts: ChatterboxTTS, job: Job, tokens: dict[int, list[int]], todo: list[int],
-                 generators: dict[int, torch.Generator]) -> list[torch.Tensor]:
-    """The waveforms of chunks `todo`, in order."""
-    device, ref, s3gen = tts.device, job.conds.gen, tts.s3gen
-    if job.batched and job.render_batch > 1 and todo:
-        wavs = []
-        for k in range(0, len(todo), job.render_batch):
-            group = todo[k : k + job.render_batch]
-            wavs += s3gen.inference_batch([torch.tensor(tokens[i], device=device) for i in group], [ref] * len(group),
-                                          noises=[_noise(s3gen, ref, len(tokens[i]), generators[i]) for i in group],
-                                          vocoder_generators=[generators[i] for i in group], **job.solve)
-        return wavs
-    if job.batched:  # one chunk at a time, each with its own noise
-        return [s3gen.inference(torch.tensor(tokens[i], device=device), ref, noise=_noise(s3gen, ref, len(tokens[i]),
-                                generators[i]), vocoder_generator=generators[i], **job.solve) for i in todo]
-    return [s3gen.inference(torch.tensor(tokens[i], device=device), ref, **job.solve) for i in todo]
+def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: dict[int, int]) -> dict[int, np.ndarray]:
+    """S3Gen for chunks {index: tokens}, each with the random stream of its attempt; renders take turns
+    across calls (`render_slots`)."""
+    order = list(tokens)
+    solve = job.call.solve
+    generators = None
+    if job.call.seeded_streams:
+        generators = [_generator(job, i, attempts[i], engine.device, "s3gen") for i in order]
+    with engine.render_slots:
+        wavs = engine.s3gen.render([tokens[i] for i in order], job.voice.gen, generators,
+                                   batch=engine.settings.render_batch, n_timesteps=solve.n_timesteps,
+                                   solver=solve.solver, schedule=solve.schedule, sway_coef=solve.sway_coef,
+                                   prompt_seconds=solve.prompt_seconds,
+                                   f0_smoothing=F0Smoothing() if solve.f0_smoothing else None)
+    return dict(zip(order, wavs))
 
 
-def _noise(s3gen, ref: dict, n_tokens: int, generator: torch.Generator) -> torch.Tensor:
-    """A chunk's starting noise for the flow decoder (1, 80, prompt frames + 2 n_tokens), from its own stream."""
-    frames = ref["prompt_feat"].shape[1] + 2 * n_tokens
-    return torch.randn(1, s3gen.flow.cfg.mel_dim, frames, generator=generator, device=generator.device)
-
-
-def _similarity(tts: ChatterboxTTS, job: Job, wav: np.ndarray) -> float | None:
-    if len(wav) < tts.sr // 2:  # too short for a meaningful x-vector
+def _similarity(engine: Engine, job: Job, wav: np.ndarray) -> float | None:
+    if len(wav) < engine.sr // 2:  # too short for a meaningful x-vector
         return None
-    wav_16k = sinc_resample(torch.from_numpy(wav).to(tts.device)[None], tts.sr, S3_SR)
-    return speaker_similarity(tts.s3gen.speaker_encoder.inference(wav_16k), job.conds.gen["embedding"])
+    wav_16k = sinc_resample(torch.from_numpy(wav).to(engine.device)[None], engine.sr, S3_SR)
+    return speaker_similarity(engine.s3gen.speaker_encoder.inference(wav_16k), job.voice.gen["embedding"])
 
 
-def _window(tts: ChatterboxTTS, job: Job, indices: list[int], clock: Clock,
+@dataclass
+class _Attempt:
+    number: int  # 0-based
+    decoded: Decoded
+    failure: Failure | None = None
+    audio: np.ndarray | None = None  # rendered (attempts that failed their token check are not)
+
+
+def _window(engine: Engine, job: Job, indices: list[int], clock: Clock,
             t3_first: T3Work | None = None) -> list[ChunkResult]:
-    """Generate the chunks `indices`, retrying failed ones; `t3_first`: their first T3 attempt if already
-    submitted."""
-    failures: dict[int, list[str]] = {i: [] for i in indices}
-    steps: dict[int, int] = {}
-    done: dict[int, ChunkResult] = {}
+    """Generate the chunks `indices`, retrying failed ones up to max_retries; a chunk whose every attempt
+    failed keeps the least-bad one by the checks' scores. `t3_first`: their first T3 attempt if submitted."""
+    limits, checking = job.call.limits, job.call.max_retries > 0
+    history: dict[int, list[_Attempt]] = {i: [] for i in indices}
+    done: dict[int, _Attempt] = {}
     pending, attempt = list(indices), 0
     while pending:
-        work = t3_first if attempt == 0 and t3_first is not None else T3Work(tts, job, pending, attempt)
+        work = t3_first if attempt == 0 and t3_first is not None else T3Work(engine, job, pending, attempt)
         decoded = work.result(clock)
-        last_try = attempt >= job.max_retries
-        retry, render = [], {}
+        last_try, retry, render = attempt >= job.call.max_retries, [], {}
         for i in pending:
-            tokens, stopped, steps[i] = decoded[i]
-            reason = token_failure(tokens, job.chunks[i].text, stopped, job.limits) if job.max_retries else None
-            if reason and not last_try:
-                failures[i].append(f"attempt {attempt + 1}: {reason}")
+            a = _Attempt(attempt, decoded[i])
+            history[i].append(a)
+            a.failure = token_failure(a.decoded.tokens, job.chunks[i].text, a.decoded.stopped, limits) if checking else None
+            if a.failure and not last_try:
                 retry.append(i)
             else:
-                if reason:
-                    failures[i].append(f"attempt {attempt + 1}: {reason} (kept: out of retries)")
-                render[i] = tokens
+                render[i] = a
         start = time.perf_counter()
-        audio = _render(tts, job, render, {i: _generator(job, i, attempt, tts.device, "s3gen") for i in render})
+        if render:
+            for i, wav in _render(engine, job, {i: a.decoded.tokens for i, a in render.items()},
+                                  {i: a.number for i, a in render.items()}).items():
+                render[i].audio = wav
         clock.add("s3gen_s", time.perf_counter() - start)
-        for i, tokens in render.items():
-            reason = None
-            if job.max_retries:
-                reason = audio_failure(audio[i], tts.sr, _similarity(tts, job, audio[i]), job.limits)
-            if reason and not last_try:
-                failures[i].append(f"attempt {attempt + 1}: {reason}")
+        for i, a in render.items():
+            if checking and a.failure is None:
+                a.failure = audio_failure(a.audio, engine.sr, _similarity(engine, job, a.audio), limits)
+            if a.failure and not last_try:
                 retry.append(i)
-                continue
-            if reason:
-                failures[i].append(f"attempt {attempt + 1}: {reason} (kept: out of retries)")
-            done[i] = ChunkResult(i, job.chunks[i].text, torch.tensor(tokens, dtype=torch.long), audio[i],
-                                  attempt + 1, failures[i], job.chunks[i].kind, steps[i])
+            else:
+                done[i] = a
         pending = sorted(retry)
         attempt += 1
+    best = {i: min(history[i], key=lambda a: a.failure.badness if a.failure else 0.0) for i in indices}
+    unrendered = {i: a for i, a in best.items() if a.audio is None}  # a token-check failure kept after all
+    if unrendered:
+        for i, wav in _render(engine, job, {i: a.decoded.tokens for i, a in unrendered.items()},
+                              {i: a.number for i, a in unrendered.items()}).items():
+            unrendered[i].audio = wav
+    results = []
     for i in indices:
-        if done[i].failures:
-            log.warning("chunk %d: %s", i, "; ".join(done[i].failures))
-    return [done[i] for i in indices]
+        kept = best[i] if done[i].failure else done[i]
+        failures = [f"attempt {a.number + 1}: {a.failure.reason}" for a in history[i] if a.failure]
+        if kept.failure:
+            failures.append(f"kept attempt {kept.number + 1} of {len(history[i])}: every attempt failed, "
+                            f"it failed least ({kept.failure.reason})")
+            log.warning("chunk %d: %s", i, "; ".join(failures))
+        results.append(ChunkResult(i, job.chunks[i].text, torch.tensor(kept.decoded.tokens, dtype=torch.long),
+                                   kept.audio, len(history[i]), failures, job.chunks[i].kind, kept.decoded.steps,
+                                   kept.number + 1))
+    return results
 
 
 def _windows(job: Job, first_alone: bool, start: int = 0) -> list[list[int]]:
     indices = list(range(start, len(job.chunks)))
     head = [indices[:1]] if first_alone and len(indices) > 1 else []
     rest = indices[len(head):]
-    return head + [rest[k : k + job.batch_size] for k in range(0, len(rest), job.batch_size)]
+    return head + [rest[k : k + job.window] for k in range(0, len(rest), job.window)]
 
 
-def chunk_results(tts: ChatterboxTTS, job: Job, clock: Clock, *, first_alone: bool = False, start: int = 0,
-                  overlap: bool = False, progress: bool = False) -> Iterator[ChunkResult]:
+def chunk_results(engine: Engine, job: Job, clock: Clock, *, first_alone: bool = False, start: int = 0,
+                  ahead: bool = False, progress: bool = False) -> Iterator[ChunkResult]:
     """The results of chunks start, start + 1, ..., in order, window by window.
 
-    overlap: submit the next window's T3 (first attempts) while this window is rendered, so that T3 and
-    S3Gen run side by side (batched presets only: the exact preset's global random stream must be consumed
-    in order). Retries are submitted when needed.
+    ahead: submit the next window's T3 (first attempts) while this window is rendered, so that T3 and S3Gen
+    run side by side (continuous batching only: the global random stream must be consumed in order).
+    Retries are submitted when needed.
     """
     windows = _windows(job, first_alone, start)
     bar = tqdm(total=len(job.chunks) - start, desc="Chunks", unit="chunk", disable=not progress or None, leave=False)
-    ahead = overlap and job.batched
-    submitted = [T3Work(tts, job, windows[0], 0)] if ahead and windows else []
+    ahead = ahead and job.call.continuous_batching
+    submitted = [T3Work(engine, job, windows[0], 0)] if ahead and windows else []
     try:
         for k, window in enumerate(windows):
             if ahead and k + 1 < len(windows):
-                submitted.append(T3Work(tts, job, windows[k + 1], 0))
-            results = _window(tts, job, window, clock, t3_first=submitted.pop(0) if ahead else None)
+                submitted.append(T3Work(engine, job, windows[k + 1], 0))
+            results = _window(engine, job, window, clock, t3_first=submitted.pop(0) if ahead else None)
             bar.update(len(results))
             yield from results
     finally:
@@ -319,7 +504,6 @@ def assemble(results: list[ChunkResult], sr: int, trim: bool) -> tuple[np.ndarra
     trim: remove DC and cut each chunk's leading and trailing silence and noise first."""
     spoken = [r for r in results if len(r.audio)]
     if not spoken:
-        log.warning("T3 produced no speech tokens; returning silence")
         return np.zeros(0, dtype=np.float32), []
     pieces = [_edges(r, sr, trim) for r in spoken]
     return join_chunks(pieces, [DEFAULT_PAUSES_S.get(r.kind, 0.0) for r in spoken[:-1]], sr)
@@ -385,37 +569,18 @@ def streamed_pieces(results: Iterator[ChunkResult], sr: int, clock: Clock,
         yield last
 
 
-@dataclass(frozen=True)
-class TokenStreaming:
-    """Token-level streaming of a chunk: audio every few tokens instead of once per chunk (CosyVoice-style).
-
-    Each piece re-renders its new tokens with up to `context` earlier tokens (and the decoder prompt) in
-    front, holds back the last `lookahead` tokens (the flow encoder looks 3 tokens ahead), and overlaps
-    the previous piece by `overlap_ms`, crossfaded.
-    """
-
-    first_tokens: int = 25  # 1 s of speech before the first audio
-    piece_tokens: int = 50
-    context: int = 50
-    lookahead: int = 3
-    overlap_ms: float = 20.0
-
-
-def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: StreamJoiner, clock: Clock,
-                        streaming: TokenStreaming = TokenStreaming()) -> Iterator[Piece]:
-    """Chunk `index` of a batched job, streamed as T3 samples it: one attempt, as its audio is out before its
-    tokens are complete; a failed token check is logged, not retried."""
-    chunk, device, ref = job.chunks[index], tts.device, job.conds.gen
+def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoiner, clock: Clock) -> Iterator[Piece]:
+    """Chunk `index` of a continuously batched job, streamed as T3 samples it (job.call.token_streaming):
+    one attempt, as its audio is out before its tokens are complete; a failed token check is logged."""
+    streaming, chunk = job.call.token_streaming, job.chunks[index]
     updates: queue.Queue = queue.Queue()  # token lists as they come, then the finished Future
-    request = DecodeRequest(job.conds.t3, tts.text_tokens(chunk.text), max_new_tokens=_budget(job, chunk.text),
-                            generator=_generator(job, index, 0, device, "t3"), **job.sampling)
     submitted, ended = time.perf_counter(), []
-    future = tts.t3_scheduler.submit(request, on_tokens=lambda tokens: updates.put(list(tokens)))
+    future = engine.scheduler.submit(_request(engine, job, index, 0), on_tokens=lambda tokens: updates.put(list(tokens)))
     future.add_done_callback(lambda f: (ended.append(time.perf_counter()), updates.put(f)))
-    noise_gen = _generator(job, index, 0, device, "s3gen")
-    vocab, spf = tts.s3gen.vocab_size, 2 * 480  # samples per token (2 mel frames of 480 samples)
-    overlap = int(tts.sr * streaming.overlap_ms / 1000)
-    tokens: list[int] = []
+    noise_gen = _generator(job, index, 0, engine.device, "s3gen")
+    solve, spt = job.call.solve, engine.s3gen.samples_per_token
+    overlap = int(engine.sr * streaming.overlap_ms / 1000)
+    decoded = Decoded([], False, 0)
     emitted, done, first = 0, False, True
     try:
         while not done:
@@ -424,31 +589,30 @@ def stream_chunk_tokens(tts: ChatterboxTTS, job: Job, index: int, joiner: Stream
             if done:
                 clock.add("t3_s", ended[0] - submitted)
                 item = item.result().tolist()  # raises what the decode raised
-                stopped = bool(item) and item[-1] == tts.t3.cfg.stop_speech_token
-            tokens = [t for t in item if t < vocab]
+            decoded = _decoded(engine, item)
+            tokens = decoded.tokens
             ready = len(tokens) if done else len(tokens) - streaming.lookahead
             need = streaming.first_tokens if first else streaming.piece_tokens
             if ready <= emitted or (not done and ready - emitted < need):
                 continue
             start = max(0, emitted - streaming.context)
-            segment = tokens[start:]  # context + new + lookahead
-            noise = _noise(tts.s3gen, ref, len(segment), noise_gen)
             begin = time.perf_counter()
-            with tts.render_slots:
-                wav = tts.s3gen.inference(torch.tensor(segment, device=device), ref, noise=noise,
-                                          vocoder_generator=noise_gen, **job.solve)
+            with engine.render_slots:  # context + new + lookahead, each render drawing on from the chunk's stream
+                wav = engine.s3gen.render([tokens[start:]], job.voice.gen, [noise_gen], n_timesteps=solve.n_timesteps,
+                                          solver=solve.solver, schedule=solve.schedule, sway_coef=solve.sway_coef,
+                                          prompt_seconds=solve.prompt_seconds,
+                                          f0_smoothing=F0Smoothing() if solve.f0_smoothing else None)[0]
             clock.add("s3gen_s", time.perf_counter() - begin)
-            wav = wav.reshape(-1).float().cpu().numpy()
-            lead = 0 if first else min(overlap, (emitted - start) * spf)
-            audio = wav[(emitted - start) * spf - lead : (ready - start) * spf]
+            lead = 0 if first else min(overlap, (emitted - start) * spt)
+            audio = wav[(emitted - start) * spt - lead : (ready - start) * spt]
             piece = joiner.chunk(audio, index) if first else joiner.more(audio, lead, index)
             first, emitted = False, ready
             if piece is not None:
                 yield piece
     finally:
         future.cancel()  # a consumer that stops early stops the decode (no-op once it is done)
-    reason = token_failure(tokens, chunk.text, stopped, job.limits) if job.max_retries else None
-    if reason:
+    failure = token_failure(decoded.tokens, chunk.text, decoded.stopped, job.call.limits) if job.call.max_retries else None
+    if failure:
         log.warning("streamed chunk %d failed its token check (%s); its audio was already out: not retried",
-                    index, reason)
+                    index, failure.reason)
     joiner.end_chunk(chunk.kind)

@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from .audio.synthetic import synthetic_voice
+from .checkpoint import RANDOM_MARKER
 from .config import ChatterboxConfig, small_config
 from .models.s3gen import MEANFLOW_FILE, S3Gen, meanflow_config
 
-RANDOM_MARKER = "RANDOM-WEIGHTS.txt"
 _SPECIALS = ["[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]"]  # ids 0..6, as the official file
 _START_ID = 255
 _VOCAB_SIZE = 704

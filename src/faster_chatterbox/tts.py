@@ -1,109 +1,82 @@
-"""The public API: a drop-in for upstream's `chatterbox.tts.ChatterboxTTS`.
+"""The public API: a drop-in for upstream's `chatterbox.tts.ChatterboxTTS`, a thin facade over the engine.
 
     tts = ChatterboxTTS.from_pretrained(device="cuda")          # preset="fast" (default), "fastest", "exact"
     wav = tts.generate("Hello there.", audio_prompt_path="voice.wav")  # (1, N) float32 at tts.sr
-    result = tts.synthesize(chapter_text)                        # any length, with per-chunk metadata
+    result = tts.synthesize(chapter_text, voice=my_voice)        # any length, with per-chunk metadata
     for piece in tts.generate_stream(chapter_text): ...          # audio as soon as each chunk is ready
 
+The facade loads the files, resolves each call's settings once (settings.py) and its voice, and hands both to
+the engine (pipeline.Engine); it post-processes and watermarks what comes back.
 Per chunk: text -> punc_norm -> tokenizer -> T3 (speech tokens, 25 Hz) -> S3Gen flow (mel, 50 Hz)
--> HiFT (24 kHz audio); chunks are joined (pipeline.py), then watermarked.
+-> HiFT (24 kHz audio); chunks are joined, then watermarked.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .audio.io import load_audio, resample
+from .checkpoint import (RANDOM_MARKER, REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir,
+                         download_checkpoint, download_file, load_weights, read_safetensors, skip_weight_init)
 from .config import ChatterboxConfig
-from .checkpoint import (REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir, download_checkpoint,
-                         download_file, load_weights, read_safetensors, skip_weight_init)
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
-from .engine.scheduler import T3Scheduler
-from .engine.sampling import SAMPLING_RANGES, check_range
-from .models.hift import F0Smoothing
-from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3_SR, S3Gen, meanflow_config, trim_reference
-from .models.t3 import T3, T3Cond
-from .models.voice_encoder import VoiceEncoder
-from .pipeline import (Job, Piece, StreamJoiner, SynthesisResult, Clock, assemble, chunk_results,
-                       stream_chunk_tokens, streamed_pieces)
-from .presets import DEFAULT_PRESET, EXACT, Preset, get_preset
-from .random_checkpoint import RANDOM_MARKER
-from .text.chunking import Chunk, check_text, pack_chunks
-from .text.english import normalize_english
-from .text.normalize import punc_norm
+from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3Gen, meanflow_config
+from .pipeline import Engine, Piece, SynthesisResult
+from .settings import (DEFAULT_PRESET, MAX_CHARS, CallSettings, EngineSettings, call_settings, engine_settings,
+                       real)
 from .text.tokenizer import EnglishTokenizer
+from .voices import Voice, VoiceLibrary
 from .watermark import Watermarker
 
 log = logging.getLogger(__name__)
 
 DECODERS = ("cfm", "meanflow")
-
-
-@dataclass
-class Conditionals:
-    """A voice: T3's conditionals and S3Gen's reference (prompt tokens, prompt mel, x-vector).
-
-    Saved and loaded in upstream's `conds.pt` format: {"t3": T3Cond fields, "gen": dict}.
-    """
-
-    t3: T3Cond
-    gen: dict
-
-    def to(self, device) -> Conditionals:
-        self.t3 = self.t3.to(device=device)
-        self.gen = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.gen.items()}
-        return self
-
-    def save(self, path: str | Path) -> None:
-        torch.save({"t3": dict(self.t3.__dict__), "gen": self.gen}, path)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location="cpu") -> Conditionals:
-        try:
-            data = torch.load(path, map_location=map_location, weights_only=True)
-            return cls(T3Cond(**data["t3"]), dict(data["gen"]))
-        except Exception as exc:
-            raise CheckpointError(f"{path} is not a Chatterbox voice file (conds.pt): {exc}") from exc
+Conditionals = Voice  # upstream's name for a voice
 
 
 class ChatterboxTTS:
-    ENC_COND_LEN = 6 * S3_SR  # T3's speech prompt: the first 6 s of the clip
-    DEC_COND_LEN = 10 * S3GEN_SR  # S3Gen's reference: the first 10 s
-    VOICE_CACHE_SIZE = 8  # voices (reference clips) kept in memory
-    MAX_CHARS = 300  # longest chunk of text one T3 call speaks
-    FIRST_CHUNK_CHARS = 100  # generate_stream: the first chunk, decoded alone, is at most this long
+    MAX_CHARS = MAX_CHARS  # longest chunk of text one T3 call speaks
 
-    def __init__(self, t3: T3, s3gen: S3Gen, ve: VoiceEncoder, tokenizer: EnglishTokenizer, device,
-                 conds: Conditionals | None = None, preset: str = DEFAULT_PRESET, watermark: bool = True):
-        self.preset: Preset = get_preset(preset, device)
+    def __init__(self, t3, s3gen, ve, tokenizer: EnglishTokenizer, device, conds: Voice | None = None,
+                 preset: str = DEFAULT_PRESET, watermark: bool = True):
+        resolved = resolve_device(device)
+        decoder = "meanflow" if s3gen.meanflow else "cfm"
+        self.engine = Engine(t3, s3gen, ve, tokenizer, engine_settings(preset, resolved, decoder))
         self.sr = S3GEN_SR
         self.t3, self.s3gen, self.ve, self.tokenizer = t3, s3gen, ve, tokenizer
-        self.device = torch.device(device)
-        self.conds = conds
+        self.device = str(device) if str(device) != "auto" else str(resolved)  # as the user named it, like upstream
+        self.conds = conds  # the default voice: set by prepare_conditionals and audio_prompt_path, as upstream
         self.watermark = watermark
-        self._watermarker = Watermarker() if watermark else None
+        self.watermarker = Watermarker() if watermark else None  # upstream's attribute: assign to replace it
         self.random_weights = False  # set by from_local for init-random checkpoints
-        self.t3_lock = threading.Lock()  # one KV cache: one T3 decode (or batch) at a time
-        # chunks per T3 batch: concurrent calls share the batches (continuous batching)
-        self.max_batch = 8 if self.device.type == "cpu" else 32
-        self.t3_scheduler = T3Scheduler(t3, self.max_batch, self.t3_lock)
-        self._voice_lock = threading.RLock()  # the current voice and the voice cache, across threads
-        # S3Gen renders at once, across calls: on CPU one (concurrent renders only split the cores and add
-        # memory); on CUDA two (one's host work overlaps the other's kernels)
-        self.render_slots = threading.Semaphore(1 if self.device.type == "cpu" else 2)
-        self.voice_cache_dir: str | Path | None = None  # set to keep voices on disk (prepare_conditionals)
-        self._voices: OrderedDict[tuple, Conditionals] = OrderedDict()
+        self.voices: VoiceLibrary | None = None  # names usable as `voice=`; see use_voice_library
+
+    @property
+    def settings(self) -> EngineSettings:
+        return self.engine.settings
+
+    @property
+    def voice_cache_dir(self) -> Path | None:
+        return self.engine.voice_cache_dir
+
+    @voice_cache_dir.setter
+    def voice_cache_dir(self, path: str | Path | None) -> None:
+        self.engine.voice_cache_dir = None if path is None else Path(path)
+
+    def close(self) -> None:
+        """Stop the engine's T3 scheduler thread and free its batch; the model can't synthesise afterwards."""
+        self.engine.close()
+
+    def __enter__(self) -> ChatterboxTTS:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- loading --------------------------------------------------------------------------
     @classmethod
@@ -116,8 +89,8 @@ class ChatterboxTTS:
         distilled decoder (2 steps, no CFG) on this model's speech tokens (same vocabulary): `meanflow_file`,
         default ckpt_dir/s3gen_meanflow.safetensors. The presets' solver settings apply to "cfm" only.
         """
-        device = resolve_device(device)
-        settings = get_preset(preset, device)
+        resolved = resolve_device(device)
+        settings = engine_settings(preset, resolved)
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
         ckpt_dir = check_checkpoint_dir(ckpt_dir)
@@ -144,15 +117,12 @@ class ChatterboxTTS:
         if settings.s3gen_dtype != torch.float32:
             s3gen.set_decoder_dtype(settings.s3gen_dtype)
         reduce_precision_(t3, settings.t3_precision)
-        if settings.t3_precision != "fp32" and torch.device(device).type == "cpu":
-            # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster
-            # (BENCHMARKS.md, T3 precision)
-            t3.tfmr.kv_dtype = torch.float32
+        t3.tfmr.kv_dtype = settings.kv_dtype
 
         conds = None
         if (ckpt_dir / "conds.pt").is_file():
-            conds = Conditionals.load(ckpt_dir / "conds.pt").to(device)
-        tts = cls(t3.to(device).eval(), s3gen.to(device).eval(), ve.to(device).eval(), tokenizer, device,
+            conds = Voice.load(ckpt_dir / "conds.pt").to(resolved)
+        tts = cls(t3.to(resolved).eval(), s3gen.to(resolved).eval(), ve.to(resolved).eval(), tokenizer, device,
                   conds=conds, preset=preset, watermark=watermark)
         tts.random_weights = random_weights
         return tts
@@ -163,7 +133,7 @@ class ChatterboxTTS:
                         cache_dir: str | Path | None = None) -> ChatterboxTTS:
         """Download (or find in the Hugging Face cache) the official files, then `from_local`; decoder="meanflow"
         also fetches Turbo's s3gen_meanflow.safetensors from ResembleAI/chatterbox-turbo."""
-        get_preset(preset, resolve_device(device))  # fail before a multi-GB download
+        engine_settings(preset, resolve_device(device))  # fail before a multi-GB download
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
         ckpt_dir = download_checkpoint(repo_id, revision=revision, cache_dir=cache_dir)
@@ -173,232 +143,145 @@ class ChatterboxTTS:
 
     # ---- voices ---------------------------------------------------------------------------
     def prepare_conditionals(self, wav_fpath: str | Path, exaggeration: float = 0.5) -> None:
-        """Make the voice of a reference clip (ideally 10 s or more of clean speech) the current voice.
+        """Make the voice of a reference clip (ideally 10 s or more of clean speech) the default voice, as
+        upstream does. Voices are cached by file; see `voice_from_clip`."""
+        exaggeration = real("exaggeration", exaggeration, 0.0)
+        self.conds = self.voice_from_clip(wav_fpath).with_exaggeration(exaggeration)
 
-        Voices are cached in memory by file (path, size, modification time): a clip used again costs nothing;
-        with `voice_cache_dir` set, also on disk by the clip's content, in upstream's conds.pt format.
-        """
-        check_range("exaggeration", exaggeration, 0.0)
-        with self._voice_lock:
-            self.conds = _with_exaggeration(self._voice(Path(wav_fpath), exaggeration), exaggeration, self.device)
+    def voice_from_clip(self, wav_fpath: str | Path) -> Voice:
+        """The voice of a reference clip (its first 30 s are read), cached in memory by file and, with
+        `voice_cache_dir` set, on disk by content."""
+        return self.engine.voice_from_clip(wav_fpath)
 
-    def _voice(self, path: Path, exaggeration: float) -> Conditionals:
-        """The voice of clip `path`, from the memory cache, the disk cache, or computed (and cached)."""
-        try:
-            stat = path.stat()
-            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        except OSError:
-            key = None  # load_audio names the problem
-        voice = self._voices.get(key) if key else None
-        if voice is None:
-            voice = self._voice_from_disk_cache(path) or self.conditionals_from_wav(
-                load_audio(path, S3GEN_SR), S3GEN_SR, exaggeration)
-            self._voices[key] = voice
-            while len(self._voices) > self.VOICE_CACHE_SIZE:
-                self._voices.popitem(last=False)
-        self._voices.move_to_end(key)
-        return voice
+    def conditionals_from_wav(self, wav: np.ndarray, sr: int, exaggeration: float = 0.5) -> Voice:
+        """The voice of a mono float32 clip."""
+        return self.engine.voice_from_wav(wav, sr, exaggeration=real("exaggeration", exaggeration, 0.0))
 
-    def _voice_from_disk_cache(self, clip: Path) -> Conditionals | None:
-        """The cached voice of `clip` (computed and stored on a miss); None without a cache directory."""
-        if self.voice_cache_dir is None:
-            return None
-        try:
-            digest = hashlib.sha256(clip.read_bytes()).hexdigest()[:32]
-        except OSError:
-            return None  # load_audio names the problem
-        variant = "once" if self.preset.tokenize_voice_once else "exact"  # the T3 prompt differs between them
-        cached = Path(self.voice_cache_dir).expanduser() / f"{digest}-{variant}.pt"
-        if cached.is_file():
-            return Conditionals.load(cached, map_location=self.device).to(self.device)
-        voice = self.conditionals_from_wav(load_audio(clip, S3GEN_SR), S3GEN_SR)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        staging = cached.with_suffix(f".{os.getpid()}.tmp")
-        voice.save(staging)
-        os.replace(staging, cached)  # whole or not at all
-        return voice
-
-    @torch.inference_mode()
-    def conditionals_from_wav(self, wav: np.ndarray, sr: int, exaggeration: float = 0.5) -> Conditionals:
-        """The voice of a mono float32 clip, computed as upstream's prepare_conditionals does.
-
-        The `fastest` preset runs the S3 tokenizer once: T3's prompt tokens (the first 6 s) are taken from
-        the decoder's pass over the first 10 s instead of a second pass over 6 s.
-        """
-        check_range("exaggeration", exaggeration, 0.0)
-        wav_24k = resample(np.asarray(wav, dtype=np.float32), sr, S3GEN_SR)  # as librosa.load(sr=24000)
-        wav_16k = resample(wav_24k, S3GEN_SR, S3_SR)
-        gen = self.s3gen.embed_ref(torch.from_numpy(wav_24k[: self.DEC_COND_LEN]).to(self.device), S3GEN_SR)
-
-        prompt_len = self.t3.cfg.speech_cond_prompt_len
-        if self.preset.tokenize_voice_once:
-            six_seconds = round(25 * min(len(wav_16k), self.ENC_COND_LEN) / S3_SR)  # 25 tokens per second
-            t3_prompt = gen["prompt_token"][:, : min(prompt_len, six_seconds)]
-        else:
-            t3_prompt, _ = self.s3gen.tokenizer([torch.from_numpy(wav_16k[: self.ENC_COND_LEN])], max_len=prompt_len)
-        ve_embed = torch.from_numpy(self.ve.embeds_from_wavs([wav_16k], sample_rate=S3_SR))
-        t3_cond = T3Cond(
-            speaker_emb=ve_embed.mean(dim=0, keepdim=True),
-            cond_prompt_speech_tokens=torch.atleast_2d(t3_prompt),
-            emotion_adv=exaggeration * torch.ones(1, 1, 1),
-        ).to(device=self.device)
-        return Conditionals(t3_cond, gen)
+    def use_voice_library(self, root: str | Path) -> VoiceLibrary:
+        """Make the voices in folder `root` usable by name (`voice="narrator"`) and return the library."""
+        variant = self.engine.voice_variant()
+        self.voices = VoiceLibrary(root, lambda clip: self.engine.voice_from_clip(clip), variant,
+                                   device=self.engine.device)
+        return self.voices
 
     def text_tokens(self, text: str) -> torch.Tensor:
         """T3's input for one chunk: (L,) ids wrapped in the start/stop text tokens."""
-        ids = self.tokenizer.encode(punc_norm(text))
-        max_text = self.t3.cfg.max_text_tokens - 2
-        if len(ids) > max_text:
-            raise ValueError(f"a chunk of text is {len(ids)} tokens long; T3 takes at most {max_text}")
-        return torch.tensor([self.t3.cfg.start_text_token, *ids, self.t3.cfg.stop_text_token],
-                            dtype=torch.long, device=self.device)
+        return self.engine.text_tokens(text)
 
     # ---- synthesis ------------------------------------------------------------------------
-    @torch.inference_mode()
     def generate(self, text: str, repetition_penalty: float = 1.2, min_p: float = 0.05, top_p: float = 1.0,
                  audio_prompt_path: str | Path | None = None, exaggeration: float = 0.5, cfg_weight: float = 0.5,
-                 temperature: float = 0.8, *, seed: int | None = None, max_new_tokens: int = 1000,
-                 n_timesteps: int | None = None, watermark: bool | None = None, fast_inference: bool = True,
-                 optimize_quality: bool = False) -> torch.Tensor:
+                 temperature: float = 0.8, *, voice: Voice | str | Path | None = None, seed: int | None = None,
+                 max_new_tokens: int = 1000, n_timesteps: int | None = None, watermark: bool | None = None,
+                 fast_inference: bool = True, optimize_quality: bool = False) -> torch.Tensor:
         """Speak `text` (any length); returns a (1, N) float32 tensor at `self.sr` (24 kHz).
 
         Upstream's arguments, plus:
+        voice: this call's voice: a Voice, a clip path, or a name in the voice library (`use_voice_library`);
+            default: audio_prompt_path's clip (which also becomes the default voice, as upstream), else the
+            default voice. Other calls, running or later, never see it.
         seed: if given, the call is reproducible (exact preset: torch.manual_seed(seed) first, as upstream
-            users do; batched presets: every chunk's random streams derive from it, the global RNG is left
-            alone, so the output is the same with other calls running; None: one draw of the global RNG).
+            users do; batched presets: every chunk's random streams are hashed from it, the global RNG is left
+            alone, so the output is the same with other calls running). Any non-negative integer.
         max_new_tokens: each chunk's speech-token cap (25 tokens per second of speech; upstream: 1000).
         n_timesteps: flow-matching steps of the S3Gen decoder (default: the preset's; upstream: 10).
         watermark: override the instance's watermark setting for this call.
         fast_inference: False runs upstream's algorithms for this call (one chunk after another on the
-            global RNG, Euler 10 steps, no text normalisation) on the weights as loaded (load with
-            preset="exact" for float32).
+            global RNG, Euler 10 steps, no text normalisation, upstream's checks: none) on the weights and
+            voices as loaded (load with preset="exact" for float32 and the two tokenizer passes per voice).
         optimize_quality: smooth the vocoder's F0 (median + Gaussian) and post-process the audio (high-pass,
             de-click, edge trim, loudness to -19 LUFS, peak limit).
         Texts longer than MAX_CHARS are split into chunks (see `synthesize` for the metadata).
         """
-        return torch.from_numpy(self.synthesize(
+        result = self.synthesize(
             text, repetition_penalty=repetition_penalty, min_p=min_p, top_p=top_p,
             audio_prompt_path=audio_prompt_path, exaggeration=exaggeration, cfg_weight=cfg_weight,
-            temperature=temperature, seed=seed, max_new_tokens=max_new_tokens, n_timesteps=n_timesteps,
-            watermark=watermark, fast_inference=fast_inference, optimize_quality=optimize_quality,
-        ).audio).unsqueeze(0)
+            temperature=temperature, voice=voice, seed=seed, max_new_tokens=max_new_tokens, n_timesteps=n_timesteps,
+            watermark=watermark, fast_inference=fast_inference, optimize_quality=optimize_quality)
+        return torch.from_numpy(result.audio).unsqueeze(0)  # an ordinary tensor (not inference mode), as upstream's
 
-    @torch.inference_mode()
-    def synthesize(self, text: str, *, progress: bool | None = None, **kwargs) -> SynthesisResult:
+    def synthesize(self, text: str, *, settings: CallSettings | None = None, progress: bool | None = None,
+                   **kwargs) -> SynthesisResult:
         """`generate`'s work with its metadata: the audio, every chunk's text, tokens, attempts and failure
-        reasons, the join positions and stage timings. Keyword arguments as `generate`, plus
-        max_retries (default: the preset's; 0 on random-weight checkpoints, whose audio is noise),
-        token_budget_factor (a chunk's token budget in multiples of its expected length; exact: None,
-        the cap alone), max_chars (chunk length), progress (a progress bar; default: for 4+ chunks)."""
-        job, options = self._job(text, **kwargs)
-        clock = Clock()
-        results = list(chunk_results(self, job, clock, overlap=self.device.type == "cuda",
-                                     progress=len(job.chunks) >= 4 if progress is None else progress))
-        audio, joins = assemble(results, self.sr, trim=len(results) > 1 or options["optimize_quality"])
-        audio = self._finish(audio, options)
-        clock.stages["total_s"] = clock.elapsed()
-        return SynthesisResult(audio, self.sr, results, joins, clock.stages)
+        reasons, the join positions, stage timings, and the settings and voice used. Keyword arguments as
+        `generate`, plus max_retries (default: the preset's; 0 on random-weight checkpoints, whose audio is
+        noise), token_budget_factor (a chunk's token budget in multiples of its expected length; exact: None,
+        the cap alone), max_chars (chunk length), progress (a progress bar; default: for 4+ chunks).
+        settings: a previous result's `settings` (with its `voice=result.voice`) reproduce its audio; then no
+        other setting may be given."""
+        voice, call = self._call(text, settings, **kwargs)
+        result = self.engine.synthesize(text, voice, call, progress=progress,
+                                        trim=True if call.optimize_quality else None)
+        result.audio = self._finish(result.audio, call)
+        return result
 
-    def generate_stream(self, text: str, *, token_streaming: bool = True, **kwargs) -> Iterator[Piece]:
-        """Yield the audio of `text` piece by piece as soon as each is ready (arguments as `generate`).
+    def generate_stream(self, text: str, *, token_streaming: bool = True, settings: CallSettings | None = None,
+                        **kwargs) -> Iterator[Piece]:
+        """Yield the audio of `text` piece by piece as soon as each is ready (arguments as `synthesize`).
 
-        The first chunk is cut to at most FIRST_CHUNK_CHARS (at a sentence, else a clause or word boundary)
-        and decoded alone; with token_streaming (batched presets) its audio comes every 50 tokens, the
-        first after 25 (pipeline.TokenStreaming), otherwise when the chunk is done. The T3 of each next
-        window of chunks is decoded (by the model's T3 scheduler) while the current one is rendered.
-        Concatenating the pieces' audio gives the whole output. Each piece carries its position and
-        readiness time.
+        The first chunk is cut to at most 100 characters (at a sentence, else a clause or word boundary) and
+        decoded alone; with token_streaming (batched presets) its audio comes every 50 tokens, the first after
+        25, otherwise when the chunk is done. The T3 of each next window of chunks is decoded (by the engine's
+        scheduler) while the current one is rendered. Concatenating the pieces' audio gives the whole output.
+        Each piece carries its position and readiness time.
         """
-        job, options = self._job(text, **kwargs)
-        job.chunks = _short_first(job.chunks, self.FIRST_CHUNK_CHARS)
-        clock = Clock()
-        joiner = StreamJoiner(self.sr, clock)
-        with torch.inference_mode():
-            first = 0
-            if token_streaming and job.batched:
-                first = 1
-                for piece in stream_chunk_tokens(self, job, 0, joiner, clock):
-                    piece.audio = self._finish(piece.audio, options)
-                    yield piece
-            results = chunk_results(self, job, clock, first_alone=first == 0, start=first, overlap=True)
-            for piece in streamed_pieces(results, self.sr, clock, joiner):
-                piece.audio = self._finish(piece.audio, options)
-                yield piece
+        voice, call = self._call(text, settings, token_streaming=token_streaming, **kwargs)
+        for piece in self.engine.stream(text, voice, call):
+            piece.audio = self._finish(piece.audio, call)
+            yield piece
 
     # ---- internals ------------------------------------------------------------------------
-    def _job(self, text: str, repetition_penalty: float = 1.2, min_p: float = 0.05, top_p: float = 1.0,
-             audio_prompt_path: str | Path | None = None, exaggeration: float = 0.5, cfg_weight: float = 0.5,
-             temperature: float = 0.8, *, seed: int | None = None, max_new_tokens: int = 1000,
-             n_timesteps: int | None = None, watermark: bool | None = None, fast_inference: bool = True,
-             optimize_quality: bool = False, max_retries: int | None = None,
-             token_budget_factor: float | None = -1.0, max_chars: int = MAX_CHARS) -> tuple[Job, dict]:
-        """Validate a call's arguments; returns its Job and the output options."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("text is empty: give some words to speak")
-        sampling = dict(temperature=temperature, cfg_weight=cfg_weight, min_p=min_p, top_p=top_p,
-                        repetition_penalty=repetition_penalty)
-        for name, value in sampling.items():
-            check_range(name, value, *SAMPLING_RANGES[name])
-        check_range("exaggeration", exaggeration, 0.0)
-        max_speech = self.t3.cfg.max_speech_tokens
-        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= max_speech:
-            raise ValueError(f"max_new_tokens must be an integer in [1, {max_speech}], got {max_new_tokens!r}")
-        if n_timesteps is not None and (not isinstance(n_timesteps, int) or n_timesteps < 1):
-            raise ValueError(f"n_timesteps must be a positive integer, got {n_timesteps!r}")
-        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
-            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-        preset = self.preset if fast_inference else replace(EXACT, t3_precision=self.preset.t3_precision)
-        check_text(text)
-
-        with self._voice_lock:  # this call's voice, whatever other threads set meanwhile
-            if audio_prompt_path is not None:
-                self.prepare_conditionals(audio_prompt_path, exaggeration=exaggeration)
-            elif self.conds is None:
-                raise ValueError("no voice: pass audio_prompt_path, call prepare_conditionals(), "
-                                 "or load a checkpoint that has conds.pt")
-            if exaggeration != float(self.conds.t3.emotion_adv.reshape(-1)[0]):
-                self.conds = _with_exaggeration(self.conds, exaggeration, self.device)
-            voice = self.conds
-
-        chunks = self._chunks(text, preset, max_chars)
-        # The batched presets' chunk streams come from `seed` directly: concurrent calls share the global RNG.
-        base_seed = 0
-        if preset.batched:
-            base_seed = seed if seed is not None else int(torch.randint(0, 2**62, (), dtype=torch.long))
-        elif seed is not None:
-            torch.manual_seed(seed)  # upstream's stream
-        if max_retries is None:
-            max_retries = 0 if self.random_weights or not preset.batched else 2
-        if token_budget_factor == -1.0:
-            token_budget_factor = 2.5 if preset.batched else None
-        if self.s3gen.meanflow:  # distilled for its own 2-step solve
-            solve = {"n_timesteps": n_timesteps}
+    def _call(self, text: str, settings: CallSettings | None, *, voice: Voice | str | Path | None = None,
+              audio_prompt_path: str | Path | None = None, exaggeration=0.5, watermark: bool | None = None,
+              token_streaming: bool = True, **kwargs) -> tuple[Voice, CallSettings]:
+        """This call's voice and settings, validated; the default voice changes only for audio_prompt_path."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        exaggeration = real("exaggeration", exaggeration, 0.0)
+        if settings is not None:
+            if kwargs:
+                raise ValueError(f"give either settings or call arguments, not both (got {', '.join(kwargs)})")
+            if not isinstance(settings, CallSettings):
+                raise TypeError(f"settings must be a CallSettings (a result's .settings), got {type(settings).__name__}")
+            call = settings
         else:
-            solve = preset.solve if n_timesteps is None else {**preset.solve, "n_timesteps": n_timesteps}
-        if optimize_quality:
-            solve = {**solve, "f0_smoothing": F0Smoothing()}  # against robotic pitch jitter (benchmarks/hift_speed.md)
-        if preset.prompt_seconds is not None:
-            voice = Conditionals(voice.t3, trim_reference(voice.gen, preset.prompt_seconds))
-        job = Job(chunks, voice, sampling, max_new_tokens, token_budget_factor, solve, preset.batched,
-                  base_seed, max_retries, batch_size=self.max_batch if preset.batched else 1,
-                  render_batch=8 if self.device.type == "cuda" else 1)
-        return job, dict(watermark=watermark, optimize_quality=optimize_quality)
+            call = call_settings(self.engine.settings, watermark=self.watermark if watermark is None else watermark,
+                                 random_weights=self.random_weights, max_speech_tokens=self.t3.cfg.max_speech_tokens,
+                                 token_streaming=token_streaming, **kwargs)
+        if voice is not None:
+            chosen = self._resolve_voice(voice)
+        elif audio_prompt_path:  # upstream: a falsy path means no prompt
+            self.prepare_conditionals(audio_prompt_path, exaggeration)
+            chosen = self.conds
+        elif self.conds is not None:
+            chosen = self.conds
+        else:
+            raise ValueError("no voice: pass voice= or audio_prompt_path, call prepare_conditionals(), "
+                             "or load a checkpoint that has conds.pt")
+        if settings is None:
+            chosen = chosen.with_exaggeration(exaggeration)
+        return chosen, call
 
-    def _chunks(self, text: str, preset: Preset, max_chars: int) -> list[Chunk]:
-        if preset.normalize_text:
-            text = normalize_english(text)
-        if not preset.batched and len(text) <= max_chars:
-            return [Chunk(text, "end")]  # the exact preset speaks a short text as upstream does, untouched
-        return pack_chunks(text, max_chars)
+    def _resolve_voice(self, voice: Voice | str | Path) -> Voice:
+        if isinstance(voice, Voice):
+            return voice.to(self.engine.device)
+        if not isinstance(voice, (str, Path)):
+            raise TypeError(f"voice must be a Voice, a clip path or a voice name, got {type(voice).__name__}")
+        if isinstance(voice, str) and self.voices is not None and voice in self.voices:
+            return self.voices.get(voice)
+        if not Path(voice).is_file():
+            known = f"; known voices: {', '.join(self.voices.names()) or 'none'}" if self.voices is not None else ""
+            raise ValueError(f"voice {str(voice)!r} is neither a voice name nor a clip file{known}")
+        return self.engine.voice_from_clip(voice)
 
-    def _finish(self, audio: np.ndarray, options: dict) -> np.ndarray:
-        if options["optimize_quality"] and len(audio):
+    def _finish(self, audio: np.ndarray, call: CallSettings) -> np.ndarray:
+        if call.optimize_quality and len(audio):
             from .audio.postprocess import postprocess
 
             audio = postprocess(audio, self.sr)
-        if (self.watermark if options["watermark"] is None else options["watermark"]) and len(audio):
-            self._watermarker = self._watermarker or Watermarker()
-            audio = self._watermarker(audio, self.sr)
+        if call.watermark and len(audio):
+            self.watermarker = self.watermarker or Watermarker()
+            audio = self.watermarker.apply_watermark(audio, sample_rate=self.sr)
         return np.ascontiguousarray(audio, dtype=np.float32)
 
 
@@ -414,19 +297,3 @@ def _meanflow_decoder(path: Path, config: ChatterboxConfig, base: S3Gen) -> S3Ge
     s3gen.tokenizer, s3gen.speaker_encoder = base.tokenizer, base.speaker_encoder
     return s3gen
 
-
-def _short_first(chunks: list[Chunk], max_chars: int) -> list[Chunk]:
-    """The chunks with the first one re-packed into pieces of at most max_chars."""
-    if len(chunks[0].text) <= max_chars:
-        return chunks
-    head = pack_chunks(chunks[0].text, max_chars)
-    head[-1] = Chunk(head[-1].text, chunks[0].kind)
-    return head + chunks[1:]
-
-
-def _with_exaggeration(voice: Conditionals, exaggeration: float, device) -> Conditionals:
-    """The voice with T3's emotion control set to `exaggeration` (the cached voice is not modified)."""
-    t3c = voice.t3
-    t3 = T3Cond(speaker_emb=t3c.speaker_emb, cond_prompt_speech_tokens=t3c.cond_prompt_speech_tokens,
-                emotion_adv=exaggeration * torch.ones(1, 1, 1)).to(device=device)
-    return Conditionals(t3, voice.gen)

@@ -32,7 +32,10 @@ class Watermarker:
     def available(self) -> bool:
         return self._perth is not None
 
-    def __call__(self, wav: np.ndarray, sr: int) -> np.ndarray:
+    def apply_watermark(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Perth's call, as upstream's `model.watermarker.apply_watermark(wav, sample_rate=sr)`."""
         if self._perth is None:
             return wav
-        return np.asarray(self._perth.apply_watermark(wav, sample_rate=sr), dtype=np.float32)
+        return np.asarray(self._perth.apply_watermark(wav, sample_rate=sample_rate), dtype=np.float32)
+
+    __call__ = apply_watermark

@@ -9,6 +9,7 @@ setting (penalty 1, temperature 1, min_p 0, top_p 1) is skipped: it cannot chang
 from __future__ import annotations
 
 import math
+import numbers
 
 from dataclasses import dataclass, fields, replace
 
@@ -22,13 +23,13 @@ SAMPLING_RANGES = {
     "cfg_weight": (0.0, math.inf, False),
     "repetition_penalty": (0.0, math.inf, True),
     "min_p": (0.0, 1.0, False),
-    "top_p": (0.0, 1.0, True),
+    "top_p": (0.0, 1.0, False),  # 0 keeps the most probable token alone, as Hugging Face's TopPLogitsWarper
 }
 
 
 def check_range(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    """Raise a ValueError naming `name` unless `value` is a finite number in the range."""
-    ok = (isinstance(value, (int, float)) and math.isfinite(value) and value <= high
+    """Raise a ValueError naming `name` unless `value` is a finite real number (numpy's too) in the range."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value <= high
           and (value > low if low_open else value >= low))
     if not ok:
         bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")

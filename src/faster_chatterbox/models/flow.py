@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.flow_solvers import (cosine_t_span, euler_cfg_solve, euler_solve, linear_t_span, make_t_span,
+from .flow_solvers import (cosine_t_span, euler_cfg_solve, euler_solve, linear_t_span, make_t_span,
                                    make_velocity, solve)
 from .cfm_estimator import CFMEstimatorConfig, ConditionalDecoder
 from .flow_encoder import FlowEncoderConfig, UpsampleConformerEncoder
@@ -35,7 +35,7 @@ class FlowConfig:
 class CausalConditionalCFM(nn.Module):
     """Holds the estimator; solves the flow ODE (cosine schedule + CFG Euler, or linear + plain Euler for meanflow).
 
-    `solver`, `schedule`, `sway_coef` and `cfg_rate` select another solve (engine.flow_solvers); all None
+    `solver`, `schedule`, `sway_coef` and `cfg_rate` select another solve (models.flow_solvers); all None
     (the default) is upstream's. The meanflow decoder only has its own distilled solve.
     """
 

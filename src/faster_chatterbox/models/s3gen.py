@@ -12,6 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,7 +94,7 @@ class S3Gen(nn.Module):
         embedding = self.speaker_encoder.inference(wav_16k)  # (1, 192)
         tokens, token_lens = self.tokenizer(wav_16k)  # (1, Tp), (1,)
         if prompt_feat.size(1) != 2 * tokens.size(1):
-            log.warning("reference mel has %d frames for %d tokens; truncating the tokens to fit",
+            log.info("reference mel has %d frames for %d tokens; truncating the tokens to fit",
                         prompt_feat.size(1), tokens.size(1))
             tokens = tokens[:, : prompt_feat.size(1) // 2]
             token_lens = torch.full_like(token_lens, tokens.size(1))
@@ -115,20 +116,70 @@ class S3Gen(nn.Module):
         self.flow.to(dtype)
         self.mel2wav.make_fast(vocoder_dtype)  # channels-last convolutions; F0, source and STFTs stay float32
 
-    def draw_noise(self, n_prompt_tokens: int, n_tokens: int) -> torch.Tensor:
-        """One call's starting noise (1, 80, 2 (Tp + T)), float32, from the global RNG as upstream draws it.
+    def draw_noise(self, n_prompt_tokens: int, n_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One call's starting noise (1, 80, 2 (Tp + T)), float32: the shape of the encoder's output over the
+        prompt and target tokens (the prompt mel may be a frame longer), from `generator` (None: the global RNG,
+        as upstream draws it).
 
         The meanflow decoder draws the target frames' noise first, as upstream's Turbo does. To reproduce a row of
         `inference_batch` alone, pass the same noise to `inference`.
         """
         ratio, device = self.flow.cfg.token_mel_ratio, self.trim_fade.device
+        device = generator.device if generator is not None else device
         shape = (1, self.flow.cfg.mel_dim, ratio * (n_prompt_tokens + n_tokens))
         if not self.meanflow:
-            return torch.randn(shape, device=device)
-        target = torch.randn(1, shape[1], ratio * n_tokens, device=device)
-        noise = torch.randn(shape, device=device)
+            return torch.randn(shape, device=device, generator=generator)
+        target = torch.randn(1, shape[1], ratio * n_tokens, device=device, generator=generator)
+        noise = torch.randn(shape, device=device, generator=generator)
         noise[:, :, ratio * n_prompt_tokens:] = target
         return noise
+
+    @property
+    def samples_per_token(self) -> int:
+        """Output samples per speech token: token_mel_ratio mel frames of HiFT's hop (2 x 480 at 24 kHz)."""
+        return self.flow.cfg.token_mel_ratio * S3GEN_SR // MEL_HZ
+
+    @torch.inference_mode()
+    def render(self, tokens: list[list[int]], ref: dict, generators: list[torch.Generator] | None = None, *,
+               batch: int = 1, n_timesteps: int | None = None, solver: str | None = None,
+               schedule: str | None = None, sway_coef: float | None = None, prompt_seconds: float | None = None,
+               f0_smoothing: F0Smoothing | None = None) -> list[np.ndarray]:
+        """The one entry from speech tokens to audio: chunks in one voice -> [(N_i,) float32 at 24 kHz].
+
+        tokens[i]: chunk i's speech tokens (< vocab_size; a chunk without any gets no audio). ref: the voice
+        (`embed_ref`'s dict), its decoder prompt cut to its first `prompt_seconds` (None: all of it, upstream's
+        10 s). generators[i]: chunk i's random stream, drawn for the flow's starting noise and then HiFT's
+        source; None: the global RNG, chunk after chunk as upstream's calls draw it. batch: chunks per flow
+        batch (needs generators). The meanflow (Turbo) decoder gets 3 silence tokens after each chunk, as
+        Turbo feeds it. Solve arguments as in `inference`.
+        """
+        if prompt_seconds is not None:
+            ref = trim_reference(ref, prompt_seconds)
+        if self.meanflow:
+            tokens = [list(t) + [SILENCE_TOKEN] * 3 if len(t) else t for t in tokens]
+        todo = [i for i, t in enumerate(tokens) if len(t)]
+        device = self.trim_fade.device
+        solve = dict(n_timesteps=n_timesteps, solver=solver, schedule=schedule, sway_coef=sway_coef,
+                     f0_smoothing=f0_smoothing)
+        wavs: dict[int, torch.Tensor] = {}
+        if generators is None:
+            for i in todo:
+                wavs[i] = self.inference(torch.tensor(tokens[i], device=device), ref, **solve)
+        else:
+            n_prompt = int(ref["prompt_token_len"].reshape(-1)[0])
+            for k in range(0, len(todo), batch):
+                group = todo[k : k + batch]
+                noises = [self.draw_noise(n_prompt, len(tokens[i]), generators[i]) for i in group]
+                if len(group) == 1:  # the unpadded path (what a batch's rows equal up to rounding)
+                    wavs[group[0]] = self.inference(torch.tensor(tokens[group[0]], device=device), ref,
+                                                    noise=noises[0], vocoder_generator=generators[group[0]], **solve)
+                    continue
+                rendered = self.inference_batch([torch.tensor(tokens[i], device=device) for i in group],
+                                                [ref] * len(group), noises=noises,
+                                                vocoder_generators=[generators[i] for i in group], **solve)
+                wavs.update(zip(group, rendered))
+        empty = np.zeros(0, dtype=np.float32)
+        return [wavs[i].reshape(-1).float().cpu().numpy() if i in wavs else empty for i in range(len(tokens))]
 
     def _check_tokens(self, speech_tokens: torch.Tensor) -> torch.Tensor:
         tokens = speech_tokens.reshape(1, -1).to(self.trim_fade.device)

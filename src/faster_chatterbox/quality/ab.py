@@ -83,7 +83,7 @@ class Setting:
     @classmethod
     def parse(cls, spec: str) -> Setting:
         """A preset name, or the path of a JSON file {"preset": NAME, "generate": {...}}."""
-        from ..presets import PRESET_NAMES
+        from ..settings import PRESET_NAMES
         from ..tts import ChatterboxTTS
 
         if spec in PRESET_NAMES:
@@ -150,10 +150,11 @@ def noise_stream(setting: Setting) -> str:
     """Where a setting draws its decoder noise: "global" (the exact preset, or fast_inference=False: the global
     RNG, as upstream) or "chunk" (batched presets: each chunk's own generator). Outputs of two settings with
     the same tokens are comparable sample by sample only when they draw noise the same way."""
-    from ..presets import get_preset
+    from ..settings import call_settings, engine_settings
 
-    exact = not get_preset(setting.preset, "cpu").batched or setting.generate.get("fast_inference") is False
-    return "global" if exact else "chunk"
+    fast_inference = setting.generate.get("fast_inference", True)
+    seeded = call_settings(engine_settings(setting.preset, "cpu"), fast_inference=fast_inference).seeded_streams
+    return "chunk" if seeded else "global"
 
 
 def _load(setting: Setting, checkpoint, device: str):
@@ -172,7 +173,9 @@ def synthesize_both(a: Setting, b: Setting, jobs: list[tuple[str, int]], voice, 
     voice_wav = load_audio(voice, 24000) if voice is not None else None
     for side in (a, b):
         if tts is None or side.preset != a.preset:
-            tts = None  # free the previous model first
+            if tts is not None:
+                tts.close()  # free the previous model first (its scheduler thread would keep it alive)
+                tts = None
             tts = _load(side, checkpoint, device)
             if voice is not None:
                 tts.prepare_conditionals(voice)

@@ -1,0 +1,239 @@
+"""Settings, resolved once: what a loaded model runs with and what one call runs with.
+
+  EngineSettings   load time: weight and cache dtypes, the voice's tokenizer passes, device policy (batch
+                   sizes, render slots, decoding ahead). `engine_settings(preset, device)`.
+  CallSettings     one call: sampling, the flow solve, text handling, checks and retries, random streams
+                   and the seed used, streaming, output. `call_settings(engine, ...)` from the call's
+                   arguments.
+Both are frozen, built only here, passed down and returned with the result (`SynthesisResult.settings`):
+passing a result's settings back to `synthesize` reproduces its audio. Nothing else reads a preset name.
+
+The presets, measured on this project's 2-core AVX512-BF16 CPU (BENCHMARKS.md):
+  exact    upstream step for step: float32, one chunk after another on the global RNG, Euler on the cosine
+           grid for 10 CFM steps, the S3 tokenizer run twice per voice, no text normalisation. The oracle
+           the parity suite checks, and the fallback.
+  fast     (the default) every speed-up whose measured loss is negligible: T3 in bf16 (KL to float32 4.6e-4
+           per step, section 4) with a float32 KV cache on CPU; continuous batching with per-chunk random
+           streams; the CFM solved with Adams-Bashforth 2 on a sway grid in 8 estimator calls (no larger error
+           than upstream's 10 Euler steps in every setting of section 3); the flow decoder in bf16 (mel 5.6e-4
+           relative) and HiFT's convolutions in bf16 (43 dB SNR); English number/abbreviation normalisation.
+  fastest  also the lossy ones, their cost stated: T3 weights in int8 (CPU; KL 1.6e-3, top-1 85% on random
+           weights), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the decoder prompt cut to the
+           voice's first 5 s (target mel moves 3.5e-3 relative; CFM ~1.9x faster), the S3 tokenizer run once
+           per voice (6.5% of T3's prompt tokens change on random weights, benchmarks/voice_tokenize_once.py).
+On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
+more: 32 requests per T3 batch, two S3Gen renders at a time, 8 chunks per render, T3 decoded a window ahead.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import zlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from .checks import CheckLimits
+from .engine.sampling import SAMPLING_RANGES, SamplingParams, check_range
+
+PRESET_NAMES = ("exact", "fast", "fastest")
+DEFAULT_PRESET = "fast"
+MAX_RETRIES = 10  # a chunk's regenerations at most: each costs a whole chunk
+MAX_CHARS = 300  # longest chunk of text one T3 call speaks
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    preset: str
+    device: str
+    t3_precision: str  # engine.quantize.PRECISIONS
+    kv_dtype: torch.dtype | None  # the T3 KV cache and attention dtype; None: the weights'
+    s3gen_dtype: torch.dtype  # flow decoder and vocoder weights/activations
+    tokenize_voice_once: bool  # T3's prompt tokens from the decoder's S3 tokenizer pass
+    max_batch: int  # T3 requests per continuous batch, across calls
+    render_slots: int  # S3Gen renders at once, across calls
+    render_batch: int  # chunks per S3Gen batch (batching does not pay on CPU: benchmarks/s3gen_speed.md)
+    decode_ahead: bool  # submit the next window's T3 while this window renders
+    decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
+
+
+@dataclass(frozen=True)
+class SolveSettings:
+    """The flow decoder's solve. n_timesteps None: the decoder's own (10 CFM steps, 2 meanflow)."""
+
+    n_timesteps: int | None = None
+    solver: str | None = None  # None: upstream's Euler (models.flow_solvers)
+    schedule: str | None = None  # None: upstream's cosine grid
+    sway_coef: float | None = None
+    f0_smoothing: bool = False  # optimize_quality: smooth the vocoder's F0 (against robotic pitch jitter)
+    prompt_seconds: float | None = None  # decoder prompt cut to the voice's first N s (None: upstream's 10 s)
+
+
+@dataclass(frozen=True)
+class TokenStreaming:
+    """Token-level streaming of a chunk: audio every few tokens instead of once per chunk (CosyVoice-style).
+
+    Each piece re-renders its new tokens with up to `context` earlier tokens (and the decoder prompt) in
+    front, holds back the last `lookahead` tokens (the flow encoder looks 3 tokens ahead), and overlaps
+    the previous piece by `overlap_ms`, crossfaded.
+    """
+
+    first_tokens: int = 25  # 1 s of speech before the first audio
+    piece_tokens: int = 50
+    context: int = 50
+    lookahead: int = 3
+    overlap_ms: float = 20.0
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    preset: str  # the preset the defaults came from (a record; nothing branches on it)
+    sampling: SamplingParams
+    max_new_tokens: int  # each chunk's token cap
+    solve: SolveSettings
+    normalize_text: bool  # English numbers, dates, abbreviations before tokenising
+    max_chars: int  # chunk length
+    chunk_short_text: bool  # False: a text of at most max_chars is one untouched chunk, as upstream
+    continuous_batching: bool  # T3 through the engine's scheduler (needs seeded_streams); False: one by one
+    seeded_streams: bool  # each chunk attempt's own random streams from `seed`; False: the global RNG
+    seed: int | None  # the seed used (drawn when the call gave none, seeded streams only)
+    rng_state: torch.Tensor | None  # global RNG: its state at the start of the call (None: the call seeded it)
+    max_retries: int  # regenerations of a chunk that fails its checks
+    budget_factor: float | None  # chunk token budget = factor x its expected tokens (capped); None: the cap
+    limits: CheckLimits
+    token_streaming: TokenStreaming | None  # generate_stream's first chunk streamed by tokens (None: by chunk)
+    first_chunk_chars: int  # generate_stream: the first chunk, decoded alone, is at most this long
+    watermark: bool
+    optimize_quality: bool
+
+
+@dataclass(frozen=True)
+class _Preset:
+    """One row of the preset table: load-time values, then call defaults."""
+
+    t3_precision: str = "fp32"
+    s3gen_dtype: torch.dtype = torch.float32
+    tokenize_voice_once: bool = False
+    solve: SolveSettings = field(default_factory=SolveSettings)
+    normalize_text: bool = False
+    chunk_short_text: bool = False
+    continuous_batching: bool = False
+    seeded_streams: bool = False
+    max_retries: int = 0
+    budget_factor: float | None = None
+    token_streaming: TokenStreaming | None = None
+
+
+_EXACT = _Preset()
+_FAST = _Preset("bf16", torch.bfloat16, solve=SolveSettings(8, "ab2", "sway", -0.6), normalize_text=True,
+                chunk_short_text=True, continuous_batching=True, seeded_streams=True, max_retries=2,
+                budget_factor=2.5, token_streaming=TokenStreaming())
+_FASTEST = replace(_FAST, t3_precision="int8", tokenize_voice_once=True,
+                   solve=SolveSettings(6, "ab2", "sway", -0.6, prompt_seconds=5.0))
+_PRESETS = {"exact": _EXACT, "fast": _FAST, "fastest": _FASTEST}
+
+
+def _preset(name: str) -> _Preset:
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}")
+    return _PRESETS[name]
+
+
+def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm") -> EngineSettings:
+    """The load-time settings of `preset` on `device` (a resolved torch device) with S3Gen's `decoder`."""
+    row, device = _preset(preset), torch.device(device)
+    cuda = device.type == "cuda"
+    precision = "bf16" if cuda and row.t3_precision == "int8" else row.t3_precision
+    # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster (BENCHMARKS.md 4)
+    kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
+    return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
+                          max_batch=32 if cuda else 8, render_slots=2 if cuda else 1, render_batch=8 if cuda else 1,
+                          decode_ahead=cuda, decoder=decoder)
+
+
+def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,
+                  repetition_penalty=1.2, min_p=0.05, top_p=1.0, max_new_tokens=1000, max_speech_tokens: int = 4096,
+                  n_timesteps=None, seed=None, max_retries=None, token_budget_factor=-1.0, max_chars=MAX_CHARS,
+                  watermark: bool = True, optimize_quality: bool = False, random_weights: bool = False,
+                  token_streaming: bool = True, first_chunk_chars=100) -> CallSettings:
+    """One call's settings from the model's settings and the call's arguments, validated with their names.
+
+    fast_inference=False: upstream's algorithms for this call (the exact preset's call settings) on the
+    weights as loaded. max_retries None: the preset's (0 on random-weight checkpoints, whose audio is
+    noise); token_budget_factor -1.0: the preset's. Numbers may be any real type (numpy, 0-d tensors).
+    """
+    row = _preset(engine.preset) if fast_inference else _EXACT
+    sampling = SamplingParams(**{name: real(name, value, *SAMPLING_RANGES[name]) for name, value in dict(
+        temperature=temperature, cfg_weight=cfg_weight, repetition_penalty=repetition_penalty, min_p=min_p,
+        top_p=top_p).items()})
+    solve = row.solve
+    if engine.decoder == "meanflow":  # distilled for its own 2-step solve: only the prompt cut applies
+        solve = SolveSettings(prompt_seconds=solve.prompt_seconds)
+    if n_timesteps is not None:
+        solve = replace(solve, n_timesteps=integer("n_timesteps", n_timesteps, 1, 1000))
+    if optimize_quality:
+        solve = replace(solve, f0_smoothing=True)
+    if max_retries is None:
+        max_retries = 0 if random_weights else row.max_retries
+    if isinstance(token_budget_factor, (int, float)) and token_budget_factor == -1.0:
+        token_budget_factor = row.budget_factor
+    elif token_budget_factor is not None:
+        token_budget_factor = real("token_budget_factor", token_budget_factor, 1.0, 100.0)
+    seed = None if seed is None else integer("seed", seed, 0)
+    rng_state = None
+    if row.seeded_streams and seed is None:
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.long))  # one draw: torch.manual_seed still governs
+    elif not row.seeded_streams and seed is None:
+        rng_state = torch.get_rng_state()  # the global stream this call will consume
+    return CallSettings(
+        engine.preset if fast_inference else "exact", sampling,
+        integer("max_new_tokens", max_new_tokens, 1, max_speech_tokens), solve, row.normalize_text,
+        integer("max_chars", max_chars, 20, 10_000), row.chunk_short_text, row.continuous_batching,
+        row.seeded_streams, seed, rng_state, integer("max_retries", max_retries, 0, MAX_RETRIES),
+        token_budget_factor, CheckLimits(), row.token_streaming if token_streaming else None,
+        first_chunk_chars=integer("first_chunk_chars", first_chunk_chars, 20, 10_000), watermark=bool(watermark), optimize_quality=bool(optimize_quality))
+
+
+def real(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    """`value` as a float when it is a real number (Python, numpy or a one-element tensor) in the range,
+    else a ValueError (TypeError for a non-number) naming `name`."""
+    if torch.is_tensor(value) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    check_range(name, float(value), low, high, low_open)
+    return float(value)
+
+
+def integer(name: str, value, low: int, high: float = math.inf) -> int:
+    """`value` as an int when it is an integer (Python, numpy or a one-element integer tensor) in [low, high],
+    else a ValueError (TypeError for a non-integer) naming `name`."""
+    if torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if not low <= value <= high:
+        bound = f">= {low}" if high == math.inf else f"in [{low}, {int(high)}]"
+        raise ValueError(f"{name} must be an integer {bound}, got {value}")
+    return value
+
+
+def stream_seed(seed: int, purpose: str, *keys: int) -> int:
+    """A 63-bit torch seed for one random stream, hashed from the call's seed, the stream's purpose and its
+    keys (chunk index, attempt): streams of nearby seeds, chunks or attempts never coincide, and seeds of
+    any size count in full (numpy's SeedSequence)."""
+    words = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(purpose.encode()), *keys))
+    return int(words.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def torch_seed(seed: int) -> int:
+    """The global RNG's seed for `seed` (global-stream calls): the seed itself as upstream's users pass it to
+    torch.manual_seed, hashed to 64 bits when it is larger than torch takes."""
+    return seed if seed < 2**64 else int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
