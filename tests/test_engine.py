@@ -1,0 +1,191 @@
+"""One engine, many callers: per-call voices, settings resolved once and returned, seeds by hashing,
+numbers of any real type, upstream's drop-in semantics, and the engine's lifecycle."""
+
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from faster_chatterbox import CallSettings, ChatterboxTTS, NoSpeechError, Voice, VoiceLibrary
+from faster_chatterbox.audio.synthetic import synthetic_voice
+from faster_chatterbox.random_checkpoint import write_random_checkpoint
+from faster_chatterbox.settings import call_settings, engine_settings, stream_seed
+
+TEXT = "A voice of its own, for this call alone."
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("engine") / "ckpt", seed=5, small=True)
+
+
+@pytest.fixture(scope="module")
+def fast(small_ckpt):
+    with ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="fast", watermark=False) as tts:
+        yield tts
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    made = []
+    for k, (seconds, sr, channels) in enumerate([(7.3, 44100, 1), (4.87, 48000, 2), (9.99, 16000, 1), (6.1, 22050, 6)]):
+        wav = synthetic_voice(seconds, sr, seed=10 + k)
+        path = folder / f"voice{k}.wav"
+        sf.write(path, np.repeat(wav[:, None], channels, axis=1) if channels > 1 else wav, sr)
+        made.append(path)
+    return made
+
+
+def test_eight_threads_four_voices_each_as_alone(fast, clips):
+    """8 concurrent calls, 4 voices (clip paths and Voice objects), their own exaggerations and seeds: each
+    output equals the same call made alone, and setting the default voice meanwhile changes none of them."""
+    voices = [clips[0], fast.voice_from_clip(clips[1]), clips[2], fast.voice_from_clip(clips[3])]
+    calls = [dict(voice=voices[k % 4], exaggeration=0.3 + 0.1 * k, seed=100 + k) for k in range(8)]
+    alone = [fast.synthesize(TEXT, max_new_tokens=30, **kw).audio for kw in calls]
+    together = [None] * 8
+    start = threading.Barrier(9)
+
+    def call(k):
+        start.wait()
+        together[k] = fast.synthesize(TEXT, max_new_tokens=30, **calls[k]).audio
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    for clip in clips:  # meanwhile another caller keeps changing the default voice
+        fast.prepare_conditionals(clip, exaggeration=0.9)
+    for thread in threads:
+        thread.join(timeout=300)
+    for k in range(8):
+        assert np.array_equal(together[k], alone[k]), f"call {k} changed when run beside others"
+    assert len({a.tobytes() for a in alone}) == 8  # they are different calls
+
+
+def test_result_carries_settings_and_seed_that_reproduce_it(fast, clips):
+    first = fast.synthesize(TEXT, voice=clips[0], exaggeration=0.6, max_new_tokens=25)  # seed=None: one is drawn
+    assert isinstance(first.settings, CallSettings) and isinstance(first.seed, int)
+    assert first.voice.exaggeration == pytest.approx(0.6)
+    again = fast.synthesize(TEXT, voice=first.voice, settings=first.settings)
+    assert np.array_equal(again.audio, first.audio)
+    with pytest.raises(ValueError, match="either settings or call arguments"):
+        fast.synthesize(TEXT, settings=first.settings, seed=3)
+
+
+def test_exact_global_stream_is_reproducible_from_its_result(small_ckpt):
+    with ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="exact", watermark=False) as exact:
+        first = exact.synthesize("Hello there.", max_new_tokens=12)  # seed=None: the global RNG as it stands
+        assert first.seed is None and first.settings.rng_state is not None
+        torch.manual_seed(999)  # the global RNG moves on
+        assert np.array_equal(exact.synthesize("Hello there.", voice=first.voice, settings=first.settings).audio,
+                              first.audio)
+
+
+def test_seed_streams_are_hashed_apart():
+    streams = {stream_seed(s, purpose, chunk, attempt) for s in range(50) for purpose in ("t3", "s3gen")
+               for chunk in range(8) for attempt in range(3)}
+    assert len(streams) == 50 * 2 * 8 * 3  # no two (seed, purpose, chunk, attempt) coincide
+    assert stream_seed(0, "t3", 1, 0) != stream_seed(7919, "t3", 0, 0)  # the old arithmetic's collision
+    big = {stream_seed(s, "t3", 0, 0) for s in (0, 2**63, 2**64, 2**70, 2**70 + 1)}
+    assert len(big) == 5  # seeds beyond 64 bits count in full
+    assert all(0 <= s < 2**63 for s in streams)
+
+
+def test_numbers_of_any_real_type(fast):
+    wav = fast.generate("Numbers from numpy.", seed=np.int64(3), temperature=np.float32(0.8),
+                        cfg_weight=torch.tensor(0.5), max_new_tokens=np.int32(10), exaggeration=np.float64(0.4))
+    ref = fast.generate("Numbers from numpy.", seed=3, temperature=0.8, cfg_weight=0.5, max_new_tokens=10,
+                        exaggeration=0.4)
+    assert torch.equal(wav, ref)
+    assert not torch.equal(fast.generate("Numbers from numpy.", seed=2**70, max_new_tokens=10),
+                           fast.generate("Numbers from numpy.", seed=2**70 + 1, max_new_tokens=10))
+
+
+@pytest.mark.parametrize("kwargs,error,problem", [
+    (dict(text=b"bytes"), TypeError, "text must be a str"),
+    (dict(text=None), TypeError, "text must be a str"),
+    (dict(seed=1.5), TypeError, "seed must be an integer"),
+    (dict(seed="3"), TypeError, "seed must be an integer"),
+    (dict(temperature="hot"), TypeError, "temperature must be a real number"),
+    (dict(max_new_tokens=10.0), TypeError, "max_new_tokens must be an integer"),
+    (dict(max_new_tokens=True), TypeError, "max_new_tokens must be an integer"),
+    (dict(voice=3), TypeError, "voice must be"),
+    (dict(voice="nobody"), ValueError, "neither a voice name nor a clip"),
+])
+def test_bad_call_arguments_are_named(fast, kwargs, error, problem):
+    kwargs = {"text": "Hi.", **kwargs}
+    with pytest.raises(error, match=problem):
+        fast.generate(**kwargs)
+
+
+def test_drop_in_semantics(fast):
+    wav = fast.generate("Drop in.", seed=1, max_new_tokens=10)
+    wav /= wav.abs().max()  # an ordinary tensor, as upstream returns (not an inference-mode one)
+    assert fast.device == "cpu" and fast.sr == 24000
+    assert torch.equal(fast.generate("Drop in.", seed=1, max_new_tokens=10, audio_prompt_path=""),
+                       fast.generate("Drop in.", seed=1, max_new_tokens=10))  # "" is no prompt, as upstream
+    fast.generate("Top one.", seed=1, max_new_tokens=10, top_p=0.0)  # keeps the most probable token, as upstream
+
+    class Marker:
+        def apply_watermark(self, wav, sample_rate):
+            return np.zeros_like(wav)
+
+    saved = fast.watermarker
+    fast.watermarker = Marker()  # upstream users replace the watermarker by assignment
+    try:
+        assert float(fast.generate("Marked.", seed=1, max_new_tokens=10, watermark=True).abs().max()) == 0.0
+    finally:
+        fast.watermarker = saved
+
+
+def test_a_call_that_makes_no_speech_says_so(fast, monkeypatch):
+    """T3 stopping at once for every chunk (as extreme sampling settings make it): an error, not (1, 0) audio."""
+    from concurrent.futures import Future
+
+    def stop_at_once(request, on_tokens=None):
+        done = Future()
+        done.set_result(torch.tensor([fast.t3.cfg.stop_speech_token]))
+        return done
+
+    monkeypatch.setattr(fast.engine.scheduler, "submit", stop_at_once)
+    with pytest.raises(NoSpeechError, match="no speech.*repetition_penalty=1e-09"):
+        fast.generate("Nothing comes of this.", repetition_penalty=1e-9, seed=1, max_new_tokens=20)
+    with pytest.raises(NoSpeechError):
+        list(fast.generate_stream("Nothing comes of this either.", seed=1, max_new_tokens=20))
+
+
+def test_voice_library(fast, clips, tmp_path):
+    library = fast.use_voice_library(tmp_path / "voices")
+    voice = library.add_clip("narrator", clips[0].read_bytes(), ".wav")
+    library.add_voice("saved one", fast.voice_from_clip(clips[1]))
+    assert library.names() == ["narrator", "saved one"] and "narrator" in library
+    named = fast.synthesize(TEXT, voice="narrator", seed=4, max_new_tokens=20)
+    direct = fast.synthesize(TEXT, voice=voice, seed=4, max_new_tokens=20)
+    assert np.array_equal(named.audio, direct.audio)
+    with pytest.raises(FileExistsError):
+        library.add_clip("narrator", clips[2].read_bytes(), ".wav")
+    for bad in ("../escape", "", ".hidden", "a/b", "x" * 65):
+        with pytest.raises(ValueError, match="invalid voice name"):
+            library.add_clip(bad, clips[2].read_bytes(), ".wav")
+    with pytest.raises(ValueError):  # not audio: nothing is stored
+        library.add_clip("broken", b"not a clip", ".wav")
+    assert "broken" not in library and not list((tmp_path / "voices").glob(".*upload*"))
+    library.delete("narrator")
+    assert library.names() == ["saved one"]
+    with pytest.raises(KeyError):
+        library.get("narrator")
+    assert isinstance(library.get("saved one"), Voice)
+
+
+def test_settings_are_resolved_in_one_place():
+    fast_cpu = engine_settings("fast", "cpu")
+    assert fast_cpu.t3_precision == "bf16" and fast_cpu.kv_dtype == torch.float32 and fast_cpu.max_batch == 8
+    exact = call_settings(engine_settings("exact", "cpu"), seed=1)
+    assert not exact.continuous_batching and not exact.seeded_streams and exact.solve.n_timesteps is None
+    upstream_call = call_settings(fast_cpu, fast_inference=False, seed=1)
+    assert upstream_call == exact  # fast_inference=False: every call-time setting is upstream's
+    with pytest.raises(ValueError, match="unknown preset"):
+        engine_settings("fastest-ever", "cpu")
