@@ -17,7 +17,9 @@ Full-size HiFT with the `mel2wav.*` weights of a checkpoint (default: the full-s
             frames) before/after F0Smoothing(): predicted F0 of the synthetic voice (checkpoint and tame
             weights) and a synthetic contour with 5% frame noise (tests' _f0_track).
 
-    python benchmarks/hift_speed.py [--checkpoint DIR] [--seconds 4 20] [--threads 1 2] [--rounds 3]
+    .oracle-venv/bin/python benchmarks/hift_speed.py [--checkpoint DIR] [--seconds 4 20] [--threads 1 2] [--rounds 3]
+
+Upstream runs in this process, so the interpreter is the oracle venv's (scripts/install-oracle.sh).
 """
 
 from __future__ import annotations

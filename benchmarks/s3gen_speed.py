@@ -1,6 +1,8 @@
 """S3Gen speed side by side with upstream: CFM time and whole S3Gen time (encoder + CFM + HiFT) per decoder variant.
 
-    python benchmarks/s3gen_speed.py --threads 2 --md benchmarks/s3gen_speed.md
+    .oracle-venv/bin/python benchmarks/s3gen_speed.py --threads 2 --md benchmarks/s3gen_speed.md
+
+Upstream runs in this process, so the interpreter is the oracle venv's (scripts/install-oracle.sh).
 
 One process, the variants interleaved over `--rounds` rounds (alternately reversed; medians reported), all on
 the same checkpoint (default: the full-size random one of `init-random`), the same 100 speech tokens and the same 10 s voice.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up faster-chatterbox in the current Python environment.
 #   bash scripts/setup.sh          the package
-#   bash scripts/setup.sh --test   the package, its test extras and the upstream parity oracle
+#   bash scripts/setup.sh --test   the package, its test extras and the upstream parity oracle (in its own venv)
 # Torch is installed first and then pinned: an unpinned install would pull GBs of CUDA wheels here.
 # A machine that already has torch (for example a CUDA build) keeps it.
 set -euo pipefail

@@ -244,6 +244,14 @@ def test_bench_reports_every_stage(small_ckpt, tmp_path):
     assert result["machine"]["cpu_count"] >= 1
 
 
+def test_bench_compare_upstream_needs_the_oracle_venv(small_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FASTER_CHATTERBOX_ORACLE_VENV", str(tmp_path / "no-venv"))
+    monkeypatch.setattr("faster_chatterbox.bench._spawn", lambda *a: pytest.fail("ran a side before failing"))
+    assert main(["bench", "--checkpoint", str(small_ckpt), "--tokens", "4", "--compare-upstream"]) == 2
+    err = capsys.readouterr().err
+    assert "no-venv/bin/python does not exist" in err and "install-oracle.sh" in err and len(err.splitlines()) == 1
+
+
 def test_bench_jobs_scenario_runs_requests_one_by_one_and_at_once(small_ckpt, tmp_path, capsys):
     import json
 

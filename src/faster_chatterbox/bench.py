@@ -367,8 +367,19 @@ def random_checkpoint_dir() -> Path:
     return target
 
 
+def _oracle_python() -> str:
+    """Upstream runs with the python of the oracle's own venv (scripts/install-oracle.sh), never in ours."""
+    venv = os.environ.get("FASTER_CHATTERBOX_ORACLE_VENV", Path(__file__).resolve().parents[2] / ".oracle-venv")
+    python = Path(venv) / "bin" / "python"
+    if not python.is_file():
+        raise ValueError(f"--compare-upstream needs the oracle's venv, {python} does not exist: "
+                         "bash scripts/install-oracle.sh (or set FASTER_CHATTERBOX_ORACLE_VENV)")
+    return str(python)
+
+
 def _spawn(side: str, checkpoint: Path, args) -> dict:
-    cmd = [sys.executable, "-m", "faster_chatterbox.bench", side, str(checkpoint), args.device, args.preset,
+    python = _oracle_python() if side == "upstream" else sys.executable
+    cmd = [python, "-m", "faster_chatterbox.bench", side, str(checkpoint), args.device, args.preset,
            str(args.tokens), args.voice_path, args.scenario, str(args.chars), str(int(args.stream)), args.decoder,
            str(args.jobs)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -407,6 +418,8 @@ def run_bench(args) -> dict:
             raise ValueError(f"--chars must be at least 20, got {args.chars}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.compare_upstream:
+        _oracle_python()  # fails now, not after our side's run
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
     elif args.random_weights:
