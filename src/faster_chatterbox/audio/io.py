@@ -6,6 +6,7 @@ resampling, channels averaged), so the voice conditionals match upstream's bit f
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -14,6 +15,22 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+log = logging.getLogger(__name__)
+
+# The shortest reference clip taken. Half a second holds a syllable or two: 12 speech tokens (25 Hz) for T3's
+# prompt and S3Gen, 50 fbank frames (100 Hz) for CAMPPlus's statistics pooling, a third of the voice encoder's
+# 1.6 s window; a shorter clip gives speaker embeddings of a fraction of a syllable. Far shorter clips break the
+# models (measured on the small checkpoint, every preset): up to 0.03 s S3Gen's mel (n_fft 1920) cannot
+# reflect-pad the clip (RuntimeError), and at 0.04 s CAMPPlus's one fbank frame makes the x-vector NaN.
+MIN_REFERENCE_SECONDS = 0.5
+# T3 takes its speech prompt from the first 6 s and S3Gen its reference from the first 10 s: a clip under 5 s
+# still works but gives both less than they were trained on, and a poorer likeness.
+SHORT_REFERENCE_SECONDS = 5.0
+# load_audio reads this far past `max_seconds`: the resampler's filter looks ahead, so the samples kept are then
+# those a whole-file read gives (bit-identical in each of 264 cases measured: 8-96 kHz to 16 and 24 kHz, limits
+# of 1-10 s). Reading no further than the limit changes its last ~35 ms, by up to 4e-2.
+_RESAMPLER_TAIL_SECONDS = 0.1
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -27,23 +44,58 @@ def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return out[:n_out]
 
 
-def load_audio(path: str | Path, sr: int) -> np.ndarray:
-    """Mono float32 samples of an audio file at `sr` Hz; a clear ValueError for unusable files."""
+def check_reference_clip(wav: np.ndarray, sr: int, name: str) -> None:
+    """Raise ValueError for a reference clip no voice can be made of; log a warning when it is short.
+
+    wav: mono samples (N,) at `sr` Hz; name: the clip in messages (its path).
+    """
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise ValueError(f"reference audio {name} must be mono samples of shape (N,), got shape {wav.shape}")
+    if not (isinstance(sr, (int, np.integer)) and sr > 0):
+        raise ValueError(f"reference audio {name}: the sample rate must be a positive integer, got {sr!r}")
+    if wav.size == 0:
+        raise ValueError(f"reference audio {name} is empty")
+    if not np.isfinite(wav).all():
+        raise ValueError(f"reference audio {name} contains NaN or infinite samples")
+    if np.abs(wav).max() < 1e-4:
+        raise ValueError(f"reference audio {name} is silent (peak below -80 dBFS)")
+    seconds = wav.size / sr
+    if seconds < MIN_REFERENCE_SECONDS:
+        shown = math.floor(seconds * 1000) / 1000  # rounded down: 0.4996 s must not read as the 0.5 s minimum
+        raise ValueError(f"reference audio {name} is {shown:g} s long; a voice needs at least "
+                         f"{MIN_REFERENCE_SECONDS:g} s of speech (10 s of clean speech is best)")
+    if seconds < SHORT_REFERENCE_SECONDS:
+        log.warning("reference audio %s is only %.1f s long: the voice will be poor; 10 s of clean speech is best",
+                    name, seconds)
+
+
+def load_audio(path: str | Path, sr: int, max_seconds: float | None = None) -> np.ndarray:
+    """Mono float32 samples of an audio file at `sr` Hz, checked by `check_reference_clip` (ValueError).
+
+    max_seconds: decode no more of the file than its first `max_seconds` need (at least MIN_REFERENCE_SECONDS).
+    A clip no longer is returned whole, exactly as without the limit; a longer one as its first
+    ceil(max_seconds * sr) samples, equal to those of a whole-file read (see _RESAMPLER_TAIL_SECONDS).
+    None: the whole file.
+    """
     path = Path(path)
+    if max_seconds is not None and not MIN_REFERENCE_SECONDS <= max_seconds < math.inf:
+        raise ValueError(f"max_seconds must be at least {MIN_REFERENCE_SECONDS:g} (or None), got {max_seconds!r}")
     if not path.is_file():
         raise ValueError(f"reference audio {path} does not exist or is not a file")
     try:
-        wav, sr_in = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
+        with sf.SoundFile(str(path)) as file:
+            sr_in = file.samplerate
+            frames = -1 if max_seconds is None else math.ceil((max_seconds + _RESAMPLER_TAIL_SECONDS) * sr_in)
+            wav = file.read(frames, dtype="float32", always_2d=True)  # (N, channels), N <= frames
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         raise ValueError(f"reference audio {path} cannot be read: {exc}") from exc
     wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
-    if wav.size == 0:
-        raise ValueError(f"reference audio {path} is empty")
-    if not np.isfinite(wav).all():
-        raise ValueError(f"reference audio {path} contains NaN or infinite samples")
-    if np.abs(wav).max() < 1e-4:
-        raise ValueError(f"reference audio {path} is silent (peak below -80 dBFS)")
-    return resample(np.ascontiguousarray(wav), sr_in, sr)
+    check_reference_clip(wav, sr_in, str(path))
+    out = resample(np.ascontiguousarray(wav), sr_in, sr)
+    if max_seconds is not None and wav.size > max_seconds * sr_in:  # longer than the limit: cut after resampling
+        out = out[: math.ceil(max_seconds * sr)]
+    return out
 
 
 # suffix -> (libsndfile format, subtype). Opus is encoded at the supported rate nearest above the input's.
