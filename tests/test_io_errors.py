@@ -1,5 +1,6 @@
 """Input and output errors a new user meets: reference clips, output files, text the English model cannot speak."""
 
+import errno
 import logging
 import math
 import os
@@ -17,8 +18,10 @@ from hypothesis import strategies as st
 from faster_chatterbox.audio.io import (
     MIN_REFERENCE_SECONDS,
     SHORT_REFERENCE_SECONDS,
+    check_output_path,
     check_reference_clip,
     load_audio,
+    write_audio,
 )
 from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
@@ -132,6 +135,82 @@ def test_load_audio_rejects_a_bad_max_seconds(tmp_path):
     for bad in (0.1, -1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="max_seconds must be at least 0.5"):
             load_audio(tmp_path / "clip.wav", 24000, max_seconds=bad)
+
+
+# ---- B: output files -----------------------------------------------------------------------------------------
+def test_check_output_path_accepts_what_can_be_written_and_creates_nothing(tmp_path):
+    target = tmp_path / "new" / "deeper" / "out.wav"
+    assert check_output_path(target) == target
+    assert check_output_path(str(tmp_path / "out.MP3")) == tmp_path / "out.MP3"
+    assert list(tmp_path.iterdir()) == []  # the missing folders are write_audio's to make; the probe is gone
+
+
+def test_check_output_path_refuses_with_one_line_naming_the_path(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "folder.wav").mkdir()
+    for path, problem in [
+        (tmp_path / "out.aac", r"unknown audio format \(unsupported extension '\.aac'\); supported: \.wav, \.flac"),
+        (tmp_path / "folder.wav", "it is a folder"),
+        (tmp_path / "a-file" / "out.wav", f"{tmp_path / 'a-file'} is not a folder"),
+        (tmp_path / "a-file" / "sub" / "out.wav", f"{tmp_path / 'a-file'} is not a folder"),
+    ]:
+        with pytest.raises(ValueError, match=f"^cannot write {path}: {problem}") as error:
+            check_output_path(path)
+        assert "\n" not in str(error.value)
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    with pytest.raises(ValueError, match=rf"only [\d.]+ MB free in {tmp_path}, about [\d.]+ MB needed"):
+        check_output_path(tmp_path / "out.wav", min_free_bytes=free + 10**9)
+
+
+def test_check_output_path_really_tries_to_create_a_file(read_only_dir):
+    """A folder no one can write to (a read-only file system for root, for whom permission bits do not count)."""
+    for path in (read_only_dir / "out.wav", read_only_dir / "new" / "out.flac"):
+        with pytest.raises(ValueError, match=f"cannot write {path}: cannot create a file in {read_only_dir} "
+                                             r"\((Read-only file system|Permission denied)\)"):
+            check_output_path(path)
+
+
+def test_check_output_path_on_a_full_disk(tiny_fs):
+    (tiny_fs / "filler").write_bytes(b"\0" * 60_000)
+    with pytest.raises(ValueError, match=rf"cannot write {tiny_fs / 'out.wav'}: only 0.0\d MB free in {tiny_fs}"):
+        check_output_path(tiny_fs / "out.wav")  # the default asks for 1 MiB
+
+
+def test_write_audio_on_a_full_disk_names_the_file_and_leaves_nothing(tiny_fs):
+    """A real ENOSPC: a 64 KiB tmpfs and 3 s of 16-bit audio (144 kB)."""
+    path = tiny_fs / "out.wav"
+    with pytest.raises(OSError, match=f"cannot write {path}: No space left on device") as error:
+        write_audio(path, synthetic_voice(3.0, 24000), 24000)
+    assert error.value.errno == errno.ENOSPC and ".part" not in str(error.value)
+    assert list(tiny_fs.iterdir()) == []
+
+
+def test_write_audio_errors_name_the_file_and_leave_nothing(tmp_path, monkeypatch):
+    wav = synthetic_voice(0.5, 24000)
+    (tmp_path / "folder.wav").mkdir()
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'folder.wav'}: Is a directory"):
+        write_audio(tmp_path / "folder.wav", wav, 24000)
+    with pytest.raises(ValueError, match=f"cannot write {tmp_path / 'x.mp3'}: MPEG-1/2/2.5 only supports sample rates"):
+        write_audio(tmp_path / "x.mp3", wav, 7000)  # libsndfile's refusal, without its "Error opening <BytesIO...>"
+
+    def full(fd):  # ENOSPC where delayed allocation reports it, at the flush to disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'out.flac'}: No space left on device"):
+        write_audio(tmp_path / "out.flac", wav, 24000)
+    assert [p.name for p in tmp_path.iterdir()] == ["folder.wav"]  # no .part, no partial output
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_write_audio_gives_the_usual_mode(tmp_path, umask):
+    """0o666 less the umask, as any program's new files (mkstemp made every output 0o600)."""
+    old = os.umask(umask)
+    try:
+        write_audio(tmp_path / "out.ogg", synthetic_voice(0.5, 24000), 24000)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.ogg").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 

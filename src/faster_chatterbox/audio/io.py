@@ -6,10 +6,12 @@ resampling, channels averaged), so the voice conditionals match upstream's bit f
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,41 +109,100 @@ OUTPUT_FORMATS = {
     ".mp3": ("MP3", "MPEG_LAYER_III"),
 }
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+# Bytes per second of 24 kHz mono speech in each format, rounded well down (measured on write_audio's output:
+# wav 48 000, flac ~33 000, ogg ~6 500, opus ~4 700, mp3 ~6 900): estimates made with them err low.
+MIN_BYTES_PER_SECOND = {".wav": 48000, ".flac": 16000, ".ogg": 3000, ".opus": 2000, ".mp3": 3000}
+
+
+def _output_format(path: Path) -> tuple[str, str]:
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"cannot write {path}: unknown audio format (unsupported extension '{path.suffix}'); "
+                         f"supported: {', '.join(OUTPUT_FORMATS)}")
+    return OUTPUT_FORMATS[suffix]
+
+
+def _new_file_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty, hidden file in path's folder, open for writing: (descriptor, path).
+
+    Made with mode 0o666 for the kernel to apply the umask (and default ACLs), as open() makes files:
+    tempfile.mkstemp would make every output 0o600.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+
+
+def check_output_path(path: str | Path, min_free_bytes: int = 1 << 20) -> Path:
+    """Raise ValueError naming `path` unless write_audio can write there; returns it as a Path.
+
+    Checks, without creating anything: a supported suffix, not a folder, the nearest existing folder on the
+    way (write_audio makes the missing ones) is a folder where a file can really be made (tried: permissions,
+    read-only or immutable folders and file systems), and at least `min_free_bytes` free there.
+    """
+    path = Path(path)
+    _output_format(path)
+    folder = path.parent
+    try:
+        if path.is_dir():
+            raise ValueError(f"cannot write {path}: it is a folder")
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ValueError(f"cannot write {path}: {folder} is not a folder")
+        fd, probe = _new_file_beside(folder / path.name)
+        os.close(fd)
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:  # read-only or immutable, no permission, no inode left, a folder that cannot be searched
+        raise ValueError(f"cannot write {path}: cannot create a file in {folder} ({exc.strerror or exc})") from exc
+    if free < min_free_bytes:
+        raise ValueError(f"cannot write {path}: only {free / 1e6:.2f} MB free in {folder}, "
+                         f"about {min_free_bytes / 1e6:.2f} MB needed")
+    return path
 
 
 def write_audio(path: str | Path, wav: np.ndarray, sr: int, *, float_wav: bool = False) -> None:
-    """Write mono audio whole or not at all: to a temporary file beside `path`, then renamed.
+    """Write mono audio whole or not at all: encoded in memory, written to a hidden file beside `path`, renamed.
 
     The suffix picks the format (OUTPUT_FORMATS): 16-bit wav (32-bit float with `float_wav`), 16-bit
     flac, ogg/vorbis, ogg/opus, mp3. Opus takes only 8/12/16/24/48 kHz: other rates are resampled
     (soxr) to the next one up. Integer formats clip samples to [-1, 1]. An unknown suffix, empty
-    audio or non-finite samples raise ValueError before anything is written.
+    audio or non-finite samples raise ValueError before anything is written; a failed write (no space
+    left, read-only, a folder in the way...) raises OSError naming `path`, with nothing left behind.
+    The file gets the usual mode, 0o666 less the umask.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise ValueError(
-            f"cannot write {path}: unknown audio format '{path.suffix}'; supported: {', '.join(OUTPUT_FORMATS)}"
-        )
+    fmt, subtype = _output_format(path)
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     if wav.size == 0:
         raise ValueError(f"cannot write {path}: the audio is empty")
     if not np.isfinite(wav).all():
         raise ValueError(f"cannot write {path}: the audio contains NaN or infinite samples")
-    fmt, subtype = OUTPUT_FORMATS[suffix]
-    if suffix == ".wav" and float_wav:
+    if path.suffix.lower() == ".wav" and float_wav:
         subtype = "FLOAT"
     else:
         wav = np.clip(wav, -1.0, 1.0)
     if subtype == "OPUS" and sr not in OPUS_RATES:
         target = next((rate for rate in OPUS_RATES if rate >= sr), OPUS_RATES[-1])
         wav, sr = resample(wav, sr, target), target
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    # Encoding in memory keeps libsndfile's errors apart from the file system's: libsndfile reports a full
+    # disk as "System error.", Python's own writes report it by its errno.
+    encoded = io.BytesIO()
     try:
-        sf.write(tmp, wav, sr, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        sf.write(encoded, wav, sr, format=fmt, subtype=subtype)
+    except sf.LibsndfileError as exc:  # e.g. a sample rate the format does not take
+        raise ValueError(f"cannot write {path}: {exc.error_string.removeprefix('Error : ')}") from exc
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _new_file_beside(path)
+        try:
+            with open(fd, "wb") as file:
+                file.write(encoded.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())  # a full disk or quota shows here at the latest, before the rename
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
