@@ -25,6 +25,8 @@ from faster_chatterbox.audio.io import (
 )
 from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
+from faster_chatterbox.text.normalize import punc_norm
+from faster_chatterbox.text.tokenizer import UNK, EnglishTokenizer, check_speakable
 from faster_chatterbox.tts import ChatterboxTTS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -212,6 +214,61 @@ def test_write_audio_gives_the_usual_mode(tmp_path, umask):
         os.umask(old)
     assert (tmp_path / "out.ogg").stat().st_mode & 0o777 == 0o666 & ~umask
 
+
+# ---- E: text the English model cannot speak ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tokenizer(small_ckpt):
+    return EnglishTokenizer(small_ckpt / "tokenizer.json")
+
+
+def test_unknown_characters(tokenizer):
+    """The small checkpoint's tokenizer is character-level: ASCII letters, digits, punctuation and 16 accented
+    letters, in the official id scheme."""
+    assert tokenizer.unknown_characters("Hello, world! ça va? 42 \t\n") == []
+    assert tokenizer.unknown_characters("你好你好，世界") == ["你", "好", "，", "世", "界"]
+    assert tokenizer.unknown_characters("Hi 😀 © “x”") == ["😀", "©", "“", "”"]
+    for ch in "你好😀":
+        assert tokenizer.encode(ch) == [tokenizer.tokenizer.token_to_id(UNK)]
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("你好，世界。", "'你' (U+4F60) at position 0, '好' (U+597D) at position 1, '世' (U+4E16) at position 3"),
+    ("こんにちは", "'こ' (U+3053) at position 0"),
+    ("Say مرحبا please.", "'م' (U+0645) at position 4"),
+    ("".join(chr(0x4E00 + i) for i in range(12)), "... (12 distinct characters in all)"),
+])
+def test_check_speakable_rejects_letters_of_another_script(tokenizer, text, shown):
+    with pytest.raises(ValueError, match="text contains characters the English model cannot speak: ") as error:
+        check_speakable(tokenizer, text)
+    assert shown in str(error.value) and "multilingual" in str(error.value)
+
+
+def test_check_speakable_drops_symbols_with_one_warning(tokenizer, caplog):
+    text = "I \u2764\ufe0f this \u00a9 2024 \u2014 \u201cquoted\u201d\u2026 ok \U0001F600\U0001F600!"
+    with caplog.at_level(logging.WARNING, logger="faster_chatterbox.text.tokenizer"):
+        spoken = check_speakable(tokenizer, text)
+    # the dash, quotes and ellipsis stay: punc_norm makes them ASCII
+    assert spoken == "I  this  2024 \u2014 \u201cquoted\u201d\u2026 ok !"
+    assert len(caplog.records) == 1 and "'©' (U+00A9)" in caplog.records[0].getMessage()
+    ids = tokenizer.encode(punc_norm(spoken))
+    assert tokenizer.tokenizer.token_to_id(UNK) not in ids
+    assert check_speakable(tokenizer, "Plain text.") == "Plain text."
+    with pytest.raises(ValueError, match="nothing the English model can speak"):
+        check_speakable(tokenizer, "\U0001F600 \u2764")
+
+
+def test_unknown_characters_without_an_unk_token(tmp_path):
+    """A tokenizer.json without [UNK] drops unknown characters silently: they are still reported."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(["[STOP]", "[SPACE]", "[START]", "a", "b"])}
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.add_special_tokens(["[STOP]", "[SPACE]", "[START]"])
+    raw.save(str(tmp_path / "tokenizer.json"))
+    tok = EnglishTokenizer(tmp_path / "tokenizer.json")
+    assert tok.encode("a你b") == [3, 4]
+    assert tok.unknown_characters("a你 b") == ["你"]
 
 
 @pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
