@@ -1,0 +1,158 @@
+"""The command line as a new user meets it: output problems before any work, offline at once, Ctrl-C any time."""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import faster_chatterbox
+from faster_chatterbox import checkpoint
+from faster_chatterbox.checkpoint import CHECKPOINT_FILES, CheckpointError, download_checkpoint
+from faster_chatterbox.random_checkpoint import write_random_checkpoint
+
+SRC = str(Path(faster_chatterbox.__file__).parents[1])  # this checkout's code, for the CLI subprocesses
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("small") / "ckpt", seed=1, small=True)
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m faster_chatterbox.cli ARGS` with Ctrl-C at its default (a background shell ignores it), and the
+    hub settings only of `env`."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    return subprocess.Popen([sys.executable, "-m", "faster_chatterbox.cli", *args], stderr=subprocess.PIPE, text=True,
+                            env={**inherited, "PYTHONPATH": SRC, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _run_cli(*args: str, env: dict | None = None) -> tuple[int, str, float]:
+    start = time.perf_counter()
+    process = _cli(*args, env=env)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err, time.perf_counter() - start
+
+
+# ---- C: offline ----------------------------------------------------------------------------------------------
+def _closed_port_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed: connection refused
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A hub that accepts connections and never answers: any request waits until its timeout."""
+    server = socket.create_server(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """An empty Hugging Face cache, HF_HUB_OFFLINE off; returns a function that sets the endpoint."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    return lambda endpoint: monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+
+
+def _cache(small_ckpt, cache: Path, names=CHECKPOINT_FILES) -> Path:
+    """The small checkpoint as a Hugging Face cache snapshot of ResembleAI/chatterbox (revision main)."""
+    repo = cache / "models--ResembleAI--chatterbox"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for name in names:
+        shutil.copy(small_ckpt / name, snapshot / name)
+    return snapshot
+
+
+def test_download_fails_at_once_without_network(hub):
+    hub(_closed_port_endpoint())
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"cannot download ve.safetensors, .*conds.pt of ResembleAI/chatterbox "
+                                              r"\(revision main\): the Hugging Face hub at http://127.0.0.1:\d+ does "
+                                              r"not answer \(ConnectError: .*\)\. Without network, pass "
+                                              r".*--checkpoint"):
+        download_checkpoint()
+    assert time.perf_counter() - start < 1.0  # hf_hub_download alone retried for ~26 s
+
+
+def test_download_waits_for_the_hub_at_most_the_timeout(hub, silent_endpoint, monkeypatch):
+    hub(silent_endpoint)
+    monkeypatch.setattr(checkpoint, "HUB_CHECK_TIMEOUT_S", 0.5)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="does not answer"):
+        download_checkpoint()
+    assert time.perf_counter() - start < 1.5
+
+
+def test_download_with_hf_hub_offline(hub, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="^HF_HUB_OFFLINE is set and the Hugging Face cache lacks ve.safetensors"):
+        download_checkpoint()
+
+
+def test_a_cached_checkpoint_needs_no_network(small_ckpt, hub, silent_endpoint, tmp_path, monkeypatch):
+    """Cache first: the hub is not asked at all (a silent one would hold every request 3 s)."""
+    hub(silent_endpoint)
+    snapshot = _cache(small_ckpt, tmp_path / "hub")
+    start = time.perf_counter()
+    assert download_checkpoint() == snapshot
+    assert time.perf_counter() - start < 0.5
+    (snapshot / "tokenizer.json").unlink()  # one file missing: online for it, which fails at once
+    monkeypatch.setattr(checkpoint, "HUB_CHECK_TIMEOUT_S", 0.5)
+    with pytest.raises(CheckpointError, match=r"cannot download tokenizer.json of ResembleAI/chatterbox"):
+        download_checkpoint()
+
+
+def test_hub_retry_warnings_are_silenced(caplog):
+    with caplog.at_level(logging.WARNING):
+        with checkpoint._quiet_hub_retries():
+            logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 8s [Retry 5/5].")
+        logging.getLogger("huggingface_hub.utils._http").warning("after")
+    assert [r.getMessage() for r in caplog.records] == ["after"]
+
+
+def _hub_unreachable() -> bool:
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def fail_at_once_s(tmp_path_factory):
+    """How long `speak` takes to fail at once (start-up and imports, mostly torch's), to compare with."""
+    missing = tmp_path_factory.mktemp("missing")
+    return _run_cli("speak", "Hello.", "-o", str(missing / "x.wav"), "--checkpoint", str(missing / "none"))[2]
+
+
+@pytest.mark.parametrize("endpoint, offline", [("closed port", None), ("default", None), ("closed port", "1")])
+def test_speak_offline_fails_at_once_with_one_line(tmp_path, fail_at_once_s, endpoint, offline):
+    """No --checkpoint and no network (HF_HUB_OFFLINE unset, or set): one line, exit 2, about as fast as failing at
+    once; it took 26 s and 12 retry warnings. "default" is the real hub, where this machine has no network."""
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    if endpoint == "closed port":
+        env["HF_ENDPOINT"] = _closed_port_endpoint()
+    elif not _hub_unreachable():
+        pytest.skip("the hub is reachable from here: this case would download the checkpoint")
+    if offline:
+        env["HF_HUB_OFFLINE"] = offline
+    code, err, elapsed = _run_cli("speak", "Hello.", "-o", str(tmp_path / "x.wav"), "--device", "cpu", env=env)
+    assert code == 2 and "Traceback" not in err and "Retrying" not in err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "--checkpoint DIR" in err
+    assert ("HF_HUB_OFFLINE is set" if offline else "does not answer") in err
+    assert elapsed < fail_at_once_s + 3.0, f"{elapsed:.1f} s, where failing at once takes {fail_at_once_s:.1f} s"
