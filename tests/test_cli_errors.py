@@ -11,13 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 import faster_chatterbox
 from faster_chatterbox import checkpoint
+from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.checkpoint import CHECKPOINT_FILES, CheckpointError, download_checkpoint
+from faster_chatterbox.cli import main
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 
 SRC = str(Path(faster_chatterbox.__file__).parents[1])  # this checkout's code, for the CLI subprocesses
+LONG_TEXT = "A sentence that takes the small model a while to speak. " * 200  # minutes of synthesis
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,6 +45,79 @@ def _run_cli(*args: str, env: dict | None = None) -> tuple[int, str, float]:
     process = _cli(*args, env=env)
     _, err = process.communicate(timeout=120)
     return process.returncode, err, time.perf_counter() - start
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+# ---- B: output problems are found before the model is loaded ------------------------------------------------
+@pytest.fixture
+def no_model(monkeypatch):
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr("faster_chatterbox.cli._load_model", load)
+
+
+@pytest.mark.usefixtures("no_model")
+@pytest.mark.parametrize("output, problem", [
+    ("folder.wav", "it is a folder"),
+    ("a-file/out.wav", "{tmp}/a-file is not a folder"),
+    ("out.m4a", "unsupported extension '.m4a'"),
+])
+def test_speak_checks_the_output_before_any_work(small_ckpt, tmp_path, capsys, output, problem):
+    (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    assert main(["speak", "Hello.", "--checkpoint", str(small_ckpt), "-o", str(tmp_path / output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write {tmp_path / output}: ")
+    assert problem.format(tmp=tmp_path) in err
+
+
+@pytest.mark.usefixtures("no_model")
+def test_speak_wants_room_for_the_text(small_ckpt, tiny_fs, capsys):
+    """The free space asked for grows with the text: a line fits in 64 KiB, 60 000 characters (over an hour of
+    speech, ~27 MB of mp3) do not."""
+    argv = ["--checkpoint", str(small_ckpt), "-o", str(tiny_fs / "out.mp3")]
+    with pytest.raises(AssertionError, match="the model was loaded"):  # the output check passed
+        main(["speak", "Hello there.", *argv])
+    book = tiny_fs.parent / "book.txt"
+    book.write_text("word " * 12_000, encoding="utf-8")
+    assert main(["speak", "--text-file", str(book), *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tiny_fs / 'out.mp3'}: only 0.07 MB free in {tiny_fs}, about 7.20 MB needed" in err
+
+
+def test_speak_into_a_read_only_folder_fails_before_synthesis(small_ckpt, read_only_dir, tmp_path):
+    """A text that takes minutes; the command ends in seconds, with one line naming the folder."""
+    text_file = tmp_path / "long.txt"
+    text_file.write_text(LONG_TEXT, encoding="utf-8")
+    code, err, elapsed = _run_cli("speak", "--text-file", str(text_file), "--checkpoint", str(small_ckpt),
+                                  "-o", str(read_only_dir / "out.wav"), "--no-watermark")
+    assert code == 2 and "Traceback" not in err
+    why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert _error_lines(err) == [f"error: cannot write {read_only_dir / 'out.wav'}: cannot create a file in "
+                                 f"{read_only_dir} ({why})"]
+    assert "RANDOM weights" not in err  # the model was never loaded
+    assert elapsed < 30  # start-up (torch's import) only
+    assert list(read_only_dir.iterdir()) == []
+
+
+def test_user_errors_are_one_line(small_ckpt, tmp_path, capsys):
+    sf.write(tmp_path / "short.wav", synthetic_voice(1.0, 16000)[:3200], 16000)
+    (tmp_path / "voice-folder").mkdir()
+    for voice, problem in [
+        ("short.wav", f"reference audio {tmp_path / 'short.wav'} is 0.2 s long; a voice needs at least 0.5 s of "
+                      "speech (10 s of clean speech is best)"),
+        ("voice-folder", f"reference audio {tmp_path / 'voice-folder'} does not exist or is not a file"),
+    ]:
+        assert main(["speak", "Hi.", "--checkpoint", str(small_ckpt), "-o", str(tmp_path / "x.wav"), "--no-watermark",
+                     "--voice", str(tmp_path / voice)]) == 2
+        err = capsys.readouterr().err
+        assert _error_lines(err) == [f"error: {problem}"]
+        assert "Traceback" not in err
+    assert not (tmp_path / "x.wav").exists()
 
 
 # ---- C: offline ----------------------------------------------------------------------------------------------

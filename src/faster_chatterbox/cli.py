@@ -15,6 +15,9 @@ from .presets import DEFAULT_PRESET, PRESET_NAMES
 from .quality.ab import add_ab_command
 
 EXIT_USAGE = 2
+# Speech runs at about 15 characters per second; at a brisk 25 the audio is hardly ever shorter, so an output
+# size estimated at that rate errs low (check_output_path refuses a file system with less free).
+BRISK_CHARS_PER_SECOND = 25
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -50,14 +53,15 @@ def _read_text(args) -> str:
 
 
 def cmd_speak(args) -> None:
-    from .audio.io import OUTPUT_FORMATS, write_audio
+    from .audio.io import MIN_BYTES_PER_SECOND, check_output_path, write_audio
 
     text = _read_text(args)
     if not text.strip():
         raise ValueError("text is empty: give some words to speak")
-    if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:  # before any work
-        raise ValueError(f"cannot write {args.output}: unsupported extension '{Path(args.output).suffix}'; "
-                         f"supported: {', '.join(OUTPUT_FORMATS)}")
+    suffix = Path(args.output).suffix.lower()
+    seconds = len(text) / BRISK_CHARS_PER_SECOND
+    # before any work: an output that cannot be written would otherwise fail only after the synthesis
+    check_output_path(args.output, min_free_bytes=int(seconds * MIN_BYTES_PER_SECOND.get(suffix, 0)))
     tts = _load_model(args, watermark=not args.no_watermark)  # warns when the weights are random
     result = tts.synthesize(text, audio_prompt_path=args.voice, exaggeration=args.exaggeration,
                             cfg_weight=args.cfg_weight, temperature=args.temperature, seed=args.seed,
