@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -235,3 +236,50 @@ def test_speak_offline_fails_at_once_with_one_line(tmp_path, fail_at_once_s, end
     assert err.count("\n") == 1 and err.startswith("error: ") and "--checkpoint DIR" in err
     assert ("HF_HUB_OFFLINE is set" if offline else "does not answer") in err
     assert elapsed < fail_at_once_s + 3.0, f"{elapsed:.1f} s, where failing at once takes {fail_at_once_s:.1f} s"
+
+
+# ---- D: Ctrl-C -----------------------------------------------------------------------------------------------
+def _interrupt(process: subprocess.Popen, after_line: str | None, seconds: float) -> tuple[int, str]:
+    """SIGINT `seconds` after stderr shows a line with `after_line` (None: after the start); returns (rc, stderr)."""
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read():
+        for line in process.stderr:
+            lines.append(line)
+            if after_line is not None and after_line in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if after_line is not None:
+        assert seen.wait(60), f"never saw {after_line!r}: {''.join(lines)}"
+    time.sleep(seconds)
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    reader.join(5)
+    return process.returncode, "".join(lines)
+
+
+@pytest.mark.parametrize("after_line, seconds", [(None, 1.0), ("RANDOM weights", 0.0), ("RANDOM weights", 3.0)],
+                         ids=["importing", "loading", "speaking"])
+def test_ctrl_c_exits_130_with_one_line(small_ckpt, tmp_path, after_line, seconds):
+    """At 1 s the CLI is importing torch and the models; the random-weights warning comes as the model loads, and
+    3 s later it is speaking (the engine's threads in torch: exiting through finalisation aborted in C++)."""
+    out = tmp_path / "out.wav"
+    process = _cli("speak", LONG_TEXT, "--checkpoint", str(small_ckpt), "-o", str(out), "--no-watermark")
+    code, err = _interrupt(process, after_line, seconds)
+    assert code == 130, err
+    assert err.splitlines()[-1] == "interrupted" and "Traceback" not in err and "terminate called" not in err
+    assert list(tmp_path.iterdir()) == []  # no output, no .part
+
+
+def test_the_package_imports_nothing_heavy():
+    """The CLI's Ctrl-C handler can only cover what runs after the package and cli module are imported."""
+    code = "import sys, faster_chatterbox.cli; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": SRC})
+    assert done.stdout.strip() == "[]", done.stderr
