@@ -136,3 +136,48 @@ class _ReportWriter:
 def pytest_configure(config):
     if REPORTS:
         config.pluginmanager.register(_ReportWriter(config), "oracle-report-writer")
+
+
+def _mount_tmpfs(path, options: str) -> None:
+    """Mount a tmpfs on `path` (root only); skips the test where mounting is not allowed."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder in which no one can create a file, root included: a read-only tmpfs for root (who ignores
+    permissions), mode 0o555 for anyone else."""
+    import subprocess
+
+    path = tmp_path / "read-only"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    _mount_tmpfs(path, "ro,size=64k")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 KiB tmpfs folder: a real full disk (root only; skips otherwise)."""
+    import subprocess
+
+    path = tmp_path / "tiny"
+    path.mkdir()
+    _mount_tmpfs(path, "size=64k")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

@@ -14,7 +14,7 @@ and buffers we recompute (mel filters, windows) are not read from the file.
 from __future__ import annotations
 
 import logging
-import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,46 +69,101 @@ def check_checkpoint_dir(ckpt_dir: str | Path) -> Path:
     return ckpt_dir
 
 
-def download_checkpoint(repo_id: str = REPO_ID, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
-    """Fetch the checkpoint files through the Hugging Face cache and return their directory.
-
-    Honours HF_HOME / HF_HUB_CACHE and HF_HUB_OFFLINE=1 (then only the cache is consulted).
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    paths = []
-    for name in CHECKPOINT_FILES:
-        try:
-            paths.append(Path(hf_hub_download(repo_id=repo_id, filename=name, revision=revision, cache_dir=cache_dir)))
-        except EntryNotFoundError as exc:
-            if isinstance(exc, LocalEntryNotFoundError):  # offline, or the hub unreachable, and not cached
-                raise _download_error(name, repo_id, revision, exc) from exc
-            if name == "conds.pt":  # the built-in voice is optional
-                continue
-            raise CheckpointError(f"{repo_id} (revision {revision or 'main'}) has no file {name}") from None
-        except Exception as exc:  # no network, unknown repo or revision, ...
-            raise _download_error(name, repo_id, revision, exc) from exc
-    return paths[0].parent
+def download_checkpoint(repo_id: str = REPO_ID, revision: str | None = None,
+                        cache_dir: str | Path | None = None) -> Path:
+    """Fetch the checkpoint files through the Hugging Face cache and return their directory (see `_fetch_files`)."""
+    return _fetch_files(CHECKPOINT_FILES, repo_id, revision, cache_dir, optional=("conds.pt",))[0].parent
 
 
 def download_file(name: str, repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
     """One file through the Hugging Face cache (e.g. the meanflow decoder from TURBO_REPO_ID)."""
-    from huggingface_hub import hf_hub_download
+    return _fetch_files((name,), repo_id, revision, cache_dir)[0]
 
+
+def _fetch_files(names: tuple[str, ...], repo_id: str, revision: str | None = None,
+                cache_dir: str | Path | None = None, optional: tuple[str, ...] = ()) -> list[Path]:
+    """Paths of the files `names` of a hub repository, in order (an `optional` file the repository lacks is left out).
+
+    Cache first (HF_HOME / HF_HUB_CACHE): when every file is cached, no network is used at all, so a revision
+    moved on the hub is not picked up (pass `revision` to pin one). Otherwise one quick request checks that the
+    hub (HF_ENDPOINT) answers, and then every file goes through hf_hub_download, which keeps them in one snapshot.
+    Offline (HF_HUB_OFFLINE set, or no answer) it raises one CheckpointError at once.
+    """
+    from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    cached = {name: try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision) for name in names}
+    missing = [name for name, hit in cached.items()
+               if not isinstance(hit, str) and not (hit is _CACHED_NO_EXIST and name in optional)]
+    if not missing:
+        return [Path(hit) for hit in cached.values() if isinstance(hit, str)]
+    _check_hub_answers(missing, repo_id, revision)
+    paths = []
+    with _quiet_hub_retries():
+        for name in names:
+            try:
+                paths.append(Path(hf_hub_download(repo_id=repo_id, filename=name, revision=revision,
+                                                  cache_dir=cache_dir)))
+            except EntryNotFoundError as exc:
+                if isinstance(exc, LocalEntryNotFoundError):  # the connection was lost since the check
+                    raise _download_error(name, repo_id, revision, exc) from exc
+                if name in optional:
+                    continue
+                raise CheckpointError(f"{repo_id} (revision {revision or 'main'}) has no file {name}") from None
+            except Exception as exc:  # unknown repo or revision, a gated repo, the hub failing, ...
+                raise _download_error(name, repo_id, revision, exc) from exc
+    return paths
+
+
+HUB_CHECK_TIMEOUT_S = 3.0
+_OFFLINE_ADVICE = ("Without network, pass a local checkpoint directory (--checkpoint DIR / from_local(DIR)); "
+                   "`faster-chatterbox init-random DIR` makes a random-weight one for testing.")
+
+
+def _check_hub_answers(missing: list[str], repo_id: str, revision: str | None) -> None:
+    """Raise one CheckpointError unless the hub answers a HEAD request within HUB_CHECK_TIMEOUT_S.
+
+    Offline, hf_hub_download retries for ~25 s before it fails. The request runs in a thread so that a name lookup
+    hanging on a dead resolver, which no socket timeout covers, cannot hold us either.
+    """
+    from huggingface_hub import constants, get_session
+
+    what = f"{', '.join(missing)} of {repo_id} (revision {revision or 'main'})"
+    if constants.is_offline_mode():
+        raise CheckpointError(f"HF_HUB_OFFLINE is set and the Hugging Face cache lacks {what}. {_OFFLINE_ADVICE}")
+    failure: list[BaseException] = []
+
+    def head() -> None:
+        try:
+            get_session().head(constants.ENDPOINT, timeout=HUB_CHECK_TIMEOUT_S)
+        except Exception as exc:  # httpx.ConnectError (no route, refused, name lookup failed), httpx.TimeoutException
+            failure.append(exc)
+
+    thread = threading.Thread(target=head, name="hub-check", daemon=True)
+    thread.start()
+    thread.join(HUB_CHECK_TIMEOUT_S)
+    if thread.is_alive():
+        failure.append(TimeoutError(f"no answer in {HUB_CHECK_TIMEOUT_S:g} s"))
+    if failure:
+        raise CheckpointError(f"cannot download {what}: the Hugging Face hub at {constants.ENDPOINT} does not "
+                              f"answer ({type(failure[0]).__name__}: {failure[0]}). {_OFFLINE_ADVICE}")
+
+
+@contextmanager
+def _quiet_hub_retries():
+    """Silence huggingface_hub's warning per retry of each file: a failure ends in one CheckpointError anyway."""
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=name, revision=revision, cache_dir=cache_dir))
-    except Exception as exc:  # no network, not cached, unknown repo or file
-        raise _download_error(name, repo_id, revision, exc) from exc
+        yield
+    finally:
+        hub_log.setLevel(level)
 
 
 def _download_error(name: str, repo_id: str, revision: str | None, exc: Exception) -> CheckpointError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else f"{type(exc).__name__}: {exc}"
-    return CheckpointError(
-        f"cannot download {name} from the Hugging Face hub ({repo_id}, revision {revision or 'main'}): {why}. "
-        "Without network, pass a local checkpoint directory (--checkpoint DIR / from_local(DIR)); "
-        "`faster-chatterbox init-random DIR` makes a random-weight one for testing.")
+    return CheckpointError(f"cannot download {name} from the Hugging Face hub ({repo_id}, revision "
+                           f"{revision or 'main'}): {type(exc).__name__}: {exc}. {_OFFLINE_ADVICE}")
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -1,23 +1,28 @@
 """`faster-chatterbox` command line: speak, init-random, bench, ab.
 
-User errors (bad text, files, parameters, devices) print one line and exit with status 2;
-Ctrl-C exits with 130. Neither prints a stack trace.
+User errors (bad text, files, parameters, devices, no network) print one line and exit with status 2;
+Ctrl-C exits with 130, also during start-up. Neither prints a stack trace. Everything heavy (torch, the
+models) is imported inside main's handlers: this module and the package's __init__ import nothing heavy.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .settings import DEFAULT_PRESET, PRESET_NAMES
-from .quality.ab import add_ab_command
-
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+# Speech runs at about 15 characters per second; at a brisk 25 the audio is hardly ever shorter, so an output
+# size estimated at that rate errs low (check_output_path refuses a file system with less free).
+BRISK_CHARS_PER_SECOND = 25
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .settings import DEFAULT_PRESET, PRESET_NAMES
+
     p.add_argument("--checkpoint", metavar="DIR", help="local checkpoint directory (default: download ResembleAI/chatterbox)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES,
@@ -50,14 +55,15 @@ def _read_text(args) -> str:
 
 
 def cmd_speak(args) -> None:
-    from .audio.io import OUTPUT_FORMATS, write_audio
+    from .audio.io import MIN_BYTES_PER_SECOND, check_output_path, write_audio
 
     text = _read_text(args)
     if not text.strip():
         raise ValueError("text is empty: give some words to speak")
-    if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:  # before any work
-        raise ValueError(f"cannot write {args.output}: unsupported extension '{Path(args.output).suffix}'; "
-                         f"supported: {', '.join(OUTPUT_FORMATS)}")
+    suffix = Path(args.output).suffix.lower()
+    seconds = len(text) / BRISK_CHARS_PER_SECOND
+    # before any work: an output that cannot be written would otherwise fail only after the synthesis
+    check_output_path(args.output, min_free_bytes=int(seconds * MIN_BYTES_PER_SECOND.get(suffix, 0)))
     tts = _load_model(args, watermark=not args.no_watermark)  # warns when the weights are random
     result = tts.synthesize(text, audio_prompt_path=args.voice, exaggeration=args.exaggeration,
                             cfg_weight=args.cfg_weight, temperature=args.temperature, seed=args.seed,
@@ -85,6 +91,9 @@ def cmd_bench(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import DEFAULT_PRESET, PRESET_NAMES
+    from .quality.ab import add_ab_command
+
     parser = argparse.ArgumentParser(prog="faster-chatterbox", description="Fast, faithful Chatterbox text-to-speech.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,19 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .checkpoint import CheckpointError
-
+    """Run the command line; returns the exit status, except after a Ctrl-C: then the process exits at once."""
     try:
+        # numpy before torch: torch's initialisation imports numpy itself and, should that import fail for any
+        # reason, a Ctrl-C included, carries on without it, swallowing the interrupt.
+        import numpy  # noqa: F401
+
+        args = build_parser().parse_args(argv)  # imports torch: a Ctrl-C there is handled as anywhere else
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
         args.func(args)
-    except (ValueError, CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # user errors, CheckpointError included (a ValueError)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message holds
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        _exit_at_once(EXIT_INTERRUPTED)
     return 0
+
+
+def _exit_at_once(status: int) -> None:
+    """Exit without the interpreter's finalisation, which can go wrong after a Ctrl-C in two ways: the engine's
+    daemon threads may still be in torch kernels when C++ destructors run ("terminate called without an active
+    exception", SIGABRT); and a Ctrl-C during torch's import can leave CPython's unhandled-interrupt flag set
+    (as an interrupt passing through code run by PyRun_String does), so that under `python -m` the process
+    kills itself with SIGINT at exit although the interrupt was handled."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -49,12 +49,15 @@ from .settings import CallSettings, EngineSettings, stream_seed, torch_seed
 from .text.chunking import DEFAULT_PAUSES_S, Chunk, check_text, pack_chunks
 from .text.english import normalize_english
 from .text.normalize import punc_norm
-from .text.tokenizer import EnglishTokenizer
+from .text.tokenizer import EnglishTokenizer, check_speakable
 from .voices import Voice, clip_digest
 
 log = logging.getLogger(__name__)
 
-VOICE_SECONDS = 30.0  # of a reference clip, what is read: T3 takes 6 s, S3Gen 10 s, the voice encoder all of it
+# Of a reference clip, what is read: T3 takes its first 6 s, S3Gen 10 s, the voice encoder (upstream) all of
+# it. Reading 30 s keeps upstream's voice for every clip up to 30 s and bounds a long one's cost (an hour-long
+# clip: 13 s and 1.9 GB read whole); beyond 30 s the speaker embedding averages the first 30 s only.
+VOICE_SECONDS = 30.0
 
 
 class NoSpeechError(ValueError):
@@ -201,7 +204,7 @@ class Engine:
                 self._voices.move_to_end(key)
                 return voice
         voice = self._voice_from_disk_cache(path, variant) or self.voice_from_wav(
-            load_audio(path, S3GEN_SR), S3GEN_SR, tokenize_once=variant == "once")
+            load_audio(path, S3GEN_SR, max_seconds=VOICE_SECONDS), S3GEN_SR, tokenize_once=variant == "once")
         if key:
             with self._voice_lock:
                 self._voices[key] = voice
@@ -214,13 +217,13 @@ class Engine:
         if self.voice_cache_dir is None:
             return None
         try:
-            digest = clip_digest(clip.read_bytes())
+            digest = clip_digest(clip)
         except OSError:
             return None  # load_audio names the problem
         cached = Path(self.voice_cache_dir).expanduser() / f"{digest}-{variant}.pt"
         if cached.is_file():
             return Voice.load(cached, map_location=self.device)
-        voice = self.voice_from_wav(load_audio(clip, S3GEN_SR), S3GEN_SR,
+        voice = self.voice_from_wav(load_audio(clip, S3GEN_SR, max_seconds=VOICE_SECONDS), S3GEN_SR,
                                     tokenize_once=variant == "once")
         cached.parent.mkdir(parents=True, exist_ok=True)
         voice.save(cached)
@@ -238,7 +241,7 @@ class Engine:
 
     # ---- synthesis ------------------------------------------------------------------------
     def _job(self, text: str, voice: Voice, call: CallSettings) -> Job:
-        chunks = plan_chunks(text, call)
+        chunks = plan_chunks(text, call, self.tokenizer)
         if not call.seeded_streams:  # the global stream, from where the call says
             if call.seed is not None:
                 torch.manual_seed(torch_seed(call.seed))
@@ -281,11 +284,14 @@ class Engine:
                 raise _no_speech(call)
 
 
-def plan_chunks(text: str, call: CallSettings) -> list[Chunk]:
-    """The chunks `text` is spoken in (validated: a clear ValueError for text that can't be spoken)."""
+def plan_chunks(text: str, call: CallSettings, tokenizer: EnglishTokenizer | None = None) -> list[Chunk]:
+    """The chunks `text` is spoken in, validated: a clear ValueError for text that can't be spoken (with
+    `tokenizer`, also for letters it has no token for; symbols it lacks are dropped with a warning)."""
     check_text(text)
     if call.normalize_text:
         text = normalize_english(text)
+    if tokenizer is not None:
+        text = check_speakable(tokenizer, text)
     if not call.chunk_short_text and len(text) <= call.max_chars:
         return [Chunk(text, "end")]  # upstream speaks a short text in one call, untouched
     return pack_chunks(text, call.max_chars)

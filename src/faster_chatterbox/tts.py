@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .audio.io import check_reference_clip
 from .checkpoint import (RANDOM_MARKER, REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir,
                          download_checkpoint, download_file, load_weights, read_safetensors, skip_weight_init)
 from .config import ChatterboxConfig
@@ -154,7 +155,8 @@ class ChatterboxTTS:
         return self.engine.voice_from_clip(wav_fpath)
 
     def conditionals_from_wav(self, wav: np.ndarray, sr: int, exaggeration: float = 0.5) -> Voice:
-        """The voice of a mono float32 clip."""
+        """The voice of a mono float32 clip (at least 0.5 s long; 10 s or more of clean speech is best)."""
+        check_reference_clip(np.asarray(wav, dtype=np.float32).reshape(-1), sr, "the clip")
         return self.engine.voice_from_wav(wav, sr, exaggeration=real("exaggeration", exaggeration, 0.0))
 
     def use_voice_library(self, root: str | Path) -> VoiceLibrary:

@@ -80,8 +80,10 @@ def check_voice_name(name: str) -> str:
     return name
 
 
-def clip_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:32]
+def clip_digest(clip: Path) -> str:
+    """A content hash of a clip file, read in blocks (an hour-long clip is never in memory at once)."""
+    with open(clip, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:32]
 
 
 class VoiceLibrary:
@@ -165,7 +167,7 @@ class VoiceLibrary:
 
     def _from_clip(self, clip: Path) -> Voice:
         """A clip's voice, from the content-hash cache or computed and cached."""
-        cached = self.root / ".cache" / f"{clip_digest(clip.read_bytes())}-{self.variant}{VOICE_SUFFIX}"
+        cached = self.root / ".cache" / f"{clip_digest(clip)}-{self.variant}{VOICE_SUFFIX}"
         if cached.is_file():
             return Voice.load(cached, map_location=self.device)
         voice = self.make_voice(clip)
