@@ -11,6 +11,7 @@ import torch
 
 from faster_chatterbox.engine.batch_decode import DecodeBatch
 from faster_chatterbox.engine.scheduler import T3Scheduler
+from faster_chatterbox.models.llama import LlamaCache
 
 from test_batch_decode import _model, _requests, _solo
 
@@ -27,10 +28,12 @@ def _solos(t3, requests, seed):
 
 
 class _Spy:
-    """Within `with`: counts calls of obj.name and the largest first-argument batch it saw."""
+    """Within `with`: counts calls of obj.name (obj: an instance or a class) and the largest first-argument
+    batch it saw."""
 
     def __init__(self, obj, name):
         self.obj, self.name, self.calls, self.max_rows = obj, name, 0, 0
+        self.own = vars(obj).get(name)  # defined on obj itself (a class's method), or None
 
     def __enter__(self):
         inner = getattr(self.obj, self.name)
@@ -45,7 +48,10 @@ class _Spy:
         return self
 
     def __exit__(self, *exc):
-        delattr(self.obj, self.name)  # the class's method again
+        if self.own is None:
+            delattr(self.obj, self.name)  # the class's method again
+        else:
+            setattr(self.obj, self.name, self.own)
 
 
 def test_requests_joining_a_running_batch_sample_as_alone(t3):
@@ -56,7 +62,7 @@ def test_requests_joining_a_running_batch_sample_as_alone(t3):
     ref = _solos(t3, requests, 40)
     batch = DecodeBatch(t3, check_every=4)
     got, order = {}, [3, 0, 2, 1]  # request 3 has the longest prefix
-    with torch.inference_mode(), _Spy(t3.tfmr, "shift_caches") as shifts:
+    with torch.inference_mode(), _Spy(LlamaCache, "shift") as shifts:
         batch.admit([3], [requests[3]])
         checks = 0
         while not batch.empty or len(got) < len(requests):
@@ -80,7 +86,7 @@ def test_a_longer_prefix_joins_by_moving_the_batch_right(t3):
     short, long = 2, 3  # no speech prompt: 39 positions shorter than request 3's prefix
     ref = {short: _solo(t3, requests[short], 50 + short), long: _solo(t3, requests[long], 50 + long)}
     batch, got = DecodeBatch(t3, check_every=4), {}
-    with torch.inference_mode(), _Spy(t3.tfmr, "shift_caches") as shifts:
+    with torch.inference_mode(), _Spy(LlamaCache, "shift") as shifts:
         batch.admit([short], [requests[short]])
         history = batch.decoder.next_slot
         for j, tokens, finished in batch.advance():
