@@ -3,17 +3,21 @@ so threads decode with one model at once, each exactly as it decodes alone."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
 import torch
 
+from faster_chatterbox.engine.batch_decode import generate_speech_tokens_batch
 from faster_chatterbox.engine.scheduler import T3Scheduler
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.models.llama import KVCache
 
 from helpers import rel_error
 from test_batch_decode import _model, _requests, _solo
+from test_scheduler import test_a_longer_prefix_joins_by_moving_the_batch_right as joining_moves_the_batch_right
+from test_scheduler import test_requests_joining_a_running_batch_sample_as_alone as joining_after_others
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -118,3 +122,39 @@ def test_a_failed_resize_leaves_the_cache_usable(t3, monkeypatch):
         assert cache.layers[0]._k_store.shape[2] == 64 and cache.layers[1]._k_store.shape[2] == 14  # part way
         tail = [tfmr(x[:, i : i + 1], pos[i : i + 1], cache, kv_len=i + 1) for i in range(10, 14)]
     assert rel_error(torch.cat([head, *tail], dim=1), ref) < 1e-5
+
+
+@contextlib.contextmanager
+def _uninitialized_memory_is_nan():
+    """Floating-point tensors from torch.empty / Tensor.new_empty hold NaN, as memory nobody wrote may."""
+    empty, new_empty = torch.empty, torch.Tensor.new_empty
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "empty", lambda *args, **kwargs: nan(empty(*args, **kwargs)))
+        mp.setattr(torch.Tensor, "new_empty", lambda self, *args, **kwargs: nan(new_empty(self, *args, **kwargs)))
+        yield
+
+
+def test_no_decode_reads_a_slot_before_writing_it(t3):
+    """Caches are allocated uninitialized: with NaN there, every path decodes what it decodes otherwise
+    (a NaN read, even masked, would poison a row). Exact loop, teacher forcing, a batch with left padding
+    and rows leaving; the joining scenarios (rows zeroed as they join, the batch moving right and left)
+    compute their references inside, where a NaN would make sampling fail."""
+    requests = _requests(seed=40)
+    ref = [_solo(t3, r, 40 + j) for j, r in enumerate(requests)]
+    forced = torch.randint(0, 6561, (10,), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref_logits = t3(requests[0].cond, requests[0].text_tokens, forced, cfg=True)
+    with _uninitialized_memory_is_nan():
+        assert torch.isnan(t3.tfmr.new_cache(1, 4).layers[0].k).all()  # really poisoned
+        assert all(torch.equal(_solo(t3, r, 40 + j), ref[j]) for j, r in enumerate(requests))
+        with torch.inference_mode():
+            assert torch.equal(t3(requests[0].cond, requests[0].text_tokens, forced, cfg=True), ref_logits)
+        for r, j in zip(requests, range(40, 44)):
+            r.generator = torch.Generator().manual_seed(j)
+        assert all(torch.equal(a, b) for a, b in zip(generate_speech_tokens_batch(t3, requests), ref))
+        joining_after_others(t3)
+        joining_moves_the_batch_right(t3)

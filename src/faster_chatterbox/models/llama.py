@@ -88,14 +88,19 @@ def rope_tables(inv_freq: Tensor, max_seq_len: int) -> tuple[Tensor, Tensor]:
 
 class KVCache:
     """One layer's keys and values, `k` and `v` (batch, n_kv_heads, slots, head_dim): views of the first rows
-    of a storage that may hold more rows and slots (a batch that shrank keeps its allocation)."""
+    of a storage that may hold more rows and slots (a batch that shrank keeps its allocation).
+
+    The storage is allocated uninitialized (zeroing half a gigabyte per decode costs up to a second on CPU):
+    attention reads slots [0, kv_len), masked ones included, and 0 * NaN would poison the output, so every
+    user writes a slot before reading it (a prefill writes [0, P), each step its own slot), and rows joining
+    a batch, whose slots before their prefill are read masked, are zeroed (`set_batch`).
+    """
 
     def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device):
         shape = (batch, n_kv_heads, max_seq_len, head_dim)
-        # zeros, not empty: unwritten slots are masked, but 0 * NaN would still poison the output
-        self._k_store = torch.zeros(shape, dtype=dtype, device=device)
-        self._v_store = torch.zeros(shape, dtype=dtype, device=device)
+        self._k_store = torch.empty(shape, dtype=dtype, device=device)
+        self._v_store = torch.empty(shape, dtype=dtype, device=device)
         self.k, self.v = self._k_store, self._v_store
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
@@ -107,13 +112,13 @@ class KVCache:
 
     def reserve(self, batch: int, max_seq_len: int) -> None:
         """Make the storage hold at least `batch` rows of `max_seq_len` slots, keeping the live rows (which
-        stay the live ones). Both new stores are allocated before either replaces the old one, so a failed
-        allocation leaves the layer as it was."""
+        stay the live ones; their new slots are uninitialized). Both new stores are allocated before either
+        replaces the old one, so a failed allocation leaves the layer as it was."""
         store_batch, heads, store_len, head_dim = self._k_store.shape
         if batch <= store_batch and max_seq_len <= store_len:
             return
         shape = (max(batch, store_batch), heads, max(max_seq_len, store_len), head_dim)
-        k_store, v_store = self._k_store.new_zeros(shape), self._v_store.new_zeros(shape)
+        k_store, v_store = self._k_store.new_empty(shape), self._v_store.new_empty(shape)
         live = self.k.shape[0]
         k_store[:live, :, :store_len] = self.k
         v_store[:live, :, :store_len] = self.v
@@ -121,7 +126,8 @@ class KVCache:
         self.k, self.v = k_store[:live], v_store[:live]
 
     def set_batch(self, batch: int) -> None:
-        """Make the first `batch` rows of the storage (reserved) the live ones; rows that join are zeroed."""
+        """Make the first `batch` rows of the storage (reserved) the live ones; rows that join are zeroed
+        (all their slots: those before their prefill are read, masked)."""
         self._k_store[self.k.shape[0] : batch].zero_()
         self._v_store[self.k.shape[0] : batch].zero_()
         self.k, self.v = self._k_store[:batch], self._v_store[:batch]
@@ -175,8 +181,9 @@ class LlamaCache:
     def shift(self, offset: int, kv_len: int) -> None:
         """Move every row's slots [0, kv_len) `offset` slots to the left, dropping the first `offset` (a batch
         whose oldest sequence starts there gives them back), or, negative, to the right (room in front for a
-        longer sequence; the cache must hold kv_len - offset slots). Callers shift their positions too.
-        If the one buffer it needs cannot be allocated, nothing has moved."""
+        longer sequence; the cache must hold kv_len - offset slots, and the slots in front, which attention
+        reads masked, are zeroed). Callers shift their positions too. If the one buffer it needs cannot be
+        allocated, nothing has moved."""
         src, dst = max(offset, 0), max(-offset, 0)
         n = kv_len - src
         with torch.inference_mode(False):
@@ -186,6 +193,7 @@ class LlamaCache:
                 for cache in (layer.k, layer.v):
                     buffer.copy_(cache[:, :, src:kv_len])
                     cache[:, :, dst : dst + n].copy_(buffer)
+                    cache[:, :, :dst].zero_()  # beyond the old history when moved further than it: unwritten
 
     def keep_rows(self, rows: list[int], kv_len: int | None = None) -> None:
         """Shrink the batch to len(rows) rows: row i takes what row rows[i] held in cache slots [0, kv_len)
@@ -261,8 +269,9 @@ class Llama(nn.Module):
         self.kv_dtype: torch.dtype | None = None  # dtype of the caches new_cache makes; None: the weights'
 
     def new_cache(self, batch: int, max_seq_len: int, dtype: torch.dtype | None = None) -> LlamaCache:
-        """A zeroed cache of `batch` rows and `max_seq_len` slots on the weights' device (make it after
-        moving the model). dtype: the cache's (and attention's) dtype; default `kv_dtype`, else the weights'."""
+        """A cache of `batch` rows and `max_seq_len` slots on the weights' device (make it after moving the
+        model), uninitialized: forwards must write slots before reading them (`KVCache`). dtype: the cache's
+        (and attention's) dtype; default `kv_dtype`, else the weights'."""
         weight = self.norm.weight
         return LlamaCache(self.cfg, batch, max_seq_len, dtype or self.kv_dtype or weight.dtype, weight.device)
 
