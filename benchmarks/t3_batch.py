@@ -77,21 +77,19 @@ def exact_path(t3: T3, requests: list[DecodeRequest]) -> list[torch.Tensor]:
 
 def time_compaction(t3: T3, rows: int = 16, slots: int = 600, repeats: int = 3) -> tuple[float, float]:
     """Drop the first sequence (2 rows) of `rows` with `slots` filled cache slots -> seconds (median) for
-    Llama.keep_rows (the two tail rows move into its place) and for an index_select of every cache."""
+    LlamaCache.keep_rows (the two tail rows move into its place) and for an index_select of every cache."""
     keep = [rows - 2, rows - 1] + list(range(2, rows - 2))
     in_place, gathered = [], []
     for _ in range(repeats):
-        t3.tfmr.setup_caches(rows, slots)
-        caches = [t for layer in t3.tfmr.layers for t in (layer.self_attn.kv_cache.k_cache,
-                                                          layer.self_attn.kv_cache.v_cache)]
+        cache = t3.tfmr.new_cache(rows, slots)
         index = torch.tensor(keep)
         start = time.perf_counter()
-        for cache in caches:
-            cache.index_select(0, index)
+        for layer in cache.layers:
+            layer.k.index_select(0, index)
+            layer.v.index_select(0, index)
         gathered.append(time.perf_counter() - start)
-        del caches
         start = time.perf_counter()
-        t3.tfmr.keep_rows(keep, kv_len=slots)
+        cache.keep_rows(keep, kv_len=slots)
         in_place.append(time.perf_counter() - start)
     return statistics.median(in_place), statistics.median(gathered)
 

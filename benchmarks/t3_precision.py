@@ -123,7 +123,7 @@ def time_steps(t3: T3, batch: int, context: int, n: int, sync) -> list[float]:
     """Milliseconds of each of `n` decode steps at KV positions context, context + 1, ... (batch rows)."""
     cfg, device = t3.cfg, t3.speech_emb.weight.device
     params = SamplingParams(cfg_weight=0.5 if batch == 2 else 0.0)
-    t3.tfmr.setup_caches(batch, context + n)
+    cache = t3.tfmr.new_cache(batch, context + n)
     cache_pos = torch.arange(context + n, device=device)
     seen = torch.zeros(1, cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
     h = torch.randn(batch, cfg.llama.dim, device=device).to(t3.speech_emb.weight.dtype)  # (R, D)
@@ -135,7 +135,7 @@ def time_steps(t3: T3, batch: int, context: int, n: int, sync) -> list[float]:
         seen.scatter_(1, token, True)
         x = t3.speech_embeds(token, cache_pos[i + 1 : i + 2]).expand(batch, -1, -1)  # (R, 1, D)
         pos = context + i
-        h = t3.tfmr(x, cache_pos[pos : pos + 1], kv_len=pos + 1)[:, -1]
+        h = t3.tfmr(x, cache_pos[pos : pos + 1], cache, kv_len=pos + 1)[:, -1]
         sync()
         times.append((time.perf_counter() - start) * 1e3)
     return times

@@ -40,13 +40,13 @@ from faster_chatterbox.engine.t3_decode import generate_speech_tokens  # noqa: E
 def forward_ms(t3, context: int, new: int, rounds: int) -> float:
     """Median ms of one backbone forward of `new` tokens for the CFG pair after `context` cached slots."""
     d = t3.cfg.llama.dim
-    t3.tfmr.setup_caches(2, context + new)
+    cache = t3.tfmr.new_cache(2, context + new)
     pos = torch.arange(context, context + new)
     x = torch.randn(2, new, d).to(t3.speech_emb.weight.dtype)
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        h = t3.tfmr(x, pos, kv_len=context + new)
+        h = t3.tfmr(x, pos, cache, kv_len=context + new)
         t3.speech_head(h)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)

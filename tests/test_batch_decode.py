@@ -148,11 +148,15 @@ def test_without_generators_reproducible_from_global_seed(t3):
 
 
 @pytest.mark.parametrize("check_every", [1, 3])
-def test_rows_finish_independently(check_every):
+def test_rows_finish_independently(check_every, monkeypatch):
     t3 = _model(stop_from=10)
     requests = _requests(budgets=(40, 40, 8, 40), seed=7)
     rows = sum(r.rows for r in requests)
     ref = [_solo(t3, r, 7 + j) for j, r in enumerate(requests)]
+    cache_rows = []  # the batch's cache rows at each backbone forward
+    forward = t3.tfmr.forward
+    monkeypatch.setattr(t3.tfmr, "forward", lambda x, pos, cache, **kw: (cache_rows.append(cache.batch),
+                                                                         forward(x, pos, cache, **kw))[1])
     got = generate_speech_tokens_batch(t3, requests, check_every=check_every)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
@@ -161,7 +165,7 @@ def test_rows_finish_independently(check_every):
     assert stopped and min(stopped) < max(lengths)  # one stopped on the stop token while others went on
     assert all(STOP not in t[:-1].tolist() for t in got)
     assert lengths[2] == 8 and got[2][-1] != STOP and max(lengths) == 40  # a budget ends a row too
-    assert t3.tfmr.max_batch < rows  # finished rows left the KV cache
+    assert cache_rows[0] == rows and cache_rows[-1] < rows  # finished rows left the KV cache
 
 
 def _bad(t3, **change) -> list[DecodeRequest]:

@@ -129,15 +129,18 @@ def test_reduce_precision_rejects_bad_input(t3_fp32):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("kv_dtype", [None, torch.float32])
-def test_reduced_t3_decodes(t3_fp32, inputs, precision, kv_dtype):
+def test_reduced_t3_decodes(t3_fp32, inputs, precision, kv_dtype, monkeypatch):
     t3 = reduce_precision_(copy.deepcopy(t3_fp32), precision)
     t3.tfmr.kv_dtype = kv_dtype  # the presets keep a float32 cache (and attention) on CPU
+    cache_dtypes = set()  # of the caches the decode runs in
+    forward = t3.tfmr.forward
+    monkeypatch.setattr(t3.tfmr, "forward", lambda x, pos, cache, **kw: (cache_dtypes.add(cache.dtype),
+                                                                         forward(x, pos, cache, **kw))[1])
     torch.manual_seed(0)
     tokens = generate_speech_tokens(t3, *inputs, max_new_tokens=12)
     assert tokens.dtype == torch.long and tokens.shape[0] <= 12
     assert bool((tokens >= 0).all()) and bool((tokens < SMALL.speech_tokens_dict_size).all())
-    cache = t3.tfmr.layers[0].self_attn.kv_cache
-    assert cache.k_cache.dtype == (kv_dtype or torch.bfloat16)  # default: the KV cache follows the weights
+    assert cache_dtypes == {kv_dtype or torch.bfloat16}  # default: the KV cache follows the weights
 
 
 # ---- quality against float32 --------------------------------------------------------------------------------

@@ -140,11 +140,10 @@ def test_kv_cache_decode_equals_full_forward(small):
     x = torch.randn(2, 12, SMALL_LLAMA.dim)
     pos = torch.arange(12)
     with torch.inference_mode():
-        tfmr.setup_caches(2, 16)
-        full = tfmr(x, pos)
-        tfmr.setup_caches(2, 32)  # fresh cache, longer than needed
-        steps = [tfmr(x[:, :8], pos[:8], kv_len=8)]
-        steps += [tfmr(x[:, i : i + 1], pos[i : i + 1], kv_len=i + 1) for i in range(8, 12)]
+        full = tfmr(x, pos, tfmr.new_cache(2, 12))
+        cache = tfmr.new_cache(2, 32)  # longer than needed
+        steps = [tfmr(x[:, :8], pos[:8], cache, kv_len=8)]
+        steps += [tfmr(x[:, i : i + 1], pos[i : i + 1], cache, kv_len=i + 1) for i in range(8, 12)]
     assert rel_error(torch.cat(steps, dim=1), full) < 1e-5
 
 

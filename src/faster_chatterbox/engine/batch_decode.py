@@ -17,6 +17,10 @@ logits, which in practice never changes a draw). A request is finished by the st
 max_new_tokens; every `check_every` steps (one host sync) finished requests leave the batch and the KV
 cache and waiting ones may join. Rows that finished since the last check run on until it, and what they
 sample is discarded.
+
+The batch owns its KV cache (`BatchDecoder.cache`); the model is only read, so exact-path decodes and other
+batches may run on it at the same time. Admitting requests either succeeds or leaves the batch as it was
+(its live requests go on), so that a failing joiner fails alone.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.llama import LlamaCache
 from ..models.t3 import T3, T3Cond
 from .sampling import (SAMPLING_RANGES, RowSamplingParams, SamplingParams, check_range, next_token_probs_rows,
                        sample_rows)
@@ -62,7 +67,8 @@ class BatchDecoder:
 
     Works on the live requests, in order; `admit` returns the joining requests' logits for their token 0,
     `step` every live request's logits for its next token: conditional and unconditional, (N, V) each
-    (the conditional ones twice for a request without CFG).
+    (the conditional ones twice for a request without CFG). `cache` holds the live rows (None when there
+    are none).
     """
 
     def __init__(self, t3: T3):
@@ -70,6 +76,7 @@ class BatchDecoder:
         self.device = device = t3.speech_emb.weight.device
         bos = torch.full((1, 1), t3.cfg.start_speech_token, dtype=torch.long, device=device)
         self._bos_emb = t3.speech_embeds(bos, torch.zeros(1, dtype=torch.long, device=device))  # (1, 1, D)
+        self.cache: LlamaCache | None = None
         self.seq_start = torch.zeros(0, dtype=torch.long, device=device)  # (B,) each row's first slot
         self.positions = torch.zeros(0, 1, dtype=torch.long, device=device)  # (N, 1) speech position of the next feed
         self.next_slot = 0  # the cache slot the next step writes
@@ -78,36 +85,42 @@ class BatchDecoder:
 
     def admit(self, requests: list[DecodeRequest]) -> tuple[Tensor, Tensor]:
         """Prefill `requests` into new rows after the live ones; their logits for token 0. A prefix longer
-        than the batch's history first moves every live row's cache to the right to make room in front."""
-        t3, tfmr = self.t3, self.t3.tfmr
+        than the batch's history first moves every live row's cache to the right to make room in front.
+        If it raises, the live requests are as they were (their cache possibly moved) and go on."""
+        t3 = self.t3
         prefixes = [torch.cat((t3.prefix_embeds(r.cond, r.text_tokens, cfg=r.rows == 2),
                                self._bos_emb.expand(r.rows, -1, -1)), dim=1) for r in requests]  # (R_j, P_j, D)
         width, budget = max(p.shape[1] for p in prefixes), max(r.max_new_tokens for r in requests)
         old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
-        if not self._rows:  # a fresh batch: the prefixes left-padded to a common length
-            self.next_slot = self._slots_needed = width
-        elif width > self.next_slot:
-            self._shift(self.next_slot - width)
-        if old_rows and max(self._slots_needed, self.next_slot + budget) > tfmr.max_seq_len:
-            self._shift(min(int(self.seq_start.min()), self.next_slot - width))  # leading slots no row uses
-        needed = max(self._slots_needed, self.next_slot + budget)
         if old_rows:
-            tfmr.resize_caches(old_rows + new_rows, needed)
-        else:
-            tfmr.setup_caches(new_rows, needed)
-        self._slots_needed = needed
-
-        starts = torch.tensor([self.next_slot - p.shape[1] for p in prefixes for _ in range(p.shape[0])],
-                              device=self.device)
-        x = torch.cat([F.pad(p, (0, 0, width - p.shape[1], 0)) for p in prefixes])  # (R, width, D)
-        slots = torch.arange(self.next_slot - width, self.next_slot, device=self.device)
-        h = tfmr(x, slots, kv_len=self.next_slot, seq_start=starts, rows=slice(old_rows, old_rows + new_rows))[:, -1]
+            if width > self.next_slot:
+                self._shift(self.next_slot - width)
+            if max(self._slots_needed, self.next_slot + budget) > self.cache.max_seq_len:
+                self._shift(min(int(self.seq_start.min()), self.next_slot - width))  # leading slots no row uses
+            next_slot, cache = self.next_slot, self.cache
+            needed = max(self._slots_needed, next_slot + budget)
+            cache.resize(old_rows + new_rows, needed)
+        else:  # a fresh batch: the prefixes left-padded to a common length
+            next_slot, needed = width, width + budget
+            cache = t3.tfmr.new_cache(new_rows, needed)
+        try:
+            starts = torch.tensor([next_slot - p.shape[1] for p in prefixes for _ in range(p.shape[0])],
+                                  device=self.device)
+            x = torch.cat([F.pad(p, (0, 0, width - p.shape[1], 0)) for p in prefixes])  # (R, width, D)
+            slots = torch.arange(next_slot - width, next_slot, device=self.device)
+            h = t3.tfmr(x, slots, cache, kv_len=next_slot, seq_start=starts,
+                        rows=slice(old_rows, old_rows + new_rows))[:, -1]
+            logits = t3.speech_head(h).float()  # (R, V)
+        except BaseException:
+            if old_rows:
+                cache.resize(old_rows, needed)  # the joiners' rows leave again
+            raise
+        self.cache, self.next_slot, self._slots_needed = cache, next_slot, needed
         self.seq_start = torch.cat((self.seq_start, starts))
         token_0_at = torch.ones(len(requests), 1, dtype=torch.long, device=self.device)  # speech position 1
         self.positions = torch.cat((self.positions, token_0_at))
         first = [old_rows + sum(r.rows for r in requests[:j]) for j in range(len(requests))]
         self._set_rows(self._rows + [list(range(f, f + r.rows)) for f, r in zip(first, requests)])
-        logits = t3.speech_head(h).float()  # (R, V)
         local = [f - old_rows for f in first]
         return logits[local], logits[[f + r.rows - 1 for f, r in zip(local, requests)]]
 
@@ -117,8 +130,8 @@ class BatchDecoder:
         if offset == 0:
             return
         if offset < 0:
-            self.t3.tfmr.resize_caches(len(self.seq_start), self.next_slot - offset)
-        self.t3.tfmr.shift_caches(offset, self.next_slot)
+            self.cache.resize(len(self.seq_start), self.next_slot - offset)
+        self.cache.shift(offset, self.next_slot)
         self.seq_start = self.seq_start - offset
         self.next_slot -= offset
         self._slots_needed -= offset
@@ -139,7 +152,7 @@ class BatchDecoder:
         x = self.t3.speech_embeds(tokens, self.positions)[self.row_request]  # (B, 1, D)
         slot = self.next_slot
         slots = torch.arange(slot, slot + 1, device=self.device)
-        h = self.t3.tfmr(x, slots, kv_len=slot + 1, seq_start=self.seq_start)[:, -1]  # (B, D)
+        h = self.t3.tfmr(x, slots, self.cache, kv_len=slot + 1, seq_start=self.seq_start)[:, -1]  # (B, D)
         self.next_slot += 1
         self.positions += 1
         logits = self.t3.speech_head(h).float()  # (B, V)
@@ -147,7 +160,8 @@ class BatchDecoder:
 
     def keep(self, live: list[int]) -> None:
         """Keep only the live requests at positions `live`, in that order. Their rows keep their places
-        where they can; rows past the new batch size move into the freed ones (few KV cache copies)."""
+        where they can; rows past the new batch size move into the freed ones (few KV cache copies). An
+        empty batch frees its cache."""
         kept = sorted(row for j in live for row in self._rows[j])
         n = len(kept)
         holes = iter(sorted(set(range(n)) - set(kept)))
@@ -156,7 +170,9 @@ class BatchDecoder:
             if old >= n:
                 rows[next(holes)] = old
         if n:
-            self.t3.tfmr.keep_rows(rows, kv_len=self.next_slot)
+            self.cache.keep_rows(rows, kv_len=self.next_slot)
+        else:
+            self.cache = None
         self.seq_start = self.seq_start[rows]
         self.positions = self.positions[live]
         new_row = {old: new for new, old in enumerate(rows)}
@@ -193,17 +209,22 @@ class DecodeBatch:
         return not self.live
 
     def admit(self, keys: list, requests: list[DecodeRequest]) -> None:
-        """Join `requests` (validated) under the handles `keys`; samples their token 0."""
+        """Join `requests` (validated) under the handles `keys`; samples their token 0. If it raises, the
+        batch is as it was and its live requests go on."""
         device = self.decoder.device
+        cond, uncond = self.decoder.admit(requests)
+        try:
+            params = RowSamplingParams.stack([r.sampling for r in requests], device)
+            seen = torch.zeros(len(requests), self.t3.cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
+            seen[:, self.t3.cfg.start_speech_token] = True
+            generators = [r.generator or _generator_from_global_rng(device) for r in requests]
+            tokens = sample_rows(next_token_probs_rows(cond, uncond, seen, params), generators)  # (R, 1)
+            seen.scatter_(1, tokens, True)
+        except BaseException:
+            self.decoder.keep(list(range(len(self.live))))  # the joiners leave the decoder again
+            raise
         if self.empty:
             self._since_check = 1  # token 0 counts as the batch's first step
-        cond, uncond = self.decoder.admit(requests)
-        params = RowSamplingParams.stack([r.sampling for r in requests], device)
-        seen = torch.zeros(len(requests), self.t3.cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
-        seen[:, self.t3.cfg.start_speech_token] = True
-        generators = [r.generator or _generator_from_global_rng(device) for r in requests]
-        tokens = sample_rows(next_token_probs_rows(cond, uncond, seen, params), generators)  # (R, 1)
-        seen.scatter_(1, tokens, True)
         self._params = self._params.cat(params)
         self._seen, self._unfed = torch.cat((self._seen, seen)), torch.cat((self._unfed, tokens))
         stop = self.t3.cfg.stop_speech_token

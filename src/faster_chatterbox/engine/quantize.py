@@ -127,8 +127,8 @@ def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
 
     Float32 stays where it matters: RMSNorm normalizes in float32 and the RoPE angles are float32 tables
     (models/llama.py; cos/sin are rounded to bf16 on use, as Hugging Face does); with `fp32_logits` the
-    speech head keeps float32 weights and output (its weights are <2% of T3's bytes). The KV cache
-    follows the weights' dtype at the next `setup_caches`.
+    speech head keeps float32 weights and output (its weights are <2% of T3's bytes). KV caches made
+    afterwards (`Llama.new_cache`) follow the weights' dtype unless `t3.tfmr.kv_dtype` is set.
     """
     head = t3.speech_head
     keep_head = fp32_logits and isinstance(head, nn.Linear)

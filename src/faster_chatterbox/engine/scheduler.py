@@ -5,17 +5,25 @@ requests) are queued; at every check of the running batch (every `check_every` t
 leave it and waiting ones join, up to `max_batch` requests, in arrival order. A request's tokens do not
 depend on what it was batched with or when it joined (engine/batch_decode.py).
 
-The thread holds `lock` (the model's KV cache) while its batch has requests, so code that decodes T3
-directly (the exact preset's loop) takes turns with it. On CUDA it decodes on its own stream, so that T3
-steps and the callers' S3Gen/HiFT kernels (on the default stream) can run at the same time; tokens are
-handed over as CPU tensors (read after the check's host sync), never as device memory of that stream.
+The batch owns its KV cache and only reads the model, so code that decodes T3 directly (the exact preset's
+loop) runs beside it, no lock needed. On CUDA it decodes on its own stream, so that T3 steps and the
+callers' S3Gen/HiFT kernels (on the default stream) can run at the same time; tokens are handed over as
+CPU tensors (read after the check's host sync), never as device memory of that stream.
+
+Lifecycle: the thread runs while there are requests and exits when idle (a submit starts it again), so an
+idle scheduler holds no cache, and a scheduler dropped without `close` is freed with its model once its
+requests are done. At interpreter exit every scheduler still decoding is closed with cancel=True (the
+thread is stopped at its next check and joined): a daemon thread left inside torch during finalization
+aborts the process ("terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -42,18 +50,28 @@ class T3Scheduler:
     new tokens; if it raises, the request leaves the batch and its Future holds the exception (a consumer
     that stops listening cancels its request that way). Future.cancel() works on waiting and running
     requests alike.
+
+    Failures stay with the requests they concern: a request that cannot join the batch (its prefill or
+    token 0 raises) fails alone, the running requests go on; a batch that cannot be built fails the
+    requests that were to start it; a failing step fails the requests of that batch. The next submit
+    starts afresh either way.
+
+    `close()` (or leaving `with T3Scheduler(...)`) finishes what was submitted and stops the thread;
+    close(cancel=True) cancels it instead.
     """
 
-    def __init__(self, t3: T3, max_batch: int, lock: threading.Lock, check_every: int = 4):
+    def __init__(self, t3: T3, max_batch: int, check_every: int = 4):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         if not isinstance(check_every, int) or check_every < 1:  # here, not on the thread
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
-        self.t3, self.max_batch, self.lock, self.check_every = t3, max_batch, lock, check_every
+        self.t3, self.max_batch, self.check_every = t3, max_batch, check_every
         self._waiting: list[_Ticket] = []
         self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._thread: threading.Thread | None = None  # running while there are requests
+        self._pauses = 0  # open `paused()` contexts
+        self._closed = self._cancelling = False
+        _open.add(self)
 
     def submit(self, request: DecodeRequest, on_tokens: Callable[[list[int]], None] | None = None) -> Future:
         problem = request_problem(self.t3, request)
@@ -70,44 +88,86 @@ class T3Scheduler:
             self._wake.notify()
         return ticket.future
 
-    def close(self) -> None:
-        """Finish the requests already submitted, then stop the thread; later submits raise."""
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Within `with`, no waiting request joins the batch (running ones go on decoding): requests
+        submitted meanwhile start together, at the first check after it. `close` ends pauses."""
+        with self._wake:
+            self._pauses += 1
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._pauses -= 1
+                self._wake.notify()
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop taking requests and stop the thread once it has finished the requests already submitted,
+        or, with `cancel`, once it has cancelled them (the running ones leave at the batch's next check);
+        returns when the thread is gone and the batch's memory freed. Later submits raise. Idempotent."""
         with self._wake:
             self._closed = True
+            waiting = []
+            if cancel:
+                self._cancelling = True
+                waiting, self._waiting = self._waiting, []
             self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
+            thread = self._thread
+        for ticket in waiting:
+            ticket.future.cancel()
+        if thread is not None and thread is not threading.current_thread():  # not from an on_tokens callback
+            thread.join()
+
+    def __enter__(self) -> T3Scheduler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _serve(self) -> None:
+        running: dict[_Ticket, None] = {}  # in admission order
+        try:
+            self._decode(running)
+        except BaseException as exc:  # outside any batch's work (e.g. making the stream): nobody waits forever
+            with self._wake:
+                stranded, self._waiting = [*running, *self._waiting], []
+                self._thread = None
+            for ticket in stranded:
+                _settle(ticket.future, exc=exc)
+
+    def _decode(self, running: dict[_Ticket, None]) -> None:
+        """The thread's loop: admit, decode to the next check, report; returns when idle or cancelled."""
         batch: DecodeBatch | None = None
-        running: dict[_Ticket, None] = {}
         device = self.t3.speech_emb.weight.device
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         while True:
             with self._wake:
-                while not self._waiting and not running and not self._closed:
+                while self._pauses and not self._closed and not running:
                     self._wake.wait()
-                if not self._waiting and not running:
-                    return  # closed and drained
-                joining = self._take(len(running))
-            try:
-                if batch is None:
-                    self.lock.acquire()
-                    batch = DecodeBatch(self.t3, self.check_every)
-                with torch.inference_mode(), _on(stream):
-                    if joining:
-                        if stream is not None:  # the joining requests' tensors were made on the default stream
-                            stream.wait_stream(torch.cuda.default_stream(device))
-                        batch.admit(joining, [t.request for t in joining])
-                        running.update(dict.fromkeys(joining))
+                if self._cancelling:
+                    for ticket in running:
+                        ticket.future.cancel()
+                    self._thread = None
+                    return
+                joining = [] if self._pauses and not self._closed else self._take(len(running))
+                if not running and not joining:  # idle: the thread ends, the batch and its cache with it
+                    self._thread = None
+                    return
+            with torch.inference_mode(), _on(stream):
+                if joining:
+                    if stream is not None:  # the joining requests' tensors were made on the default stream
+                        stream.wait_stream(torch.cuda.default_stream(device))
+                    batch = self._admit(batch, joining, running)
+                if not running:
+                    batch = None
+                    continue
+                try:
                     self._report(batch, running, batch.advance())
-            except BaseException as exc:  # the whole batch fails with it; the next request starts afresh
-                for ticket in [*running, *joining]:
-                    _settle(ticket.future, exc=exc)
-                running.clear()
-            if not running and batch is not None:
-                batch = None
-                self.lock.release()
+                except BaseException as exc:  # the batch fails with it; the next request starts afresh
+                    for ticket in running:
+                        _settle(ticket.future, exc=exc)
+                    running.clear()
+                    batch = None
 
     def _take(self, n_running: int) -> list[_Ticket]:
         """The waiting requests that join now (called holding `_wake`): the first ones, while there is room;
@@ -116,6 +176,30 @@ class T3Scheduler:
         room = self.max_batch - n_running
         self._waiting = waiting[room:]
         return waiting[:room]
+
+    def _admit(self, batch: DecodeBatch | None, joining: list[_Ticket],
+               running: dict[_Ticket, None]) -> DecodeBatch | None:
+        """Admit `joining` to `batch` (a new one if None) and to `running`; returns the batch. If the batch
+        cannot be built, the joiners fail; if they cannot join together, each tries alone and only those
+        that fail alone fail (the batch and its running requests stay as they were)."""
+        if batch is None:
+            try:
+                batch = DecodeBatch(self.t3, self.check_every)
+            except BaseException as exc:
+                for ticket in joining:
+                    _settle(ticket.future, exc=exc)
+                return None
+        try:
+            batch.admit(joining, [ticket.request for ticket in joining])
+        except BaseException as exc:
+            if len(joining) == 1:
+                _settle(joining[0].future, exc=exc)
+            else:
+                for ticket in joining:
+                    self._admit(batch, [ticket], running)
+            return batch
+        running.update(dict.fromkeys(joining))
+        return batch
 
     def _report(self, batch: DecodeBatch, running: dict[_Ticket, None], reports) -> None:
         gone = set()
@@ -138,6 +222,17 @@ class T3Scheduler:
             batch.remove(gone)
             for ticket in gone:
                 running.pop(ticket, None)
+
+
+_open: weakref.WeakSet[T3Scheduler] = weakref.WeakSet()  # every scheduler not yet freed
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    # atexit hooks run before finalization stops daemon threads, last registered first: this one (registered
+    # after torch's import) before torch's own
+    for scheduler in list(_open):
+        scheduler.close(cancel=True)
 
 
 def _on(stream: torch.cuda.Stream | None):

@@ -1,8 +1,9 @@
 """T3's autoregressive speech-token decode loop, token for token what upstream's `T3.inference` samples.
 
-One prefill into the static KV cache, then one backbone forward per token. With cfg_weight > 0 the
+One prefill into a preallocated KV cache, then one backbone forward per token. With cfg_weight > 0 the
 backbone runs the conditional and unconditional rows as a batch of two; with cfg_weight == 0 only the
-conditional row runs (upstream crashes there; unguided sampling is what the setting means).
+conditional row runs (upstream crashes there; unguided sampling is what the setting means). The cache
+belongs to the call, so any number of threads may decode with one model at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..models.llama import LlamaCache
 from ..models.t3 import T3, T3Cond
 from .sampling import SamplingParams, next_token_probs, sample
 
@@ -28,10 +30,13 @@ def generate_speech_tokens(
     min_p: float = 0.05,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    cache: LlamaCache | None = None,
 ) -> Tensor:
     """Sample speech tokens for `text_tokens` (L,) (wrapped in start/stop text tokens).
 
     generator: the random stream to sample from; None: the global RNG, as upstream.
+    cache: a cache to decode in (resized to fit; its allocation is reused when large enough), e.g. the one
+    of the previous call of this thread; None: a new one, freed on return. Not shared between threads.
 
     Returns the sampled tokens (N,), the stop token included when it was sampled.
     """
@@ -47,9 +52,12 @@ def generate_speech_tokens(
     x = torch.cat((prefix, t3.speech_embeds(bos, speech_pos[:1]).expand(prefix.shape[0], -1, -1)), dim=1)
     rows, prefill_len = x.shape[:2]
     cache_pos = torch.arange(prefill_len + max_new_tokens, device=device)
-    t3.tfmr.setup_caches(rows, prefill_len + max_new_tokens)
+    if cache is None:
+        cache = t3.tfmr.new_cache(rows, prefill_len + max_new_tokens)
+    else:
+        cache.resize(rows, prefill_len + max_new_tokens)  # every slot a query reads is written first
 
-    h = t3.tfmr(x, cache_pos[:prefill_len], kv_len=prefill_len)[:, -1]  # (R, D)
+    h = t3.tfmr(x, cache_pos[:prefill_len], cache, kv_len=prefill_len)[:, -1]  # (R, D)
     # The repetition penalty sees every generated id, BOS included.
     seen = torch.zeros(1, cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
     seen[0, cfg.start_speech_token] = True
@@ -63,5 +71,5 @@ def generate_speech_tokens(
         seen.scatter_(1, token, True)
         x = t3.speech_embeds(token, speech_pos[i + 1 : i + 2]).expand(rows, -1, -1)  # (R, 1, D)
         pos = prefill_len + i
-        h = t3.tfmr(x, cache_pos[pos : pos + 1], kv_len=pos + 1)[:, -1]
+        h = t3.tfmr(x, cache_pos[pos : pos + 1], cache, kv_len=pos + 1)[:, -1]
     return torch.cat(tokens).view(-1)

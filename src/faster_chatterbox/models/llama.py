@@ -1,11 +1,13 @@
 """Llama backbone of T3, gpt-fast style: input embeddings in, final-norm hidden states out.
 
-The KV cache is preallocated once per (batch, max_seq_len) by `setup_caches`; every forward writes its
-keys/values at `input_pos` and attends over cache slots [0, kv_len) with a causal mask built from the
-positions. Parameter names follow Hugging Face's `LlamaModel` so T3's checkpoint loads unchanged.
+The module holds only weights. The decode state is a value, a `LlamaCache` made by `Llama.new_cache`
+(preallocated KV storage for (batch, max_seq_len) and the RoPE tables of its slots) and passed to every
+forward, so any number of decoders (threads) can run one model at once, each with its own cache. A forward
+writes its keys/values at `input_pos` and attends over cache slots [0, kv_len) with a causal mask built
+from the positions. Parameter names follow Hugging Face's `LlamaModel` so T3's checkpoint loads unchanged.
 
 Batches of independent sequences are left-padded: `seq_start` (B,) gives each row's first cache slot, RoPE
-positions count from there and the padding slots are masked out; `keep_rows` drops finished rows.
+positions count from there and the padding slots are masked out; `LlamaCache.keep_rows` drops finished rows.
 """
 
 from __future__ import annotations
@@ -76,56 +78,132 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-class KVCache(nn.Module):
+def rope_tables(inv_freq: Tensor, max_seq_len: int) -> tuple[Tensor, Tensor]:
+    """cos, sin (max_seq_len, head_dim) of positions 0 .. max_seq_len - 1, in float32 whatever the model dtype
+    (cast on use, as Hugging Face does). inv_freq: (head_dim/2,)"""
+    freqs = torch.arange(max_seq_len, device=inv_freq.device, dtype=torch.float32)[:, None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
+    return angles.cos(), angles.sin()
+
+
+class KVCache:
+    """One layer's keys and values, `k` and `v` (batch, n_kv_heads, slots, head_dim): views of the first rows
+    of a storage that may hold more rows and slots (a batch that shrank keeps its allocation).
+
+    The storage is allocated uninitialized (zeroing half a gigabyte per decode costs up to a second on CPU):
+    attention reads slots [0, kv_len), masked ones included, and 0 * NaN would poison the output, so every
+    user writes a slot before reading it (a prefill writes [0, P), each step its own slot), and rows joining
+    a batch, whose slots before their prefill are read masked, are zeroed (`set_batch`).
+    """
+
     def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device):
-        super().__init__()
         shape = (batch, n_kv_heads, max_seq_len, head_dim)
-        # zeros, not empty: unwritten slots are masked, but 0 * NaN would still poison the output
-        self._k_store = torch.zeros(shape, dtype=dtype, device=device)
-        self._v_store = torch.zeros(shape, dtype=dtype, device=device)
-        self.k_cache, self.v_cache = self._k_store, self._v_store  # the live rows: views of the first rows
+        self._k_store = torch.empty(shape, dtype=dtype, device=device)
+        self._v_store = torch.empty(shape, dtype=dtype, device=device)
+        self.k, self.v = self._k_store, self._v_store
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
         # input_pos: (S,); k, v: (B, H_kv, S, head_dim) for cache rows `rows`, cast to the cache's dtype
-        k_cache, v_cache = self.k_cache[rows], self.v_cache[rows]
+        k_cache, v_cache = self.k[rows], self.v[rows]
         k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
         v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
         return k_cache, v_cache
 
-    def resize(self, batch: int, max_seq_len: int) -> None:
-        """Make the cache `batch` rows of at least `max_seq_len` slots, keeping what the current rows hold.
-        Reuses the allocation when it is large enough (rows beyond the current ones are zeroed)."""
-        old_batch = self.k_cache.shape[0]
-        store_batch, _, store_len, _ = self._k_store.shape
+    def reserve(self, batch: int, max_seq_len: int) -> None:
+        """Make the storage hold at least `batch` rows of `max_seq_len` slots, keeping the live rows (which
+        stay the live ones; their new slots are uninitialized). Both new stores are allocated before either
+        replaces the old one, so a failed allocation leaves the layer as it was."""
+        store_batch, heads, store_len, head_dim = self._k_store.shape
         if batch <= store_batch and max_seq_len <= store_len:
-            self._k_store[old_batch:batch].zero_()
-            self._v_store[old_batch:batch].zero_()
-        else:
-            keep = min(old_batch, batch)
-            for name in ("_k_store", "_v_store"):
-                old = getattr(self, name)
-                new = old.new_zeros(max(batch, store_batch), old.shape[1], max(max_seq_len, store_len), old.shape[3])
-                new[:keep, :, :store_len] = old[:keep]
-                setattr(self, name, new)
-        self.k_cache, self.v_cache = self._k_store[:batch], self._v_store[:batch]
+            return
+        shape = (max(batch, store_batch), heads, max(max_seq_len, store_len), head_dim)
+        k_store, v_store = self._k_store.new_empty(shape), self._v_store.new_empty(shape)
+        live = self.k.shape[0]
+        k_store[:live, :, :store_len] = self.k
+        v_store[:live, :, :store_len] = self.v
+        self._k_store, self._v_store = k_store, v_store
+        self.k, self.v = k_store[:live], v_store[:live]
 
-    def shift(self, offset: int, kv_len: int) -> None:
-        """Move every row's slots [0, kv_len) by `offset` to the left (the first `offset` are dropped) or, when
-        negative, to the right (the cache must hold kv_len - offset slots)."""
-        src, dst = max(offset, 0), max(-offset, 0)
-        for cache in (self.k_cache, self.v_cache):
-            cache[:, :, dst : kv_len - offset] = cache[:, :, src:kv_len].clone()
+    def set_batch(self, batch: int) -> None:
+        """Make the first `batch` rows of the storage (reserved) the live ones; rows that join are zeroed
+        (all their slots: those before their prefill are read, masked)."""
+        self._k_store[self.k.shape[0] : batch].zero_()
+        self._v_store[self.k.shape[0] : batch].zero_()
+        self.k, self.v = self._k_store[:batch], self._v_store[:batch]
 
     def keep_rows(self, rows: list[int], kv_len: int) -> None:
-        """Row i takes row rows[i]'s first kv_len slots, in place; the cache becomes a view of len(rows) rows."""
+        """Row i takes row rows[i]'s first kv_len slots, in place; the live rows become the first len(rows)."""
         moved = [i for i, row in enumerate(rows) if row != i]
         if moved:
-            dst = torch.tensor(moved, device=self.k_cache.device)
-            src = torch.tensor([rows[i] for i in moved], device=self.k_cache.device)
-            for cache in (self.k_cache, self.v_cache):
+            dst = torch.tensor(moved, device=self.k.device)
+            src = torch.tensor([rows[i] for i in moved], device=self.k.device)
+            for cache in (self.k, self.v):
                 cache[dst, :, :kv_len] = cache[src, :, :kv_len]  # the right side is gathered first
-        self.k_cache, self.v_cache = self.k_cache[: len(rows)], self.v_cache[: len(rows)]
+        self.k, self.v = self.k[: len(rows)], self.v[: len(rows)]
+
+
+class LlamaCache:
+    """The decode state of one batch of sequences: every layer's `KVCache` and the RoPE tables of the
+    slots, (batch, max_seq_len) of them. Made by `Llama.new_cache`; one decoder uses it at a time.
+
+    Its tensors are normal ones even when made under inference_mode, so that forwards may run either way.
+    """
+
+    def __init__(self, cfg: LlamaConfig, batch: int, max_seq_len: int, dtype: torch.dtype, device: torch.device):
+        with torch.inference_mode(False):
+            self.layers = [KVCache(batch, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, device)
+                           for _ in range(cfg.n_layers)]
+            self._inv_freq = llama3_inv_freq(cfg, device)  # (head_dim/2,)
+            self.rope_cos, self.rope_sin = rope_tables(self._inv_freq, max_seq_len)  # (max_seq_len, head_dim)
+        self.batch, self.max_seq_len = batch, max_seq_len
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The keys' and values' dtype, which attention runs in."""
+        return self.layers[0].k.dtype
+
+    def resize(self, batch: int, max_seq_len: int) -> None:
+        """Grow or shrink the batch to `batch` rows with room for at least `max_seq_len` slots, keeping what
+        the current rows hold (rows joining a running batch; a batch outgrowing its slots). Reuses the
+        allocation when it is large enough. If an allocation fails the cache keeps its rows and slots."""
+        with torch.inference_mode(False):
+            grown = max_seq_len > self.max_seq_len
+            tables = rope_tables(self._inv_freq, max_seq_len) if grown else (self.rope_cos, self.rope_sin)
+            for layer in self.layers:
+                layer.reserve(batch, max_seq_len)
+            # nothing below allocates: every layer has the room
+            for layer in self.layers:
+                layer.set_batch(batch)
+        self.rope_cos, self.rope_sin = tables
+        self.batch, self.max_seq_len = batch, max(max_seq_len, self.max_seq_len)
+
+    def shift(self, offset: int, kv_len: int) -> None:
+        """Move every row's slots [0, kv_len) `offset` slots to the left, dropping the first `offset` (a batch
+        whose oldest sequence starts there gives them back), or, negative, to the right (room in front for a
+        longer sequence; the cache must hold kv_len - offset slots, and the slots in front, which attention
+        reads masked, are zeroed). Callers shift their positions too. If the one buffer it needs cannot be
+        allocated, nothing has moved."""
+        src, dst = max(offset, 0), max(-offset, 0)
+        n = kv_len - src
+        with torch.inference_mode(False):
+            first = self.layers[0].k
+            buffer = first.new_empty(first.shape[0], first.shape[1], n, first.shape[3])  # source and target overlap
+            for layer in self.layers:
+                for cache in (layer.k, layer.v):
+                    buffer.copy_(cache[:, :, src:kv_len])
+                    cache[:, :, dst : dst + n].copy_(buffer)
+                    cache[:, :, :dst].zero_()  # beyond the old history when moved further than it: unwritten
+
+    def keep_rows(self, rows: list[int], kv_len: int | None = None) -> None:
+        """Shrink the batch to len(rows) rows: row i takes what row rows[i] held in cache slots [0, kv_len)
+        (default: all). Only rows that change are copied, in place, so dropping finished sequences by
+        moving a few tail rows into their places costs little."""
+        kv_len = kv_len or self.max_seq_len
+        with torch.inference_mode(False):  # normal tensors and views, as the cache was made
+            for layer in self.layers:
+                layer.keep_rows(rows, kv_len)
+        self.batch = len(rows)
 
 
 class Attention(nn.Module):
@@ -136,9 +214,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache,
                 rows: slice = slice(None)) -> Tensor:
         # x: (B, S, D) for cache rows `rows`; cos, sin: (S, head_dim) or (B, 1, S, head_dim); input_pos: (S,);
         # mask: (S, kv_len) or (B, 1, S, kv_len) bool
@@ -147,7 +224,7 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
         v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all = self.kv_cache.update(input_pos, k, v, rows)  # (B, H_kv, max_seq_len, hd)
+        k_all, v_all = cache.update(input_pos, k, v, rows)  # (B, H_kv, max_seq_len, hd)
         kv_len = mask.shape[-1]
         # Attention runs in the cache's dtype: a float32 cache under bf16 weights is faster on CPU.
         y = F.scaled_dot_product_attention(
@@ -176,9 +253,9 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache,
                 rows: slice = slice(None)) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask, rows)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask, cache, rows)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -189,96 +266,45 @@ class Llama(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.max_batch = self.max_seq_len = 0
-        self.kv_dtype: torch.dtype | None = None  # KV cache and attention dtype; None: the weights'
-        self.register_buffer("rope_cos", None, persistent=False)  # (max_seq_len, head_dim), by setup_caches
-        self.register_buffer("rope_sin", None, persistent=False)
+        self.kv_dtype: torch.dtype | None = None  # dtype of the caches new_cache makes; None: the weights'
 
-    def setup_caches(self, batch: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
-        """Allocate the KV caches and RoPE tables (on the weights' device; call after moving the model).
-
-        dtype: the cache's (and attention's) dtype; default `kv_dtype`, else the weights' dtype.
-        Caches of the same batch and dtype that are at least `max_seq_len` long are kept.
-        """
+    def new_cache(self, batch: int, max_seq_len: int, dtype: torch.dtype | None = None) -> LlamaCache:
+        """A cache of `batch` rows and `max_seq_len` slots on the weights' device (make it after moving the
+        model), uninitialized: forwards must write slots before reading them (`KVCache`). dtype: the cache's
+        (and attention's) dtype; default `kv_dtype`, else the weights'."""
         weight = self.norm.weight
-        dtype = dtype or self.kv_dtype or weight.dtype
-        cache = self.layers[0].self_attn.kv_cache
-        if (cache is not None and batch == self.max_batch and max_seq_len <= self.max_seq_len
-                and cache.k_cache.dtype == dtype and cache.k_cache.device == weight.device):
-            return
-        self.max_batch, self.max_seq_len = batch, max_seq_len
-        # normal tensors even when called under inference_mode, so that later forwards may run either way
-        with torch.inference_mode(False):
-            for layer in self.layers:
-                layer.self_attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_seq_len, self.cfg.head_dim,
-                                                   dtype, weight.device)
-            self._rope_tables(max_seq_len)
+        return LlamaCache(self.cfg, batch, max_seq_len, dtype or self.kv_dtype or weight.dtype, weight.device)
 
-    def _rope_tables(self, max_seq_len: int) -> None:
-        # RoPE tables in float32 whatever the model dtype, cast on use as Hugging Face does
-        weight = self.norm.weight
-        inv_freq = llama3_inv_freq(self.cfg, weight.device)  # (head_dim/2,)
-        freqs = torch.arange(max_seq_len, device=weight.device, dtype=torch.float32)[:, None] * inv_freq
-        angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
-        self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
-
-    def resize_caches(self, batch: int, max_seq_len: int) -> None:
-        """Grow or shrink the batch to `batch` rows with room for at least `max_seq_len` slots, keeping what
-        the current rows hold (rows joining a running batch; a batch outgrowing its slots)."""
-        with torch.inference_mode(False):
-            for layer in self.layers:
-                layer.self_attn.kv_cache.resize(batch, max_seq_len)
-            if max_seq_len > self.max_seq_len:
-                self._rope_tables(max_seq_len)
-        self.max_batch, self.max_seq_len = batch, max(max_seq_len, self.max_seq_len)
-
-    def shift_caches(self, offset: int, kv_len: int) -> None:
-        """Move every row's slots [0, kv_len) `offset` slots to the left, dropping the first `offset` (a batch
-        whose oldest sequence starts there gives them back), or, negative, to the right (room in front for a
-        longer sequence). Callers shift their positions too."""
-        with torch.inference_mode(False):
-            for layer in self.layers:
-                layer.self_attn.kv_cache.shift(offset, kv_len)
-
-    def keep_rows(self, rows: list[int], kv_len: int | None = None) -> None:
-        """Shrink the batch to len(rows) rows: row i takes what row rows[i] held in cache slots [0, kv_len)
-        (default: all). Only rows that change are copied, in place, so dropping finished sequences by
-        moving a few tail rows into their places costs little."""
-        kv_len = kv_len or self.max_seq_len
-        with torch.inference_mode(False):  # normal tensors and views, as setup_caches makes them
-            for layer in self.layers:
-                layer.self_attn.kv_cache.keep_rows(rows, kv_len)
-        self.max_batch = len(rows)
-
-    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int | None = None,
+    def forward(self, x: Tensor, input_pos: Tensor, cache: LlamaCache, kv_len: int | None = None,
                 seq_start: Tensor | None = None, rows: slice = slice(None)) -> Tensor:
         """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
-        Attention covers cache slots [0, kv_len) (default: the whole cache), causally masked by position.
+        Writes the keys and values of x into `cache` (rows `rows`, slots input_pos); attention covers cache
+        slots [0, kv_len) (default: the whole cache), causally masked by position.
         seq_start: (B,) first slot of each row's sequence when rows are left-padded; None: all rows start at 0.
         rows: the cache rows x belongs to (default: all), e.g. the prefill of sequences joining a batch.
         """
-        assert self.rope_cos is not None, "call setup_caches() first"
-        kv_len = kv_len or self.max_seq_len
+        kv_len = kv_len or cache.max_seq_len
         if seq_start is None:
             mask = torch.arange(kv_len, device=x.device) <= input_pos[:, None]  # (S, kv_len)
-            cos = self.rope_cos[input_pos].to(x.dtype)  # (S, head_dim)
-            sin = self.rope_sin[input_pos].to(x.dtype)
+            cos = cache.rope_cos[input_pos].to(x.dtype)  # (S, head_dim)
+            sin = cache.rope_sin[input_pos].to(x.dtype)
         else:
-            mask, cos, sin = self._left_padded(input_pos, kv_len, seq_start, x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, input_pos, mask, rows)
+            mask, cos, sin = _left_padded(cache, input_pos, kv_len, seq_start, x.dtype)
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer(x, cos, sin, input_pos, mask, layer_cache, rows)
         return self.norm(x)
 
-    def _left_padded(self, input_pos: Tensor, kv_len: int, seq_start: Tensor,
-                     dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """Mask (B, 1, S, kv_len) and RoPE tables (B, 1, S, head_dim) for rows starting at slots seq_start (B,)."""
-        slots = torch.arange(kv_len, device=input_pos.device)  # (kv_len,)
-        query = input_pos[:, None]  # (S, 1)
-        start = seq_start[:, None, None]  # (B, 1, 1)
-        # A padding query sees only itself: a row with every key masked would turn into NaN.
-        mask = (slots <= query) & ((slots >= start) | (slots == query))  # (B, S, kv_len)
-        pos = (input_pos - seq_start[:, None]).clamp_min(0)  # (B, S) each row's own positions
-        cos = self.rope_cos[pos].to(dtype)[:, None]
-        sin = self.rope_sin[pos].to(dtype)[:, None]
-        return mask[:, None], cos, sin
+
+def _left_padded(cache: LlamaCache, input_pos: Tensor, kv_len: int, seq_start: Tensor,
+                 dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Mask (B, 1, S, kv_len) and RoPE tables (B, 1, S, head_dim) for rows starting at slots seq_start (B,)."""
+    slots = torch.arange(kv_len, device=input_pos.device)  # (kv_len,)
+    query = input_pos[:, None]  # (S, 1)
+    start = seq_start[:, None, None]  # (B, 1, 1)
+    # A padding query sees only itself: a row with every key masked would turn into NaN.
+    mask = (slots <= query) & ((slots >= start) | (slots == query))  # (B, S, kv_len)
+    pos = (input_pos - seq_start[:, None]).clamp_min(0)  # (B, S) each row's own positions
+    cos = cache.rope_cos[pos].to(dtype)[:, None]
+    sin = cache.rope_sin[pos].to(dtype)[:, None]
+    return mask[:, None], cos, sin

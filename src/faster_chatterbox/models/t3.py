@@ -145,16 +145,16 @@ class T3(nn.Module):
         """Teacher-forced speech logits in the decode layout, (1 + cfg, S + 1, speech vocab).
 
         speech_tokens: (S,) generated tokens (no BOS). Row r, index i holds the logits the decoder sees
-        before sampling token i, i.e. after the second BOS and tok_0 .. tok_{i-1}. Uses (and may
-        reallocate) the backbone's KV cache.
+        before sampling token i, i.e. after the second BOS and tok_0 .. tok_{i-1}. One backbone forward
+        over a KV cache of its own.
         """
         device = self.speech_emb.weight.device
         prefix = self.prefix_embeds(cond, text_tokens, cfg=cfg)  # (R, P, D)
         tokens = torch.cat((self._bos(device)[0], speech_tokens.to(device)))[None]  # (1, S + 1)
         speech = self.speech_embeds(tokens, torch.arange(tokens.shape[1], device=device))
         x = torch.cat((prefix, speech.expand(prefix.shape[0], -1, -1)), dim=1)  # (R, P + S + 1, D)
-        self.tfmr.setup_caches(x.shape[0], x.shape[1])
-        h = self.tfmr(x, torch.arange(x.shape[1], device=device), kv_len=x.shape[1])
+        cache = self.tfmr.new_cache(x.shape[0], x.shape[1])
+        h = self.tfmr(x, torch.arange(x.shape[1], device=device), cache)
         return self.speech_head(h[:, prefix.shape[1]:])
 
     def _bos(self, device: torch.device) -> Tensor:
