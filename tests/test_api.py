@@ -83,7 +83,7 @@ def test_voice_cloning_and_conds_round_trip(tts, tmp_path):
 def test_generate_rejects_bad_input(tts, kwargs, problem):
     kwargs = {"text": "Hi.", **kwargs}
     with pytest.raises(ValueError, match=problem):
-        tts.generate(**kwargs)
+        tts.synthesize(**kwargs)  # generate's arguments and synthesize's own (max_retries, token_budget_factor)
 
 
 @pytest.mark.parametrize("content,problem", [(b"not audio at all", "cannot be read"), ("silent", "silent"),

@@ -2,6 +2,7 @@
 numbers of any real type, upstream's drop-in semantics, and the engine's lifecycle."""
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,6 +29,15 @@ def fast(small_ckpt):
 
 
 @pytest.fixture(scope="module")
+def fast_fp32(small_ckpt):
+    """fast's engine with T3 in float32, where a row's tokens do not depend on its batch mates exactly (bf16
+    and int8 kernels round by batch shape: BENCHMARKS.md, section 13)."""
+    settings = replace(engine_settings("fast", "cpu"), t3_precision="fp32", kv_dtype=None)
+    with ChatterboxTTS.from_local(small_ckpt, device="cpu", settings=settings, watermark=False) as tts:
+        yield tts
+
+
+@pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clips")
     made = []
@@ -39,9 +49,10 @@ def clips(tmp_path_factory):
     return made
 
 
-def test_eight_threads_four_voices_each_as_alone(fast, clips):
+def test_eight_threads_four_voices_each_as_alone(fast_fp32, clips):
     """8 concurrent calls, 4 voices (clip paths and Voice objects), their own exaggerations and seeds: each
     output equals the same call made alone, and setting the default voice meanwhile changes none of them."""
+    fast = fast_fp32
     voices = [clips[0], fast.voice_from_clip(clips[1]), clips[2], fast.voice_from_clip(clips[3])]
     calls = [dict(voice=voices[k % 4], exaggeration=0.3 + 0.1 * k, seed=100 + k) for k in range(8)]
     alone = [fast.synthesize(TEXT, max_new_tokens=30, **kw).audio for kw in calls]
@@ -189,3 +200,24 @@ def test_settings_are_resolved_in_one_place():
     assert upstream_call == exact  # fast_inference=False: every call-time setting is upstream's
     with pytest.raises(ValueError, match="unknown preset"):
         engine_settings("fastest-ever", "cpu")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_engines_created_and_closed_free_their_thread_and_memory(small_ckpt):
+    import gc
+
+    rss = []
+    for k in range(5):
+        with ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="fast", watermark=False) as tts:
+            tts.synthesize(TEXT, seed=k, max_new_tokens=20)
+        del tts
+        gc.collect()
+        assert not any(t.name == "t3-scheduler" and t.is_alive() for t in threading.enumerate())
+        rss.append(_rss_mb())
+    # the first rounds warm allocators and caches; after that, closing gives everything back
+    assert rss[-1] - rss[1] < 40, f"resident memory grows with every engine: {rss}"

@@ -7,11 +7,13 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 import torch
+from dataclasses import replace
 
 from faster_chatterbox import pipeline
 from faster_chatterbox.audio.joins import measure_joins
 from faster_chatterbox.checks import audio_failure, expected_tokens, loop_length, token_failure
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
+from faster_chatterbox.settings import engine_settings
 from faster_chatterbox.tts import ChatterboxTTS
 
 SENTENCE = "This is sentence number {}, which goes on for a little while to fill the chunk."
@@ -26,6 +28,14 @@ def small_ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fast(small_ckpt):
     return ChatterboxTTS.from_local(small_ckpt, device="cpu", preset="fast", watermark=False)
+
+
+@pytest.fixture(scope="module")
+def fast_fp32(small_ckpt):
+    """fast's engine with T3 in float32: a row's tokens do not depend on its batch mates exactly in float32;
+    bf16 and int8 kernels round by batch shape, which flips rare near-tie draws (BENCHMARKS.md, section 13)."""
+    settings = replace(engine_settings("fast", "cpu"), t3_precision="fp32", kv_dtype=None)
+    return ChatterboxTTS.from_local(small_ckpt, device="cpu", settings=settings, watermark=False)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +55,9 @@ def test_long_text_is_chunked_joined_and_reproducible(fast):
     assert report.clicks == 0, report
 
 
-def test_chunk_does_not_depend_on_its_batch(fast, monkeypatch):
+def test_chunk_does_not_depend_on_its_batch(fast_fp32, monkeypatch):
     """A chunk's tokens come from its own random stream: batched 8 at a time or one by one, the same."""
+    fast = fast_fp32
     together = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30)
     original = fast.engine._job
 
@@ -63,9 +74,10 @@ def test_chunk_does_not_depend_on_its_batch(fast, monkeypatch):
         assert np.linalg.norm(a.audio - b.audio) < 0.05 * np.linalg.norm(b.audio)
 
 
-def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast, monkeypatch):
+def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast_fp32, monkeypatch):
     """Two calls on two threads (different texts and exaggerations) at once: their one-chunk T3 decodes
     share the scheduler's batch, and each call gets exactly what it gets alone."""
+    fast = fast_fp32
     calls = [dict(text=SENTENCE.format(1), exaggeration=0.5, seed=21),
              dict(text=SENTENCE.format(2), exaggeration=0.9, seed=22)]
     alone = [fast.synthesize(max_new_tokens=40, **kw) for kw in calls]
@@ -80,7 +92,7 @@ def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast, monke
         together[k] = fast.synthesize(max_new_tokens=40, **calls[k])
 
     threads = [threading.Thread(target=call, args=(k,)) for k in range(len(calls))]
-    with fast.engine.t3_lock:  # the scheduler starts its batch once both calls have submitted (not a race on timing)
+    with fast.engine.scheduler.paused():  # the batch starts once both calls have submitted (not a race on timing)
         for thread in threads:
             thread.start()
         for _ in calls:
@@ -93,7 +105,7 @@ def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast, monke
         assert np.array_equal(a.audio, b.audio)
 
 
-@pytest.mark.parametrize("preset", ["exact", "fast"])
+@pytest.mark.parametrize("preset", ["exact", "fast_fp32"])
 def test_stream_gives_the_same_audio_as_synthesize(request, preset, monkeypatch):
     tts = request.getfixturevalue(preset)
     whole = tts.synthesize(LONG_TEXT, seed=2, max_new_tokens=25)

@@ -18,6 +18,7 @@ does, chunk after chunk (seeded with `seed`, or restored to the state the call s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -149,8 +150,10 @@ class Engine:
         self.t3, self.s3gen, self.ve, self.tokenizer, self.settings = t3, s3gen, ve, tokenizer, settings
         self.device = torch.device(settings.device)
         self.sr = S3GEN_SR
-        self.t3_lock = threading.Lock()  # TRANSITIONAL: one KV cache per model until the cache leaves the module
-        self.scheduler = T3Scheduler(t3, settings.max_batch, self.t3_lock)
+        self.scheduler = T3Scheduler(t3, settings.max_batch)
+        # Calls on the global RNG decode one at a time, so each consumes the stream in one piece (as sequential
+        # upstream calls do); they run beside the scheduler's batches (the model holds no cache).
+        self._global_rng_lock = threading.Lock()
         self.render_slots = threading.Semaphore(settings.render_slots)
         self.voice_cache_dir: Path | None = None  # voices of clips also kept on disk, by content
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
@@ -240,6 +243,11 @@ class Engine:
                             dtype=torch.long, device=self.device)
 
     # ---- synthesis ------------------------------------------------------------------------
+    def _rng_turn(self, call: CallSettings):
+        """A call on the global RNG holds it for the whole call (seeding, T3 draws, decoder noise), as
+        sequential upstream calls do; calls with their own streams need no turn."""
+        return contextlib.nullcontext() if call.seeded_streams else self._global_rng_lock
+
     def _job(self, text: str, voice: Voice, call: CallSettings) -> Job:
         chunks = plan_chunks(text, call, self.tokenizer)
         if not call.seeded_streams:  # the global stream, from where the call says
@@ -254,10 +262,11 @@ class Engine:
                    trim: bool | None = None) -> SynthesisResult:
         """The whole audio of `text` with per-chunk metadata. trim (default: for several chunks): remove DC
         and cut each chunk's leading and trailing silence before joining."""
-        job = self._job(text, voice, call)
-        clock = Clock()
-        results = list(chunk_results(self, job, clock, ahead=self.settings.decode_ahead,
-                                     progress=len(job.chunks) >= 4 if progress is None else progress))
+        with self._rng_turn(call):
+            job = self._job(text, voice, call)
+            clock = Clock()
+            results = list(chunk_results(self, job, clock, ahead=self.settings.decode_ahead,
+                                         progress=len(job.chunks) >= 4 if progress is None else progress))
         audio, joins = assemble(results, self.sr, trim=len(results) > 1 if trim is None else trim)
         if not len(audio):
             raise _no_speech(call)
@@ -269,11 +278,11 @@ class Engine:
         (trim=True) gives. The first chunk is cut to at most `call.first_chunk_chars` and decoded alone; with
         `call.token_streaming` (and continuous batching) its audio comes every few tokens, otherwise when the
         chunk is done. The next window's T3 is decoded while the current one is rendered."""
-        job = self._job(text, voice, call)
-        job.chunks = short_first(job.chunks, call.first_chunk_chars)
-        clock = Clock()
-        joiner = StreamJoiner(self.sr, clock)
-        with torch.inference_mode():
+        with self._rng_turn(call), torch.inference_mode():
+            job = self._job(text, voice, call)
+            job.chunks = short_first(job.chunks, call.first_chunk_chars)
+            clock = Clock()
+            joiner = StreamJoiner(self.sr, clock)
             first = 0
             if call.token_streaming is not None and call.continuous_batching:
                 first = 1
@@ -352,7 +361,6 @@ class T3Work:
                 self.futures[i] = engine.scheduler.submit(request)
                 self.futures[i].add_done_callback(self._stamp)
         else:
-          with engine.t3_lock:
             self.outputs = {i: generate_speech_tokens(
                 engine.t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                 cfg_weight=r.cfg_weight, repetition_penalty=r.repetition_penalty, min_p=r.min_p, top_p=r.top_p,

@@ -44,10 +44,10 @@ class ChatterboxTTS:
     MAX_CHARS = MAX_CHARS  # longest chunk of text one T3 call speaks
 
     def __init__(self, t3, s3gen, ve, tokenizer: EnglishTokenizer, device, conds: Voice | None = None,
-                 preset: str = DEFAULT_PRESET, watermark: bool = True):
+                 preset: str = DEFAULT_PRESET, watermark: bool = True, settings: EngineSettings | None = None):
         resolved = resolve_device(device)
         decoder = "meanflow" if s3gen.meanflow else "cfm"
-        self.engine = Engine(t3, s3gen, ve, tokenizer, engine_settings(preset, resolved, decoder))
+        self.engine = Engine(t3, s3gen, ve, tokenizer, settings or engine_settings(preset, resolved, decoder))
         self.sr = S3GEN_SR
         self.t3, self.s3gen, self.ve, self.tokenizer = t3, s3gen, ve, tokenizer
         self.device = str(device) if str(device) != "auto" else str(resolved)  # as the user named it, like upstream
@@ -82,18 +82,24 @@ class ChatterboxTTS:
     # ---- loading --------------------------------------------------------------------------
     @classmethod
     def from_local(cls, ckpt_dir: str | Path, device: str = "auto", preset: str = DEFAULT_PRESET,
-                   watermark: bool = True, *, decoder: str = "cfm",
-                   meanflow_file: str | Path | None = None) -> ChatterboxTTS:
+                   watermark: bool = True, *, decoder: str = "cfm", meanflow_file: str | Path | None = None,
+                   settings: EngineSettings | None = None) -> ChatterboxTTS:
         """Load a checkpoint directory in the official layout.
+
+        settings: load-time settings to use instead of the preset's on this device (e.g.
+        `replace(engine_settings("fast", "cuda"), max_batch=64)`); their preset names the call defaults.
 
         decoder: "cfm", the base model's flow decoder (10 CFM steps upstream), or "meanflow", Chatterbox-Turbo's
         distilled decoder (2 steps, no CFG) on this model's speech tokens (same vocabulary): `meanflow_file`,
         default ckpt_dir/s3gen_meanflow.safetensors. The presets' solver settings apply to "cfm" only.
         """
         resolved = resolve_device(device)
-        settings = engine_settings(preset, resolved)
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+        if settings is None:
+            settings = engine_settings(preset, resolved, decoder)
+        elif not isinstance(settings, EngineSettings):
+            raise TypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
         ckpt_dir = check_checkpoint_dir(ckpt_dir)
         random_weights = (ckpt_dir / RANDOM_MARKER).is_file()
         if random_weights:
@@ -124,7 +130,7 @@ class ChatterboxTTS:
         if (ckpt_dir / "conds.pt").is_file():
             conds = Voice.load(ckpt_dir / "conds.pt").to(resolved)
         tts = cls(t3.to(resolved).eval(), s3gen.to(resolved).eval(), ve.to(resolved).eval(), tokenizer, device,
-                  conds=conds, preset=preset, watermark=watermark)
+                  conds=conds, preset=settings.preset, watermark=watermark, settings=settings)
         tts.random_weights = random_weights
         return tts
 
