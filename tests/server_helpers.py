@@ -38,6 +38,8 @@ def small_tts() -> ChatterboxTTS:
     ckpt = write_random_checkpoint(root / "ckpt", seed=1, small=True)
     tts = ChatterboxTTS.from_local(ckpt, device="cpu", watermark=False)
     atexit.register(tts.close)
+    for _ in tts.generate_stream("Warm up.", seed=0, max_new_tokens=30):  # as `serve` does before it opens
+        pass
     return tts
 
 
