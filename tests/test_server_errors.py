@@ -65,6 +65,8 @@ def still_serving(server) -> None:
     ({"speed": "fast"}, "speed", None),
     ({"stream_format": "chunks"}, "stream_format", None),
     ({"temperature": 0}, "temperature", None),
+    ({"temperature": 5e-324}, "temperature", None),  # would be NaN in T3's batch, failing its other requests
+    ({"repetition_penalty": 1e-300}, "repetition_penalty", None),
     ({"seed": -1}, "seed", None),
     ({"top_p": 2}, "top_p", None),
     ({"max_new_tokens": 0}, "max_new_tokens", None),

@@ -38,11 +38,13 @@ class VoiceId(BaseModel):
 class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description=f"one of {', '.join(MODELS)}: all speak with the loaded Chatterbox model")
-    input: str = Field(description="the text to speak (at most --max-input-chars characters, 4096 by default)")
+    model: str = Field(description=f"one of {', '.join(MODELS)}: all speak with the loaded Chatterbox model",
+                       examples=["tts-1"])
+    input: str = Field(description="the text to speak (at most --max-input-chars characters, 4096 by default)",
+                       examples=["Hello there."])
     voice: str | VoiceId = Field(
         description="an OpenAI voice name (the built-in voice unless the library has one of that name), "
-                    f"'{DEFAULT_VOICE}', or a library voice; also as {{\"id\": name}}")
+                    f"'{DEFAULT_VOICE}', or a library voice; also as {{\"id\": name}}", examples=["alloy"])
     instructions: str | None = Field(None, max_length=4096,
                                      description="accepted for compatibility and unused: Chatterbox takes no "
                                                  "style prompt (use exaggeration, cfg_weight)")
@@ -56,10 +58,12 @@ class SpeechRequest(BaseModel):
     # Chatterbox's controls (extras); None: the model's defaults
     exaggeration: float | None = Field(None, ge=0.0, le=4.0, description="emotion intensity (0.5 neutral)")
     cfg_weight: float | None = Field(None, ge=0.0, le=10.0, description="classifier-free guidance weight")
-    temperature: float | None = Field(None, gt=0.0, le=5.0)
+    # lower bounds above the engine's (> 0): a temperature or penalty of 1e-300 turns the logits into inf and
+    # NaN, and a NaN sampling step fails the whole T3 batch, other requests included (found by schemathesis)
+    temperature: float | None = Field(None, ge=0.01, le=5.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(None, ge=0.1, le=10.0)
     seed: int | None = Field(None, ge=0, lt=2**64, description="the same seed gives the same audio, alone or "
                                                                "beside other requests")
     optimize_quality: bool | None = Field(None, description="post-process (loudness, de-click, trim)")
