@@ -129,6 +129,21 @@ def test_the_queue_bound_answers_429_only_past_it():
         assert live.metric("faster_chatterbox_rejected_total") == 1
 
 
+def test_a_client_that_leaves_while_queued_frees_its_place_at_once():
+    with LiveServer(options=ServerOptions(max_queue=4, max_concurrency=1)) as live:
+        service = live.app.state.service
+        client = httpx.Client(base_url=live.url, timeout=60)
+        body = {"model": "tts-1", "voice": "alloy", "input": LONG, "response_format": "pcm"}
+        running = client.send(client.build_request("POST", "/v1/audio/speech", json=body), stream=True)
+        assert running.status_code == 200 and next(running.iter_bytes())
+        with pytest.raises(httpx.ReadTimeout):  # gives up while it waits for the only worker
+            httpx.post(f"{live.url}/v1/audio/speech", json={**body, "input": "Queued."}, timeout=1.0)
+        wait_until(lambda: service.admitted == 1, timeout=5, what="the queued request to be dropped")
+        assert live.metric("faster_chatterbox_cancelled_total", reason="disconnect") == 1
+        assert live.metric("faster_chatterbox_queue_depth") == 0 and live.metric("faster_chatterbox_in_flight") == 1
+        running.close()
+
+
 def test_the_request_timeout_cancels_waiting_and_streaming_requests(t3_watch):
     with LiveServer(options=ServerOptions(max_concurrency=1, request_timeout=3.0)) as live:
         client = httpx.Client(base_url=live.url, timeout=60)

@@ -46,6 +46,7 @@ _CREATED = int(time.time())
 def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
     options = options or ServerOptions()
     options = replace(options, random_weights=options.random_weights or bool(getattr(tts, "random_weights", False)))
+    # the model's library too (tts.voices): its callers may then name these voices as the server's clients do
     library = tts.use_voice_library(options.voices_dir) if options.voices_dir is not None else None
     catalog = VoiceCatalog(tts.conds, library)
     metrics = Metrics()
