@@ -173,8 +173,8 @@ def _event(data: dict) -> bytes:
 
 
 class _StreamAborted(Exception):
-    """Raised from a streamed body: the server drops the connection, so the client sees an incomplete
-    response rather than a short file that looks whole."""
+    """Raised from a streamed body: the response is left incomplete (no final chunk) and uvicorn drops
+    the connection, so the client sees a failed transfer rather than a short file that looks whole."""
 
 
 class _JobResponse(StreamingResponse):
@@ -193,6 +193,9 @@ class _JobResponse(StreamingResponse):
                         await self.stream_response(send)
                     except OSError:  # the client went away mid-send
                         pass
+                    except _StreamAborted as exc:
+                        log.warning("request %s: %s; dropping the connection",
+                                    scope.get("state", {}).get("request_id", "?"), exc)
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream)
