@@ -18,6 +18,7 @@ $PY -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
 if [ "${1:-}" = "--test" ]; then
     pip_install -c "$constraints" -e ".[test]"
     bash scripts/install-oracle.sh
+    bash scripts/install-browser.sh  # Debian's chromium and its driver, for the web page test
 else
     pip_install -c "$constraints" -e .
 fi

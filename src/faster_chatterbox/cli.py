@@ -1,4 +1,4 @@
-"""`faster-chatterbox` command line: speak, init-random, bench, ab.
+"""`faster-chatterbox` command line: speak, init-random, bench, ab, serve.
 
 User errors (bad text, files, parameters, devices, no network) print one line and exit with status 2;
 Ctrl-C exits with 130, also during start-up. Neither prints a stack trace. Everything heavy (torch, the
@@ -90,6 +90,15 @@ def cmd_bench(args) -> None:
     run_bench(args)
 
 
+def cmd_serve(args) -> None:
+    try:
+        from .server.main import serve
+    except ImportError as exc:
+        raise ValueError(f"the server needs its extra ({exc.name} is missing): "
+                         "pip install 'faster-chatterbox[server]'") from None
+    serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .settings import DEFAULT_PRESET, PRESET_NAMES
     from .quality.ab import add_ab_command
@@ -141,6 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-upstream", action="store_true", help="also run upstream chatterbox-tts on the same job")
     p.add_argument("--json", metavar="FILE", help="append the result as one JSON line to FILE")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="serve OpenAI's speech API, voices, a web page and metrics over HTTP")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", metavar="DIR", help="local checkpoint directory (default: the hub model)")
+    source.add_argument("--repo-id", default="ResembleAI/chatterbox", help="hub model to download (default %(default)s)")
+    source.add_argument("--random-weights", nargs="?", const="full", choices=("full", "small"),
+                        help="make (once) and use a random-weight checkpoint, full-size or small: it speaks noise")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
+    p.add_argument("--no-watermark", action="store_true", help="do not watermark the output")
+    p.add_argument("--voices-dir", metavar="DIR", help="voice library (default: ~/.cache/faster-chatterbox/voices; "
+                                                      "'none': built-in voice only, no uploads)")
+    p.add_argument("--max-input-chars", type=int, default=4096, help="longest input (default 4096, as OpenAI)")
+    p.add_argument("--max-queue", type=int, default=64, help="speech requests waiting or running before 429 (default 64)")
+    p.add_argument("--max-concurrency", type=int, help="speech requests synthesised at once (default: the T3 batch size)")
+    p.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request is cancelled (504)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $FASTER_CHATTERBOX_API_KEY)")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow this browser origin (repeatable)")
+    p.add_argument("--wyoming-port", type=int, help="also serve Wyoming TTS (Home Assistant) on this port, e.g. 10200")
+    p.set_defaults(func=cmd_serve)
 
     add_ab_command(sub)
     return parser

@@ -1,0 +1,79 @@
+"""OpenAI's speech API as this server takes it: the request body, the models, the voice names.
+
+`POST /v1/audio/speech` takes OpenAI's body unchanged (model, input, voice, instructions, response_format,
+speed, stream_format) plus Chatterbox's controls as extras in the same body. Unknown fields are refused
+(400), as OpenAI refuses them: a misspelt `cfg_wieght` must not pass silently.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .encode import FORMATS, MAX_SPEED, MIN_SPEED
+from .errors import EXTRAS  # the Chatterbox controls a request may set, passed to generate_stream as they are
+
+MODEL_ID = "chatterbox"
+# OpenAI's model names, each mapped to the loaded model; tts-1-hd turns optimize_quality on unless the
+# request says otherwise (post-processing: loudness, de-click, edge trim; the closest thing to "HD" here).
+MODELS: dict[str, dict] = {
+    MODEL_ID: {},
+    "tts-1": {},
+    "tts-1-hd": {"optimize_quality": True},
+    "gpt-4o-mini-tts": {},
+    "gpt-4o-mini-tts-2025-12-15": {},
+}
+# OpenAI's voice names: each is the built-in voice unless the voice library holds a voice of that name.
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer",
+                 "verse", "marin", "cedar")
+DEFAULT_VOICE = "default"  # the checkpoint's own voice (conds.pt)
+
+
+class VoiceId(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=64)
+
+
+class SpeechRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description=f"one of {', '.join(MODELS)}: all speak with the loaded Chatterbox model",
+                       examples=["tts-1"])
+    input: str = Field(description="the text to speak (at most --max-input-chars characters, 4096 by default)",
+                       examples=["Hello there."])
+    voice: str | VoiceId = Field(
+        description="an OpenAI voice name (the built-in voice unless the library has one of that name), "
+                    f"'{DEFAULT_VOICE}', or a library voice; also as {{\"id\": name}}", examples=["alloy"])
+    instructions: str | None = Field(None, max_length=4096,
+                                     description="accepted for compatibility and unused: Chatterbox takes no "
+                                                 "style prompt (use exaggeration, cfg_weight)")
+    response_format: Literal[FORMATS] = Field("mp3", description="pcm: raw 24 kHz 16-bit little-endian mono")
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="tempo; pitch is kept (no resampling)")
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio", description="audio: the bytes as they are made (chunked); sse: speech.audio.delta events "
+                             "with base64 audio, then speech.audio.done with usage")
+    stream: bool = Field(True, description="extra: false sends one whole file (exact WAV header, "
+                                           "Content-Length) once the audio is complete")
+    # Chatterbox's controls (extras); None: the model's defaults
+    exaggeration: float | None = Field(None, ge=0.0, le=4.0, description="emotion intensity (0.5 neutral)")
+    cfg_weight: float | None = Field(None, ge=0.0, le=10.0, description="classifier-free guidance weight")
+    # lower bounds above the engine's (> 0): a temperature or penalty of 1e-300 turns the logits into inf and
+    # NaN, and a NaN sampling step fails the whole T3 batch, other requests included (found by schemathesis)
+    temperature: float | None = Field(None, ge=0.01, le=5.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, ge=0.1, le=10.0)
+    seed: int | None = Field(None, ge=0, lt=2**64, description="the same seed gives the same audio, alone or "
+                                                               "beside other requests")
+    optimize_quality: bool | None = Field(None, description="post-process (loudness, de-click, trim)")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096,
+                                       description="each chunk's speech-token cap (25 per second of speech)")
+
+    def voice_name(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceId) else self.voice
+
+    def extras(self) -> dict:
+        """The Chatterbox controls given, with the model name's defaults under them."""
+        given = {name: getattr(self, name) for name in EXTRAS if getattr(self, name) is not None}
+        return {**MODELS.get(self.model, {}), **given}
