@@ -124,6 +124,8 @@ def test_numbers_of_any_real_type(fast):
     (dict(max_new_tokens=10.0), TypeError, "max_new_tokens must be an integer"),
     (dict(max_new_tokens=True), TypeError, "max_new_tokens must be an integer"),
     (dict(voice=3), TypeError, "voice must be"),
+    (dict(repetition_penalty=1e-9), ValueError, "repetition_penalty must be a number >= 0.1"),  # NaN logits below
+    (dict(temperature=5e-324), ValueError, "temperature must be a number >= 0.01"),
     (dict(voice="nobody"), ValueError, "neither a voice name nor a clip"),
 ])
 def test_bad_call_arguments_are_named(fast, kwargs, error, problem):
@@ -162,8 +164,8 @@ def test_a_call_that_makes_no_speech_says_so(fast, monkeypatch):
         return done
 
     monkeypatch.setattr(fast.engine.scheduler, "submit", stop_at_once)
-    with pytest.raises(NoSpeechError, match="no speech.*repetition_penalty=1e-09"):
-        fast.generate("Nothing comes of this.", repetition_penalty=1e-9, seed=1, max_new_tokens=20)
+    with pytest.raises(NoSpeechError, match="no speech.*repetition_penalty=0.2"):
+        fast.generate("Nothing comes of this.", repetition_penalty=0.2, seed=1, max_new_tokens=20)
     with pytest.raises(NoSpeechError):
         list(fast.generate_stream("Nothing comes of this either.", seed=1, max_new_tokens=20))
 

@@ -19,9 +19,12 @@ from torch import Tensor
 
 # Valid ranges of the sampling parameters: name -> (low, high, low excluded).
 SAMPLING_RANGES = {
-    "temperature": (0.0, math.inf, True),
+    # Lower bounds where the arithmetic stays finite: a temperature or penalty near 0 (5e-324, say) makes the
+    # scaled logits inf and the probabilities NaN, which would fail every request of a shared batch. At 0.01
+    # sampling is already greedy in effect.
+    "temperature": (0.01, math.inf, False),
     "cfg_weight": (0.0, math.inf, False),
-    "repetition_penalty": (0.0, math.inf, True),
+    "repetition_penalty": (0.1, math.inf, False),
     "min_p": (0.0, 1.0, False),
     "top_p": (0.0, 1.0, False),  # 0 keeps the most probable token alone, as Hugging Face's TopPLogitsWarper
 }

@@ -58,8 +58,8 @@ class SpeechRequest(BaseModel):
     # Chatterbox's controls (extras); None: the model's defaults
     exaggeration: float | None = Field(None, ge=0.0, le=4.0, description="emotion intensity (0.5 neutral)")
     cfg_weight: float | None = Field(None, ge=0.0, le=10.0, description="classifier-free guidance weight")
-    # lower bounds above the engine's (> 0): a temperature or penalty of 1e-300 turns the logits into inf and
-    # NaN, and a NaN sampling step fails the whole T3 batch, other requests included (found by schemathesis)
+    # lower bounds as the engine's (engine/sampling.py): below them the logits turn inf and NaN, which would
+    # fail the whole T3 batch, other requests included (found by schemathesis)
     temperature: float | None = Field(None, ge=0.01, le=5.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
