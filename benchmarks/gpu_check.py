@@ -30,6 +30,7 @@ import gc
 import json
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -75,6 +76,7 @@ class Check:
                        "errors": {}, "random_weights": True}
         self.ckpt: Path | None = Path(args.checkpoint) if args.checkpoint else None
         self._tts: dict[str, ChatterboxTTS] = {}
+        self.wrote_ckpt = False
 
     # ---- plumbing -------------------------------------------------------------------------
     def left(self) -> float:
@@ -154,7 +156,7 @@ class Check:
         target = Path(tempfile.mkdtemp(prefix="gpu-check-ckpt-"))
         t0 = time.perf_counter()
         write_random_checkpoint(target, seed=0, small=self.args.dry_run)
-        self.ckpt = target
+        self.ckpt, self.wrote_ckpt = target, True
         size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
         return {"written_s": time.perf_counter() - t0, "size_mb": size, "path": str(target)}
 
@@ -310,9 +312,26 @@ class Check:
                 "latency_p95_s": float(np.percentile(latencies, 95)),
                 "throughput_audio_s_per_s": audio_s / wall, "t3_tok_s": sum(tokens) / wall, **watch}
 
+    def close(self) -> None:
+        for key in list(self._tts):
+            self._tts.pop(key).close()
+        if self.wrote_ckpt and self.ckpt is not None:
+            shutil.rmtree(self.ckpt, ignore_errors=True)
+
+    def run_interruptible(self) -> dict:
+        """`run`; on SIGINT (the shell's timeout) the sections so far are saved, with a note."""
+        try:
+            return self.run()
+        except KeyboardInterrupt:
+            self.result["errors"]["interrupted"] = f"interrupted after {time.perf_counter() - self.start:.0f} s"
+            self.save()
+            self.close()
+            return self.result
+
     def run(self) -> dict:
         self.section("machine", self.machine)
         if self.cuda and "machine" in self.result["errors"]:
+            self.save()
             return self.result  # no GPU: nothing else can run
         self.section("checkpoint", self.checkpoint)
         self.section("parity_fp32", self.parity_fp32)
@@ -320,11 +339,12 @@ class Check:
         self.section("t3_speed", self.t3_speed)
         self.section("s3gen_speed", self.s3gen_speed)
         self.section("text_fast", lambda: self.text("fast"))
+        first, *rest = self.sizes["jobs"]
+        self.section(f"jobs_{first}", lambda: self.jobs(first))
         self.section("text_fastest", lambda: self.text("fastest"))
-        for n in self.sizes["jobs"]:
+        for n in rest:  # the fast model again: the least needed section last
             self.section(f"jobs_{n}", lambda n=n: self.jobs(n))
-        for key in list(self._tts):
-            self._tts.pop(key).close()
+        self.close()
         if self.cuda:
             self.result["cuda_max_memory_allocated_mb"] = max(
                 (s.get("cuda_peak_mb", 0.0) for s in self.result["sections"].values()), default=0.0)
@@ -375,7 +395,7 @@ def main() -> int:
         args.budget_s = 120.0 if args.dry_run else 420.0
     if not args.dry_run:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 parity means float32 matmuls
-    result = Check(args).run()
+    result = Check(args).run_interruptible()
     print(json.dumps(result, default=str))
     print(markdown(result))
     return 0 if not result["errors"] else 1

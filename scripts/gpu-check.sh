@@ -95,8 +95,10 @@ case "$mode" in
         out=${OUT:-gpu-check-out}
         mkdir -p "$out"
         # the checked-out source first: the corpus chapter is read from the repo (bench.chapter_text)
-        PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 "$PYTHON" benchmarks/gpu_check.py \
-            --out "$out" --budget-s "${GPU_CHECK_BUDGET_S:-420}" 2>&1 | tee "$out/gpu_check.log"
+        budget=${GPU_CHECK_BUDGET_S:-420}
+        # SIGINT 60 s past the budget (a section that overran it): the driver saves what it has and stops
+        PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 timeout -s INT $((budget + 60)) \
+            "$PYTHON" benchmarks/gpu_check.py --out "$out" --budget-s "$budget" 2>&1 | tee "$out/gpu_check.log"
         ;;
     --dry-run)
         out=${OUT:-gpu-check-out}
