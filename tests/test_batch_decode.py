@@ -180,7 +180,7 @@ def _bad(t3, **change) -> list[DecodeRequest]:
     (dict(cfg_weight=-0.5), "cfg_weight"),
     (dict(repetition_penalty=float("nan")), "repetition_penalty"),
     (dict(min_p=1.5), "min_p"),
-    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=-0.1), "top_p"),  # 0 is valid: the top token alone, as upstream
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(max_new_tokens=5000), "max_new_tokens"),
     (dict(text_tokens=torch.zeros(0, dtype=torch.long)), "text_tokens"),
