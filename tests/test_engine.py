@@ -158,7 +158,7 @@ def test_a_call_that_makes_no_speech_says_so(fast, monkeypatch):
     """T3 stopping at once for every chunk (as extreme sampling settings make it): an error, not (1, 0) audio."""
     from concurrent.futures import Future
 
-    def stop_at_once(request, on_tokens=None):
+    def stop_at_once(request, on_tokens=None, urgent=False):
         done = Future()
         done.set_result(torch.tensor([fast.t3.cfg.stop_speech_token]))
         return done

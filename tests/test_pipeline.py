@@ -125,13 +125,24 @@ class ScriptedT3:
     script(request, tokens) -> the tokens the pipeline gets."""
 
     def __init__(self, tts, script=lambda request, tokens: tokens):
-        self.real, self.script, self.requests = tts.engine.scheduler, script, []
+        self.real, self.script, self.requests, self.urgent = tts.engine.scheduler, script, [], []
 
-    def submit(self, request, on_tokens=None):
+    def submit(self, request, on_tokens=None, urgent=False):
         self.requests.append(request)
+        self.urgent.append(urgent)
         done = Future()
-        done.set_result(self.script(request, self.real.submit(request, on_tokens).result()))
+        done.set_result(self.script(request, self.real.submit(request, on_tokens, urgent=urgent).result()))
         return done
+
+
+def test_a_calls_first_chunk_is_urgent_and_its_later_ones_are_not(fast, monkeypatch):
+    """The scheduler lets urgent requests go first (tests/test_scheduler.py): that is each call's chunk 0."""
+    t3 = ScriptedT3(fast)
+    monkeypatch.setattr(fast.engine, "scheduler", t3)
+    result = fast.synthesize(LONG_TEXT, seed=3, max_new_tokens=8)
+    assert len(result.chunks) > 2 and t3.urgent == [True] + [False] * (len(t3.urgent) - 1)
+    list(fast.generate_stream(LONG_TEXT, seed=3, max_new_tokens=8))
+    assert t3.urgent[len(result.chunks)] is True and not any(t3.urgent[len(result.chunks) + 1:])
 
 
 def test_stream_starts_with_a_short_chunk(fast, monkeypatch):

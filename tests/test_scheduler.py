@@ -395,3 +395,40 @@ def test_exit_with_an_unclosed_scheduler_mid_batch():
         assert run.returncode == 0, run.stderr[-2000:]
         assert "leaving mid-batch" in run.stdout
         assert "terminate called" not in run.stderr
+
+
+def test_urgent_requests_join_first_and_beyond_max_batch(t3, monkeypatch):
+    """One request per batch plus one urgent row: while A decodes, urgent C joins it at once, and
+    non-urgent B (submitted before C) waits until both are done. Every request samples what it samples alone."""
+    a, b, c = _requests(budgets=(40, 8, 8), seed=150)[:3]
+    ref = _solos(t3, [a, b, c], 150)
+    admitted, hold, held = [], threading.Event(), threading.Event()
+    admit = DecodeBatch.admit
+
+    def spied_admit(self, keys, requests):
+        admitted.append([next(name for name, r in (("a", a), ("b", b), ("c", c)) if r is q) for q in requests])
+        return admit(self, keys, requests)
+
+    def a_tokens(tokens):  # the first check of A: the scheduler waits here while B and C are submitted
+        if not held.is_set():
+            held.set()
+            hold.wait(timeout=60)
+
+    monkeypatch.setattr(DecodeBatch, "admit", spied_admit)
+    with T3Scheduler(t3, max_batch=1, urgent_rows=1) as scheduler:
+        with _Spy(t3.tfmr, "forward") as forward:
+            fa = scheduler.submit(a, on_tokens=a_tokens)
+            assert held.wait(timeout=60)
+            fb = scheduler.submit(b)
+            fc = scheduler.submit(c, urgent=True)
+            hold.set()
+            results = [f.result(timeout=120) for f in (fa, fb, fc)]
+    assert admitted == [["a"], ["c"], ["b"]]
+    assert forward.max_rows > 2  # C shared A's batch (one request has <= 2 rows)
+    for got, want in zip(results, ref):
+        assert torch.equal(got, want)
+
+
+def test_urgent_rows_must_be_a_count(t3):
+    with pytest.raises(ValueError, match="urgent_rows"):
+        T3Scheduler(t3, max_batch=2, urgent_rows=-1)

@@ -35,8 +35,8 @@ def t3_watch(monkeypatch):
     watch = {"futures": [], "dropped": [], "delay": 0.05}
     submit, advance, remove = scheduler.submit, DecodeBatch.advance, DecodeBatch.remove
 
-    def recording_submit(request, on_tokens=None):
-        future = submit(request, on_tokens)
+    def recording_submit(request, on_tokens=None, **options):
+        future = submit(request, on_tokens, **options)
         watch["futures"].append(future)
         return future
 

@@ -40,6 +40,7 @@ from .audio.joins import join_chunks, remove_dc, trim_edges
 from .audio.sinc_resample import sinc_resample
 from .checks import Failure, audio_failure, speaker_similarity, token_budget, token_failure
 from .engine.batch_decode import DecodeRequest
+from .engine.render_slots import RenderSlots
 from .engine.scheduler import T3Scheduler
 from .engine.t3_decode import generate_speech_tokens
 from .models.hift import F0Smoothing
@@ -150,11 +151,11 @@ class Engine:
         self.t3, self.s3gen, self.ve, self.tokenizer, self.settings = t3, s3gen, ve, tokenizer, settings
         self.device = torch.device(settings.device)
         self.sr = S3GEN_SR
-        self.scheduler = T3Scheduler(t3, settings.max_batch)
+        self.scheduler = T3Scheduler(t3, settings.max_batch, urgent_rows=settings.urgent_rows)
         # Calls on the global RNG decode one at a time, so each consumes the stream in one piece (as sequential
         # upstream calls do); they run beside the scheduler's batches (the model holds no cache).
         self._global_rng_lock = threading.Lock()
-        self.render_slots = threading.Semaphore(settings.render_slots)
+        self.render_slots = RenderSlots(settings.render_slots)  # first chunks of calls go first
         self.voice_cache_dir: Path | None = None  # voices of clips also kept on disk, by content
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
         self._voice_lock = threading.Lock()
@@ -283,11 +284,21 @@ class Engine:
             job.chunks = short_first(job.chunks, call.first_chunk_chars)
             clock = Clock()
             joiner = StreamJoiner(self.sr, clock)
-            first = 0
+            first, prefetched = 0, None
             if call.token_streaming is not None and call.continuous_batching:
-                first = 1
-                yield from stream_chunk_tokens(self, job, 0, joiner, clock)
-            results = chunk_results(self, job, clock, first_alone=first == 0, start=first, ahead=True)
+                first, rest = 1, _windows(job, False, 1)
+                # Where T3 decodes ahead (GPUs), the next window joins the batch now, behind the urgent first
+                # chunk; on a CPU it would slow the first chunk's steps, so it waits for them.
+                if self.settings.decode_ahead and rest:
+                    prefetched = T3Work(self, job, rest[0], 0)
+                try:
+                    yield from stream_chunk_tokens(self, job, 0, joiner, clock)
+                except BaseException:  # a consumer that stops early leaves nothing decoding for it
+                    if prefetched is not None:
+                        prefetched.cancel()
+                    raise
+            results = chunk_results(self, job, clock, first_alone=first == 0, start=first, ahead=True,
+                                    prefetched=prefetched)
             yield from streamed_pieces(results, self.sr, clock, joiner)
             if joiner.pending is None:  # nothing was ever spoken
                 raise _no_speech(call)
@@ -357,8 +368,8 @@ class T3Work:
         self.outputs: dict[int, torch.Tensor] = {}
         requests = {i: _request(engine, job, i, attempt) for i in indices}
         if job.call.continuous_batching:
-            for i, request in requests.items():
-                self.futures[i] = engine.scheduler.submit(request)
+            for i, request in requests.items():  # a call's first chunk is what its caller waits for first
+                self.futures[i] = engine.scheduler.submit(request, urgent=i == 0)
                 self.futures[i].add_done_callback(self._stamp)
         else:
             self.outputs = {i: generate_speech_tokens(
@@ -392,13 +403,13 @@ def _decoded(engine: Engine, tokens: list[int]) -> Decoded:
 
 def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: dict[int, int]) -> dict[int, np.ndarray]:
     """S3Gen for chunks {index: tokens}, each with the random stream of its attempt; renders take turns
-    across calls (`render_slots`)."""
+    across calls (`render_slots`), a call's first chunk before other calls' later ones."""
     order = list(tokens)
     solve = job.call.solve
     generators = None
     if job.call.seeded_streams:
         generators = [_generator(job, i, attempts[i], engine.device, "s3gen") for i in order]
-    with engine.render_slots:
+    with engine.render_slots.take(urgent=0 in tokens):
         wavs = engine.s3gen.render([tokens[i] for i in order], job.voice.gen, generators,
                                    batch=engine.settings.render_batch, n_timesteps=solve.n_timesteps,
                                    solver=solve.solver, schedule=solve.schedule, sway_coef=solve.sway_coef,
@@ -485,17 +496,17 @@ def _windows(job: Job, first_alone: bool, start: int = 0) -> list[list[int]]:
 
 
 def chunk_results(engine: Engine, job: Job, clock: Clock, *, first_alone: bool = False, start: int = 0,
-                  ahead: bool = False, progress: bool = False) -> Iterator[ChunkResult]:
+                  ahead: bool = False, progress: bool = False, prefetched: T3Work | None = None) -> Iterator[ChunkResult]:
     """The results of chunks start, start + 1, ..., in order, window by window.
 
     ahead: submit the next window's T3 (first attempts) while this window is rendered, so that T3 and S3Gen
     run side by side (continuous batching only: the global random stream must be consumed in order).
-    Retries are submitted when needed.
+    prefetched: the first window's T3 work, already submitted (with `ahead`). Retries are submitted when needed.
     """
     windows = _windows(job, first_alone, start)
     bar = tqdm(total=len(job.chunks) - start, desc="Chunks", unit="chunk", disable=not progress or None, leave=False)
     ahead = ahead and job.call.continuous_batching
-    submitted = [T3Work(engine, job, windows[0], 0)] if ahead and windows else []
+    submitted = [prefetched or T3Work(engine, job, windows[0], 0)] if ahead and windows else []
     try:
         for k, window in enumerate(windows):
             if ahead and k + 1 < len(windows):
@@ -589,7 +600,8 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
     streaming, chunk = job.call.token_streaming, job.chunks[index]
     updates: queue.Queue = queue.Queue()  # token lists as they come, then the finished Future
     submitted, ended = time.perf_counter(), []
-    future = engine.scheduler.submit(_request(engine, job, index, 0), on_tokens=lambda tokens: updates.put(list(tokens)))
+    future = engine.scheduler.submit(_request(engine, job, index, 0), on_tokens=lambda tokens: updates.put(list(tokens)),
+                                     urgent=index == 0)
     future.add_done_callback(lambda f: (ended.append(time.perf_counter()), updates.put(f)))
     noise_gen = _generator(job, index, 0, engine.device, "s3gen")
     solve, spt = job.call.solve, engine.s3gen.samples_per_token
@@ -611,7 +623,7 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
                 continue
             start = max(0, emitted - streaming.context)
             begin = time.perf_counter()
-            with engine.render_slots:  # context + new + lookahead, each render drawing on from the chunk's stream
+            with engine.render_slots.take(urgent=index == 0):  # context + new + lookahead, each render drawing on from the chunk's stream
                 wav = engine.s3gen.render([tokens[start:]], job.voice.gen, [noise_gen], n_timesteps=solve.n_timesteps,
                                           solver=solve.solver, schedule=solve.schedule, sway_coef=solve.sway_coef,
                                           prompt_seconds=solve.prompt_seconds,

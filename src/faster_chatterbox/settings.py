@@ -54,6 +54,7 @@ class EngineSettings:
     s3gen_dtype: torch.dtype  # flow decoder and vocoder weights/activations
     tokenize_voice_once: bool  # T3's prompt tokens from the decoder's S3 tokenizer pass
     max_batch: int  # T3 requests per continuous batch, across calls
+    urgent_rows: int  # requests beyond max_batch that only calls' first chunks may take (short calls never wait)
     render_slots: int  # S3Gen renders at once, across calls
     render_batch: int  # chunks per S3Gen batch (batching does not pay on CPU: benchmarks/s3gen_speed.md)
     decode_ahead: bool  # submit the next window's T3 while this window renders
@@ -150,7 +151,7 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
     # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster (BENCHMARKS.md 4)
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
-                          max_batch=32 if cuda else 8, render_slots=2 if cuda else 1, render_batch=8 if cuda else 1,
+                          max_batch=32 if cuda else 8, urgent_rows=8 if cuda else 1, render_slots=2 if cuda else 1, render_batch=8 if cuda else 1,
                           decode_ahead=cuda, decoder=decoder)
 
 

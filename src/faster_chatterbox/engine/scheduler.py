@@ -2,8 +2,10 @@
 
 Requests from any number of callers (chunks of one long text, concurrent `synthesize` calls, server
 requests) are queued; at every check of the running batch (every `check_every` tokens) finished requests
-leave it and waiting ones join, up to `max_batch` requests, in arrival order. A request's tokens do not
-depend on what it was batched with or when it joined (engine/batch_decode.py).
+leave it and waiting ones join, up to `max_batch` requests: urgent ones first (a call's first chunk, the
+audio its caller waits for first), then the others in arrival order. Urgent requests may also take
+`urgent_rows` places beyond `max_batch`, so a short call never waits for the chunks of a long one to finish.
+A request's tokens do not depend on what it was batched with or when it joined (engine/batch_decode.py).
 
 The batch owns its KV cache and only reads the model, so code that decodes T3 directly (the exact preset's
 loop) runs beside it, no lock needed. On CUDA it decodes on its own stream, so that T3 steps and the
@@ -38,6 +40,7 @@ from .batch_decode import DecodeBatch, DecodeRequest, request_problem
 class _Ticket:
     request: DecodeRequest
     on_tokens: Callable[[list[int]], None] | None
+    urgent: bool = False
     future: Future = field(default_factory=Future)
     reported: int = 0  # tokens already given to on_tokens
 
@@ -58,14 +61,18 @@ class T3Scheduler:
 
     `close()` (or leaving `with T3Scheduler(...)`) finishes what was submitted and stops the thread;
     close(cancel=True) cancels it instead.
+
+    urgent_rows: requests beyond `max_batch` that only urgent requests (`submit(..., urgent=True)`) may take.
     """
 
-    def __init__(self, t3: T3, max_batch: int, check_every: int = 4):
+    def __init__(self, t3: T3, max_batch: int, check_every: int = 4, urgent_rows: int = 0):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+        if not isinstance(urgent_rows, int) or urgent_rows < 0:
+            raise ValueError(f"urgent_rows must be a non-negative integer, got {urgent_rows!r}")
         if not isinstance(check_every, int) or check_every < 1:  # here, not on the thread
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
-        self.t3, self.max_batch, self.check_every = t3, max_batch, check_every
+        self.t3, self.max_batch, self.check_every, self.urgent_rows = t3, max_batch, check_every, urgent_rows
         self._waiting: list[_Ticket] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None  # running while there are requests
@@ -73,11 +80,14 @@ class T3Scheduler:
         self._closed = self._cancelling = False
         _open.add(self)
 
-    def submit(self, request: DecodeRequest, on_tokens: Callable[[list[int]], None] | None = None) -> Future:
+    def submit(self, request: DecodeRequest, on_tokens: Callable[[list[int]], None] | None = None, *,
+               urgent: bool = False) -> Future:
+        """Queue `request`; urgent: it joins before every waiting non-urgent request, in `urgent_rows` if
+        the batch is full."""
         problem = request_problem(self.t3, request)
         if problem:
             raise ValueError(problem)
-        ticket = _Ticket(request, on_tokens)
+        ticket = _Ticket(request, on_tokens, bool(urgent))
         with self._wake:
             if self._closed:
                 raise RuntimeError("the T3 scheduler is closed")
@@ -170,12 +180,17 @@ class T3Scheduler:
                     batch = None
 
     def _take(self, n_running: int) -> list[_Ticket]:
-        """The waiting requests that join now (called holding `_wake`): the first ones, while there is room;
-        cancelled ones are dropped. Their Futures stay pending (cancellable) until settled."""
+        """The waiting requests that join now (called holding `_wake`): urgent ones while there is room
+        (`urgent_rows` included), then the others while there is room within `max_batch`, each kind in
+        arrival order; cancelled ones are dropped. Their Futures stay pending (cancellable) until settled."""
         waiting = [ticket for ticket in self._waiting if not ticket.future.cancelled()]
-        room = self.max_batch - n_running
-        self._waiting = waiting[room:]
-        return waiting[:room]
+        urgent = [ticket for ticket in waiting if ticket.urgent]
+        taken = urgent[: max(0, self.max_batch + self.urgent_rows - n_running)]
+        room = max(0, self.max_batch - n_running - len(taken))
+        taken += [ticket for ticket in waiting if not ticket.urgent][:room]
+        chosen = set(taken)
+        self._waiting = [ticket for ticket in waiting if ticket not in chosen]
+        return taken
 
     def _admit(self, batch: DecodeBatch | None, joining: list[_Ticket],
                running: dict[_Ticket, None]) -> DecodeBatch | None:
