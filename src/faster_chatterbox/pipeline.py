@@ -401,21 +401,30 @@ def _decoded(engine: Engine, tokens: list[int]) -> Decoded:
     return Decoded([t for t in tokens if t < vocab], bool(tokens) and tokens[-1] == stop, len(tokens))
 
 
-def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: dict[int, int]) -> dict[int, np.ndarray]:
-    """S3Gen for chunks {index: tokens}, each with the random stream of its attempt; renders take turns
-    across calls (`render_slots`), a call's first chunk before other calls' later ones."""
-    order = list(tokens)
+def _render_group(engine: Engine, job: Job, tokens: list[list[int]], generators: list[torch.Generator] | None,
+                  urgent: bool) -> list[np.ndarray]:
+    """One S3Gen render (one batch) of chunks in the call's voice with the call's solve, in a render slot."""
     solve = job.call.solve
-    generators = None
-    if job.call.seeded_streams:
-        generators = [_generator(job, i, attempts[i], engine.device, "s3gen") for i in order]
-    with engine.render_slots.take(urgent=0 in tokens):
-        wavs = engine.s3gen.render([tokens[i] for i in order], job.voice.gen, generators,
-                                   batch=engine.settings.render_batch, n_timesteps=solve.n_timesteps,
+    with engine.render_slots.take(urgent=urgent):
+        return engine.s3gen.render(tokens, job.voice.gen, generators, batch=len(tokens), n_timesteps=solve.n_timesteps,
                                    solver=solve.solver, schedule=solve.schedule, sway_coef=solve.sway_coef,
                                    prompt_seconds=solve.prompt_seconds,
                                    f0_smoothing=F0Smoothing() if solve.f0_smoothing else None)
-    return dict(zip(order, wavs))
+
+
+def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: dict[int, int]) -> dict[int, np.ndarray]:
+    """S3Gen for chunks {index: tokens}, each with the random stream of its attempt, `render_batch` chunks per
+    render. Renders take turns across calls (`render_slots`) batch by batch, so a call's first chunk waits
+    for one batch of other calls' later chunks at most, not for their whole window."""
+    wavs = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
+    spoken, step = [i for i, t in tokens.items() if t], engine.settings.render_batch
+    for k in range(0, len(spoken), step):
+        group = spoken[k : k + step]
+        generators = None
+        if job.call.seeded_streams:
+            generators = [_generator(job, i, attempts[i], engine.device, "s3gen") for i in group]
+        wavs.update(zip(group, _render_group(engine, job, [tokens[i] for i in group], generators, urgent=0 in group)))
+    return wavs
 
 
 def _similarity(engine: Engine, job: Job, wav: np.ndarray) -> float | None:
@@ -604,7 +613,7 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
                                      urgent=index == 0)
     future.add_done_callback(lambda f: (ended.append(time.perf_counter()), updates.put(f)))
     noise_gen = _generator(job, index, 0, engine.device, "s3gen")
-    solve, spt = job.call.solve, engine.s3gen.samples_per_token
+    spt = engine.s3gen.samples_per_token
     overlap = int(engine.sr * streaming.overlap_ms / 1000)
     decoded = Decoded([], False, 0)
     emitted, done, first = 0, False, True
@@ -623,11 +632,8 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
                 continue
             start = max(0, emitted - streaming.context)
             begin = time.perf_counter()
-            with engine.render_slots.take(urgent=index == 0):  # context + new + lookahead, each render drawing on from the chunk's stream
-                wav = engine.s3gen.render([tokens[start:]], job.voice.gen, [noise_gen], n_timesteps=solve.n_timesteps,
-                                          solver=solve.solver, schedule=solve.schedule, sway_coef=solve.sway_coef,
-                                          prompt_seconds=solve.prompt_seconds,
-                                          f0_smoothing=F0Smoothing() if solve.f0_smoothing else None)[0]
+            # context + new + lookahead, each render drawing on from the chunk's stream
+            wav = _render_group(engine, job, [tokens[start:]], [noise_gen], urgent=index == 0)[0]
             clock.add("s3gen_s", time.perf_counter() - begin)
             lead = 0 if first else min(overlap, (emitted - start) * spt)
             audio = wav[(emitted - start) * spt - lead : (ready - start) * spt]
