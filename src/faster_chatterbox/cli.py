@@ -18,6 +18,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 # Speech runs at about 15 characters per second; at a brisk 25 the audio is hardly ever shorter, so an output
 # size estimated at that rate errs low (check_output_path refuses a file system with less free).
 BRISK_CHARS_PER_SECOND = 25
+LOCAL_RAY = "local"  # --ray without an address: start a Ray cluster on this machine
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -91,12 +92,21 @@ def cmd_bench(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    extra = "ray" if args.ray else "server"
     try:
         from .server.main import serve
+
+        if args.ray:
+            from .server.ray_serve import RayEndpoint, config_from_args, serve_on_ray
     except ImportError as exc:
         raise ValueError(f"the server needs its extra ({exc.name} is missing): "
-                         "pip install 'faster-chatterbox[server]'") from None
-    serve(args)
+                         f"pip install 'faster-chatterbox[{extra}]'") from None
+    if not args.ray:
+        if args.replicas is not None or args.min_replicas is not None or args.max_replicas is not None:
+            raise ValueError("--replicas, --min-replicas and --max-replicas need --ray")
+        return serve(args)
+    address = None if args.ray == LOCAL_RAY else args.ray
+    serve_on_ray(config_from_args(args), RayEndpoint(address, args.host, args.port))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $FASTER_CHATTERBOX_API_KEY)")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow this browser origin (repeatable)")
     p.add_argument("--wyoming-port", type=int, help="also serve Wyoming TTS (Home Assistant) on this port, e.g. 10200")
+    ray = p.add_argument_group("Ray Serve (extra [ray]; docs/scaling.md)")
+    ray.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+                     help="serve on Ray Serve: replicas behind one endpoint; ADDRESS of a running cluster "
+                          "('auto', ray://HOST:10001), none: start one on this machine")
+    replicas = ray.add_mutually_exclusive_group()
+    replicas.add_argument("--replicas", type=int, help="a fixed number of replicas, one model each (default 1)")
+    replicas.add_argument("--min-replicas", type=int, help="autoscale on ongoing requests from this many replicas")
+    ray.add_argument("--max-replicas", type=int, help="... to at most this many")
+    ray.add_argument("--num-cpus", type=float, help="CPUs of one replica (default 1)")
+    ray.add_argument("--num-gpus", type=float, help="GPUs of one replica (default 0; 1 per model on GPUs)")
     p.set_defaults(func=cmd_serve)
 
     add_ab_command(sub)
