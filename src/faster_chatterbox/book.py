@@ -91,8 +91,8 @@ def read_book(path: str | Path) -> list[Chapter]:
 
 
 def text_chapters(text: str) -> list[Chapter]:
-    """A plain text's chapters: each heading line (see _HEADING) starts one; text before the first heading
-    is a chapter of its own ("Opening"); no heading: one chapter."""
+    """A plain text's chapters: each heading line (see _HEADING) starts one and is spoken as a sentence of
+    its own; text before the first heading is a chapter of its own ("Opening"); no heading: one chapter."""
     text = text.replace("\r\n", "\n")
     starts = [m.start() for m in _HEADING.finditer(text) if len(m.group().strip()) <= _MAX_HEADING_CHARS]
     bounds = [0, *starts, len(text)] if not starts or starts[0] > 0 else [*starts, len(text)]
@@ -101,19 +101,21 @@ def text_chapters(text: str) -> list[Chapter]:
         body = text[begin:end].strip()
         if not any(ch.isalnum() for ch in body):
             continue
-        first = body.split("\n", 1)[0].strip()
-        title = first.lstrip("#").strip() if begin in starts else "Opening"
-        chapters.append(Chapter(title, _spoken_heading(body)))
+        if begin in starts:
+            head, _, rest = body.partition("\n")
+            title = head.lstrip("#").strip()
+            chapters.append(Chapter(title, f"{_as_sentence(title)}\n\n{rest.strip()}".strip()))
+        else:
+            chapters.append(Chapter("Opening", body))
     return chapters
 
 
-def _spoken_heading(body: str) -> str:
-    """A heading line spoken as a sentence of its own: a paragraph break after it, Markdown marks dropped."""
-    head, _, rest = body.partition("\n")
-    head = head.lstrip("#").strip()
-    if head and head[-1].isalnum():
-        head += "."
-    return f"{head}\n\n{rest.strip()}" if rest.strip() else head
+def _as_sentence(heading: str) -> str:
+    """A heading spoken as a sentence: with a full stop when it ends in a letter or digit."""
+    return f"{heading}." if heading and heading[-1].isalnum() else heading
+
+
+_BLOCKS = ["h1", "h2", "h3", "h4", "p", "li", "blockquote", "pre"]
 
 
 def _epub_chapters(path: Path) -> list[Chapter]:
@@ -134,16 +136,14 @@ def _epub_chapters(path: Path) -> list[Chapter]:
         if item is None or item.get_type() != ebooklib.ITEM_DOCUMENT:
             continue
         soup = BeautifulSoup(item.get_content(), "html.parser")
-        for hidden in soup(["script", "style", "head"]):
-            hidden.decompose()
-        blocks = [" ".join(tag.get_text(" ").split()) for tag in soup.find_all(["h1", "h2", "h3", "h4", "p", "li",
-                                                                               "blockquote", "pre"])]
-        blocks = [b for b in blocks if b]
-        if not any(ch.isalnum() for ch in "".join(blocks)):
-            continue
-        heading = soup.find(["h1", "h2", "h3"])
-        title = " ".join(heading.get_text(" ").split()) if heading else f"Part {len(chapters) + 1}"
-        chapters.append(Chapter(title, _spoken_heading("\n\n".join(blocks))))
+        # innermost blocks only (a <p> inside a <li> or <blockquote> is read once)
+        tags = [t for t in soup.find_all(_BLOCKS) if t.find(_BLOCKS) is None]
+        blocks = [(t.name, " ".join(t.get_text().split())) for t in tags]
+        text = "\n\n".join(_as_sentence(b) if name[0] == "h" else b for name, b in blocks if b)
+        if not any(ch.isalnum() for ch in text):
+            continue  # a cover, an image page
+        heading = next((b for name, b in blocks if name in ("h1", "h2", "h3") and b), None)
+        chapters.append(Chapter(heading or f"Part {len(chapters) + 1}", text))
     return chapters
 
 
