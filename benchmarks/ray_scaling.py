@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,7 +73,6 @@ def book_run(checkpoint: Path, tokens: int, use_ray: bool, workdir: Path) -> dic
     out = workdir / ("ray" if use_ray else "local")
     report = render_book(book, out, model=BookModel(str(checkpoint), device="cpu"),
                          speech=Speech(max_new_tokens=tokens), seed=1, use_ray=use_ray,
-                         ray_address=ray.get_runtime_context().gcs_address if use_ray else None,
                          watermark=False, progress=False)
     return {"run": "book", "where": "ray" if use_ray else "in-process", "chunks": report.rendered,
             "wall_s": round(report.seconds, 2), "chunks_per_min": round(report.chunks_per_minute, 2)}
@@ -90,17 +90,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or write_random_checkpoint(Path(tmp) / "ckpt", seed=1, small=True)
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        runs = []
         try:
-            runs = [serve_run(checkpoint, n, args.clients, args.tokens, args.port) for n in (1, 2)]
-            runs += [book_run(checkpoint, args.tokens, use_ray, Path(tmp)) for use_ray in (True, False)]
+            for run in [lambda n=n: serve_run(checkpoint, n, args.clients, args.tokens, args.port) for n in (1, 2)] + [
+                    lambda r=r: book_run(checkpoint, args.tokens, r, Path(tmp)) for r in (True, False)]:
+                runs.append({**run(), "checkpoint": "given" if args.checkpoint else "small random",
+                             "load_avg_1m": round(os.getloadavg()[0], 1)})
+                print(json.dumps(runs[-1]), flush=True)
+                if args.json:
+                    with args.json.open("a") as f:
+                        f.write(json.dumps(runs[-1]) + "\n")
         finally:
             ray.shutdown()
-    for run in runs:
-        run["checkpoint"] = "given" if args.checkpoint else "small random"
-        print(json.dumps(run))
-        if args.json:
-            with args.json.open("a") as f:
-                f.write(json.dumps(run) + "\n")
     print("\n| run | replicas / workers | requests or chunks | wall s | audio s per s | chunks per min |")
     print("|---|---:|---:|---:|---:|---:|")
     for run in runs:

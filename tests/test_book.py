@@ -177,3 +177,51 @@ def test_ray_serve_config_checks_its_scaling():
         config(replicas=0)
     with pytest.raises(ValueError, match="extra"):
         config(unknown=1)
+
+
+def test_ctrl_c_stops_a_local_book_cleanly(tmp_path):
+    """The CLI in this process's mode, interrupted after its first chunk: exit 130, a whole manifest, no
+    staged files (the re-run's resume is test_ray's)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from faster_chatterbox.random_checkpoint import write_random_checkpoint
+
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", seed=1, small=True)
+    (tmp_path / "b.txt").write_text(BOOK)
+    out = tmp_path / "out"
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "faster_chatterbox.cli", "render-book", str(tmp_path / "b.txt"), "-o", str(out),
+               "--checkpoint", str(ckpt), "--device", "cpu", "--max-new-tokens", "10", "--no-watermark"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "chunks").is_dir() or not any((out / "chunks").glob("*.wav")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130 and "interrupted" in proc.stderr.read()
+    done = json.loads((out / "manifest.json").read_text())["chunks"]
+    assert 1 <= len(done) < 5 and not list(out.rglob(".*"))  # no hidden staging file left behind
+
+
+def test_the_documented_serve_config_is_valid(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("ray")
+    from pathlib import Path
+
+    from ray.serve.schema import ServeDeploySchema
+
+    from faster_chatterbox.server.ray_serve import app_builder
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ray-serve.yaml").read_text()
+    config = ServeDeploySchema.model_validate(yaml.safe_load(text))
+    [app] = config.applications
+    assert app.import_path == "faster_chatterbox.server.ray_serve:app_builder"
+    assert app_builder(app.args) is not None  # the builder takes the documented arguments
+    with pytest.raises(ValueError, match="replicas"):
+        app_builder({**app.args, "replicas": 2})

@@ -283,8 +283,9 @@ class RayRenderer:
         except ImportError as exc:
             raise ValueError(f"render-book --ray needs the ray extra ({exc.name} is missing): "
                              "pip install 'faster-chatterbox[ray]'") from None
-        self.ray = ray
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        self.ray, self.connected = ray, not ray.is_initialized()  # a caller's own connection is left open
+        if self.connected:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         # the job retries itself (so it can report each failure); Ray only runs the task
         self.remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_ray_render)
         self.args = ray.put(model), ray.put(clip), ray.put(speech)
@@ -309,7 +310,8 @@ class RayRenderer:
         for ref in self.running:
             self.ray.cancel(ref, force=True)
         self.running.clear()
-        self.ray.shutdown()
+        if self.connected:
+            self.ray.shutdown()
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -366,7 +368,8 @@ def render_book(book: str | Path, out_dir: str | Path, *, model: BookModel, spee
     """Render `book` into `out_dir` (chunks/, chapters/, manifest.json), resuming what a previous run left.
 
     seed: the book's seed (default: the manifest's, else 0). use_ray: render on the Ray cluster at
-    `ray_address` (None: start one on this machine), else in this process. retries: new attempts for a
+    `ray_address` (None: start one on this machine; a process already connected to Ray uses that
+    connection), else in this process. retries: new attempts for a
     chunk whose render fails. watermark: the chapters (not the chunks) get the Perth watermark.
     """
     start = time.perf_counter()
