@@ -1,4 +1,4 @@
-"""`faster-chatterbox` command line: speak, init-random, bench, ab, serve.
+"""`faster-chatterbox` command line: speak, init-random, bench, ab, serve, render-book.
 
 User errors (bad text, files, parameters, devices, no network) print one line and exit with status 2;
 Ctrl-C exits with 130, also during start-up. Neither prints a stack trace. Everything heavy (torch, the
@@ -18,6 +18,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 # Speech runs at about 15 characters per second; at a brisk 25 the audio is hardly ever shorter, so an output
 # size estimated at that rate errs low (check_output_path refuses a file system with less free).
 BRISK_CHARS_PER_SECOND = 25
+LOCAL_RAY = "local"  # --ray without an address: start a Ray cluster on this machine
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -91,12 +92,36 @@ def cmd_bench(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    extra = "ray" if args.ray else "server"
     try:
         from .server.main import serve
+
+        if args.ray:
+            from .server.ray_serve import RayEndpoint, config_from_args, serve_on_ray
     except ImportError as exc:
         raise ValueError(f"the server needs its extra ({exc.name} is missing): "
-                         "pip install 'faster-chatterbox[server]'") from None
-    serve(args)
+                         f"pip install 'faster-chatterbox[{extra}]'") from None
+    if not args.ray:
+        if args.replicas is not None or args.min_replicas is not None or args.max_replicas is not None:
+            raise ValueError("--replicas, --min-replicas and --max-replicas need --ray")
+        return serve(args)
+    address = None if args.ray == LOCAL_RAY else args.ray
+    serve_on_ray(config_from_args(args), RayEndpoint(address, args.host, args.port))
+
+
+def cmd_render_book(args) -> int:
+    from .book import BookModel, Speech, render_book, summary_lines
+
+    model = BookModel(args.checkpoint, device=args.device, preset=args.preset, decoder=args.decoder)
+    speech = Speech(exaggeration=args.exaggeration, cfg_weight=args.cfg_weight, temperature=args.temperature,
+                    max_new_tokens=args.max_new_tokens)
+    report = render_book(args.book, args.output_dir, model=model, speech=speech, voice=args.voice, seed=args.seed,
+                         use_ray=args.ray is not None, ray_address=None if args.ray == LOCAL_RAY else args.ray,
+                         num_cpus=args.num_cpus, num_gpus=args.num_gpus, retries=args.retries,
+                         watermark=not args.no_watermark)
+    for line in summary_lines(report):
+        print(line, file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +196,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $FASTER_CHATTERBOX_API_KEY)")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow this browser origin (repeatable)")
     p.add_argument("--wyoming-port", type=int, help="also serve Wyoming TTS (Home Assistant) on this port, e.g. 10200")
+    ray = p.add_argument_group("Ray Serve (extra [ray]; docs/scaling.md)")
+    ray.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+                     help="serve on Ray Serve: replicas behind one endpoint; ADDRESS of a running cluster "
+                          "('auto', ray://HOST:10001), none: start one on this machine")
+    replicas = ray.add_mutually_exclusive_group()
+    replicas.add_argument("--replicas", type=int, help="a fixed number of replicas, one model each (default 1)")
+    replicas.add_argument("--min-replicas", type=int, help="autoscale on ongoing requests from this many replicas")
+    ray.add_argument("--max-replicas", type=int, help="... to at most this many")
+    ray.add_argument("--num-cpus", type=float, help="CPUs of one replica (default 1)")
+    ray.add_argument("--num-gpus", type=float, help="GPUs of one replica (default 0; 1 per model on GPUs)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("render-book", help="a book (.txt, .epub) to one audio file per chapter, resumable, "
+                                          "in this process or across a Ray cluster")
+    p.add_argument("book", help="a UTF-8 text file (chapters at heading lines) or an EPUB (its spine)")
+    p.add_argument("-o", "--output-dir", required=True, metavar="DIR",
+                   help="chunks/, chapters/NNN.wav and manifest.json; a re-run resumes what is missing")
+    p.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+                   help="render the chunks as Ray tasks on the cluster at ADDRESS ('auto', ray://HOST:10001; "
+                        "none: start one on this machine); default: in this process (extra [ray])")
+    p.add_argument("--voice", metavar="WAV", help="reference clip of the voice (default: the built-in voice)")
+    p.add_argument("--seed", type=int, help="the book's seed (default: the manifest's, else 0)")
+    _add_model_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=1000, help="speech-token cap per chunk (default 1000)")
+    p.add_argument("--exaggeration", type=float, default=0.5)
+    p.add_argument("--cfg-weight", type=float, default=0.5)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--retries", type=int, default=2, help="new attempts for a chunk whose render fails (default 2)")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="--ray: CPUs per chunk task (default 1)")
+    p.add_argument("--num-gpus", type=float, default=0.0,
+                   help="--ray: GPUs per chunk task (default 0; 1, or 0.5 for two models per GPU)")
+    p.add_argument("--no-watermark", action="store_true", help="do not watermark the chapters")
+    p.set_defaults(func=cmd_render_book)
 
     add_ab_command(sub)
     return parser
@@ -187,14 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # imports torch: a Ctrl-C there is handled as anywhere else
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
-        args.func(args)
+        status = args.func(args)
     except (ValueError, OSError) as exc:  # user errors, CheckpointError included (a ValueError)
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message holds
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         _exit_at_once(EXIT_INTERRUPTED)
-    return 0
+    return status or 0
 
 
 def _exit_at_once(status: int) -> None:

@@ -529,18 +529,25 @@ def chunk_results(engine: Engine, job: Job, clock: Clock, *, first_alone: bool =
         bar.close()
 
 
-def _edges(result: ChunkResult, sr: int, trim: bool) -> np.ndarray:
-    return trim_edges(remove_dc(result.audio), sr) if trim else result.audio
+def _edges(audio: np.ndarray, sr: int, trim: bool) -> np.ndarray:
+    return trim_edges(remove_dc(audio), sr) if trim else audio
 
 
 def assemble(results: list[ChunkResult], sr: int, trim: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """The chunks' audio joined with the pause their boundary calls for (a crossfade inside a sentence);
     trim: remove DC and cut each chunk's leading and trailing silence and noise first."""
-    spoken = [r for r in results if len(r.audio)]
+    return assemble_audio([r.audio for r in results], [r.kind for r in results], sr, trim)
+
+
+def assemble_audio(audio: list[np.ndarray], kinds: list[str], sr: int,
+                   trim: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """`assemble` of chunks rendered elsewhere (book jobs): each chunk's (N,) audio and the kind of the
+    boundary after it (text.chunking.Chunk.kind); silent chunks are left out."""
+    spoken = [(wav, kind) for wav, kind in zip(audio, kinds, strict=True) if len(wav)]
     if not spoken:
         return np.zeros(0, dtype=np.float32), []
-    pieces = [_edges(r, sr, trim) for r in spoken]
-    return join_chunks(pieces, [DEFAULT_PAUSES_S.get(r.kind, 0.0) for r in spoken[:-1]], sr)
+    pieces = [_edges(wav, sr, trim) for wav, _ in spoken]
+    return join_chunks(pieces, [DEFAULT_PAUSES_S.get(kind, 0.0) for _, kind in spoken[:-1]], sr)
 
 
 class StreamJoiner:
@@ -594,7 +601,7 @@ def streamed_pieces(results: Iterator[ChunkResult], sr: int, clock: Clock,
     joiner = joiner or StreamJoiner(sr, clock)
     for result in results:
         if len(result.audio):
-            piece = joiner.chunk(_edges(result, sr, trim=True), result.index)
+            piece = joiner.chunk(_edges(result.audio, sr, trim=True), result.index)
             joiner.end_chunk(result.kind)
             if piece is not None:
                 yield piece
