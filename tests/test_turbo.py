@@ -299,7 +299,7 @@ def test_nano_loads_and_speaks(tmp_path):
 
 # ---- full size, once: generate() against upstream's -----------------------------------------------
 
-TOKENS = 30
+TOKENS = 12  # decode steps compared; random weights never sample the stop token
 
 
 @pytest.mark.slow
@@ -322,8 +322,10 @@ def test_full_size_generate_matches_upstream(oracle, tmp_path):
     assert (wav - ref).abs().max() <= 1e-3, "waveform differs from upstream's"
     clip = tmp_path / "clip.wav"
     sf.write(clip, synthetic_voice(12.0, 24000, seed=5), 24000)
-    upstream.prepare_conditionals(str(clip))
-    ours.prepare_conditionals(clip)
+    # upstream's norm_loudness turns the clip into float64 under NumPy 2 (float32 * np.float64 gain), which
+    # its S3 tokenizer then rejects: compare the voices without it (the loudness rule is tested above)
+    upstream.prepare_conditionals(str(clip), norm_loudness=False)
+    ours.prepare_conditionals(clip, norm_loudness=False)
     assert torch.equal(ours.conds.t3.cond_prompt_speech_tokens.long(), upstream.conds.t3.cond_prompt_speech_tokens.long())
     assert rel_error(ours.conds.t3.speaker_emb, upstream.conds.t3.speaker_emb) < 1e-4
     assert rel_error(ours.conds.gen["prompt_feat"], upstream.conds.gen["prompt_feat"]) < 1e-4
