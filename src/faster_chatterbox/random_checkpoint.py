@@ -118,58 +118,44 @@ MODELS = ("chatterbox", "turbo", "nano")
 def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False,
                             meanflow: bool = False, model: str = "chatterbox") -> Path:
     """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors.
-    model "turbo" / "nano": Chatterbox-Turbo's or -Nano's layout instead (checkpoint.TURBO_FILES)."""
+    model "turbo" / "nano": Chatterbox-Turbo's or -Nano's layout instead (checkpoint.TURBO_FILES: the GPT-2
+    T3 with the token table upstream's strict load wants, the meanflow S3Gen, the GPT-2 tokenizer files)."""
     from .tts import ChatterboxTTS
+    from .tts_turbo import UNUSED_T3_KEYS, ChatterboxTurboTTS
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
-    if model != "chatterbox":
-        return _write_turbo(Path(directory), seed, small, nano=model == "nano")
+    turbo = model != "chatterbox"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = small_config() if small else ChatterboxConfig()
+    if turbo:
+        config = turbo_config(nano=model == "nano", small=small)
+    else:
+        config = small_config() if small else ChatterboxConfig()
     generator = torch.Generator().manual_seed(seed)
     modules = config.build_modules()
     for name, module in modules.items():
         _randomize_(module, generator)
-    if meanflow:  # drawn after the others, so that the other files do not depend on `meanflow`
+    if meanflow and not turbo:  # drawn after the others, so that the other files do not depend on `meanflow`
         modules[MEANFLOW_FILE] = _meanflow_s3gen(config, modules["s3gen.safetensors"], generator)
     for name, module in modules.items():
-        state = _s3gen_state(module) if isinstance(module, S3Gen) else module.state_dict()
+        state = _s3gen_state(module) if isinstance(module, S3Gen) else dict(module.state_dict())
+        if turbo and name == config.t3_file:
+            table = (config.t3.text_tokens_dict_size, config.t3.dim)
+            state.update({key: torch.randn(table, generator=generator) * 0.02 for key in UNUSED_T3_KEYS})
         save_file({k: v.contiguous() for k, v in state.items()}, str(directory / name))
-    write_tokenizer(directory / "tokenizer.json")
+    if turbo:
+        write_gpt2_tokenizer(directory)
+    else:
+        write_tokenizer(directory / "tokenizer.json")
     if small:
         config.save(directory / "config.json")
     (directory / RANDOM_MARKER).write_text("These weights are random: faster-chatterbox init-random wrote them for "
                                            "tests and benchmarks. The audio they make is noise.\n")
     # The built-in voice: the conditionals of a synthetic clip, computed by this very checkpoint.
-    tts = ChatterboxTTS.from_local(directory, device="cpu", watermark=False)
-    tts.conditionals_from_wav(synthetic_voice(10.0, 24000, seed=seed), 24000).save(directory / "conds.pt")
-    return directory
-
-
-def _write_turbo(directory: Path, seed: int, small: bool, nano: bool) -> Path:
-    """Turbo's (or Nano's) files: ve, the GPT-2 T3 (with the token table upstream's strict load wants),
-    the meanflow S3Gen, the GPT-2 tokenizer files, and a built-in voice."""
-    from .tts_turbo import UNUSED_T3_KEYS, ChatterboxTurboTTS
-
-    directory.mkdir(parents=True, exist_ok=True)
-    config = turbo_config(nano=nano, small=small)
-    generator = torch.Generator().manual_seed(seed)
-    modules = config.build_modules()
-    for module in modules.values():
-        _randomize_(module, generator)
-    for name, module in modules.items():
-        state = _s3gen_state(module) if isinstance(module, S3Gen) else dict(module.state_dict())
-        if name == config.t3_file:
-            vocab, dim = config.t3.text_tokens_dict_size, config.t3.dim
-            state.update({key: torch.randn(vocab, dim, generator=generator) * 0.02 for key in UNUSED_T3_KEYS})
-        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / name))
-    write_gpt2_tokenizer(directory)
-    if small:
-        config.save(directory / "config.json")
-    (directory / RANDOM_MARKER).write_text("These weights are random: faster-chatterbox init-random wrote them for "
-                                           "tests and benchmarks. The audio they make is noise.\n")
-    tts = ChatterboxTurboTTS.from_local(directory, device="cpu", nano=nano, watermark=False, preset="exact")
+    if turbo:
+        tts = ChatterboxTurboTTS.from_local(directory, device="cpu", nano=model == "nano", watermark=False)
+    else:
+        tts = ChatterboxTTS.from_local(directory, device="cpu", watermark=False)
     tts.conditionals_from_wav(synthetic_voice(10.0, 24000, seed=seed), 24000).save(directory / "conds.pt")
     return directory
