@@ -6,9 +6,10 @@ if TYPE_CHECKING:
     from .pipeline import NoSpeechError, SynthesisResult
     from .settings import CallSettings, EngineSettings
     from .tts import ChatterboxTTS, Conditionals
+    from .tts_turbo import ChatterboxTurboTTS
     from .voices import Voice, VoiceLibrary
 
-_EXPORTS = {"ChatterboxTTS": "tts", "Conditionals": "tts", "Voice": "voices", "VoiceLibrary": "voices",
+_EXPORTS = {"ChatterboxTTS": "tts", "ChatterboxTurboTTS": "tts_turbo", "Conditionals": "tts", "Voice": "voices", "VoiceLibrary": "voices",
             "SynthesisResult": "pipeline", "NoSpeechError": "pipeline", "CallSettings": "settings",
             "EngineSettings": "settings"}
 __all__ = list(_EXPORTS)

@@ -6,6 +6,10 @@ The official English checkpoint (Hugging Face `ResembleAI/chatterbox`) is five f
   s3gen.safetensors  S3Gen (S3 tokenizer, CAMPPlus, flow encoder + CFM estimator, HiFT)
   tokenizer.json     English text tokenizer
   conds.pt           the built-in voice (T3 and S3Gen conditionals)
+Chatterbox-Turbo (`ResembleAI/chatterbox-turbo`) and -Nano (`ResembleAI/chatterbox-nano`): ve.safetensors,
+t3_turbo_v1.safetensors / t3_nano_v1.safetensors (GPT-2 T3), s3gen_meanflow.safetensors, conds.pt and
+the GPT-2 tokenizer files (vocab.json, merges.txt, added_tokens.json, tokenizer_config.json,
+special_tokens_map.json; TURBO_FILES / NANO_FILES).
 Weights are matched by name. Every learned tensor must be present with its shape; upstream loads
 s3gen.safetensors non-strictly, so keys that no module of ours uses are skipped with a log line,
 and buffers we recompute (mel filters, windows) are not read from the file.
@@ -29,6 +33,14 @@ REPO_ID = "ResembleAI/chatterbox"
 TURBO_REPO_ID = "ResembleAI/chatterbox-turbo"  # holds the meanflow decoder, s3gen_meanflow.safetensors
 RANDOM_MARKER = "RANDOM-WEIGHTS.txt"  # written by init-random: every load warns that the audio will be noise
 CHECKPOINT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json", "conds.pt")
+NANO_REPO_ID = "ResembleAI/chatterbox-nano"
+GPT2_TOKENIZER_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json",
+                        "special_tokens_map.json")
+TURBO_FILES = ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors", *GPT2_TOKENIZER_FILES,
+               "conds.pt")
+NANO_FILES = tuple("t3_nano_v1.safetensors" if name == "t3_turbo_v1.safetensors" else name for name in TURBO_FILES)
+# files a checkpoint may lack: the built-in voice, and the tokenizer files that only Hugging Face's loader reads
+OPTIONAL_FILES = ("conds.pt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class CheckpointError(ValueError):
@@ -59,20 +71,20 @@ def skip_weight_init():
             setattr(nn.init, name, fn)
 
 
-def check_checkpoint_dir(ckpt_dir: str | Path) -> Path:
+def check_checkpoint_dir(ckpt_dir: str | Path, files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
-    missing = [name for name in CHECKPOINT_FILES if name != "conds.pt" and not (ckpt_dir / name).is_file()]
+    missing = [name for name in files if name not in OPTIONAL_FILES and not (ckpt_dir / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint directory {ckpt_dir} lacks {', '.join(missing)}")
     return ckpt_dir
 
 
 def download_checkpoint(repo_id: str = REPO_ID, revision: str | None = None,
-                        cache_dir: str | Path | None = None) -> Path:
-    """Fetch the checkpoint files through the Hugging Face cache and return their directory (see `_fetch_files`)."""
-    return _fetch_files(CHECKPOINT_FILES, repo_id, revision, cache_dir, optional=("conds.pt",))[0].parent
+                        cache_dir: str | Path | None = None, files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
+    """Fetch the checkpoint `files` through the Hugging Face cache and return their directory (see `_fetch_files`)."""
+    return _fetch_files(files, repo_id, revision, cache_dir, optional=OPTIONAL_FILES)[0].parent
 
 
 def download_file(name: str, repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:

@@ -31,11 +31,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         f"lossy ones (default: {DEFAULT_PRESET})")
     p.add_argument("--decoder", default="cfm", choices=("cfm", "meanflow"),
                    help="S3Gen decoder: cfm (the model's own) or meanflow (Chatterbox-Turbo's 2-step one)")
+    p.add_argument("--model", default="chatterbox", choices=MODELS,
+                   help="chatterbox (English), turbo or nano (GPT-2 T3, paralinguistic tags such as [laugh]; "
+                        "meanflow decoder whatever --decoder says) (default: %(default)s)")
+
+
+MODELS = ("chatterbox", "turbo", "nano")
 
 
 def _load_model(args, watermark: bool = True):
     from .tts import ChatterboxTTS
 
+    if args.model in ("turbo", "nano"):
+        from .tts_turbo import ChatterboxTurboTTS
+
+        options = dict(device=args.device, nano=args.model == "nano", preset=args.preset, watermark=watermark)
+        if args.checkpoint:
+            return ChatterboxTurboTTS.from_local(args.checkpoint, **options)
+        return ChatterboxTurboTTS.from_pretrained(**options)
     options = dict(device=args.device, preset=args.preset, watermark=watermark, decoder=args.decoder)
     if args.checkpoint:
         return ChatterboxTTS.from_local(args.checkpoint, **options)
@@ -66,8 +79,8 @@ def cmd_speak(args) -> None:
     # before any work: an output that cannot be written would otherwise fail only after the synthesis
     check_output_path(args.output, min_free_bytes=int(seconds * MIN_BYTES_PER_SECOND.get(suffix, 0)))
     tts = _load_model(args, watermark=not args.no_watermark)  # warns when the weights are random
-    result = tts.synthesize(text, audio_prompt_path=args.voice, exaggeration=args.exaggeration,
-                            cfg_weight=args.cfg_weight, temperature=args.temperature, seed=args.seed,
+    given = {name: getattr(args, name) for name in ("exaggeration", "cfg_weight") if getattr(args, name) is not None}
+    result = tts.synthesize(text, audio_prompt_path=args.voice, **given, temperature=args.temperature, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, n_timesteps=args.n_timesteps,
                             optimize_quality=args.optimize_quality, progress=True)
     write_audio(args.output, result.audio, tts.sr)
@@ -79,8 +92,8 @@ def cmd_speak(args) -> None:
 def cmd_init_random(args) -> None:
     from .random_checkpoint import write_random_checkpoint
 
-    write_random_checkpoint(args.dir, seed=args.seed, small=args.small, meanflow=args.meanflow)
-    size = "small test" if args.small else "full-size"
+    write_random_checkpoint(args.dir, seed=args.seed, small=args.small, meanflow=args.meanflow, model=args.model)
+    size = ("small test" if args.small else "full-size") + ("" if args.model == "chatterbox" else f" {args.model}")
     print(f"wrote a {size} RANDOM-weight checkpoint to {args.dir}: it speaks noise, for tests and benchmarks only",
           file=sys.stderr)
 
@@ -144,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-timesteps", type=int, help="flow-matching steps of the decoder (default: the preset's)")
     p.add_argument("--optimize-quality", action="store_true",
                    help="post-process: high-pass, de-click, trim, loudness normalisation, peak limit")
-    p.add_argument("--exaggeration", type=float, default=0.5)
-    p.add_argument("--cfg-weight", type=float, default=0.5)
+    p.add_argument("--exaggeration", type=float, help="default: the model's (0.5; Turbo/Nano ignore it)")
+    p.add_argument("--cfg-weight", type=float, help="default: the model's (0.5; Turbo/Nano ignore it)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--no-watermark", action="store_true", help="do not watermark the output")
     p.set_defaults(func=cmd_speak)
@@ -155,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="tiny model sizes for fast tests (not the official shapes)")
     p.add_argument("--meanflow", action="store_true", help="also write a random s3gen_meanflow.safetensors")
+    p.add_argument("--model", default="chatterbox", choices=MODELS,
+                   help="which official layout: chatterbox, turbo or nano (default: %(default)s)")
     p.set_defaults(func=cmd_init_random)
 
     p = sub.add_parser("bench", help="time one fixed job stage by stage")

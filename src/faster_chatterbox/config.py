@@ -14,10 +14,11 @@ from .models.campplus import CAMPPlusConfig
 from .models.cfm_estimator import CFMEstimatorConfig
 from .models.flow import FlowConfig
 from .models.flow_encoder import FlowEncoderConfig
+from .models.gpt2 import GPT2Config
 from .models.hift import HiFTConfig
 from .models.llama import LlamaConfig
 from .models.s3_tokenizer import S3TokenizerConfig
-from .models.s3gen import S3Gen, S3GenConfig
+from .models.s3gen import MEANFLOW_FILE, S3Gen, S3GenConfig, meanflow_config
 from .models.t3 import T3, T3Config
 from .models.voice_encoder import VoiceEncoder, VoiceEncoderConfig
 
@@ -27,11 +28,12 @@ class ChatterboxConfig:
     t3: T3Config = field(default_factory=T3Config)
     s3gen: S3GenConfig = field(default_factory=S3GenConfig)
     ve: VoiceEncoderConfig = field(default_factory=VoiceEncoderConfig)
+    t3_file: str = "t3_cfg.safetensors"  # Turbo: t3_turbo_v1.safetensors, Nano: t3_nano_v1.safetensors
+    s3gen_file: str = "s3gen.safetensors"  # Turbo and Nano: s3gen_meanflow.safetensors
 
     def build_modules(self) -> dict[str, nn.Module]:
         """The modules of each checkpoint file, freshly initialised."""
-        return {"ve.safetensors": VoiceEncoder(self.ve), "t3_cfg.safetensors": T3(self.t3),
-                "s3gen.safetensors": S3Gen(self.s3gen)}
+        return {"ve.safetensors": VoiceEncoder(self.ve), self.t3_file: T3(self.t3), self.s3gen_file: S3Gen(self.s3gen)}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -79,3 +81,16 @@ def small_config() -> ChatterboxConfig:
             hift=HiFTConfig(base_channels=32, f0_channels=32),
         ),
     )
+
+
+def turbo_config(nano: bool = False, small: bool = False) -> ChatterboxConfig:
+    """Chatterbox-Turbo's files (GPT-2 medium T3) or, with `nano`, Nano's (GPT-2 small); `small`: tiny sizes
+    for tests (the GPT-2 narrow and shallow, the rest as `small_config`), vocabularies as the official ones."""
+    base = small_config() if small else ChatterboxConfig()
+    if small:
+        t3 = T3Config.turbo(GPT2Config(dim=64, n_layers=1 if nano else 2, n_heads=2))
+    else:
+        t3 = T3Config.nano() if nano else T3Config.turbo()
+    return ChatterboxConfig(t3=t3, s3gen=meanflow_config(base.s3gen), ve=base.ve,
+                            t3_file="t3_nano_v1.safetensors" if nano else "t3_turbo_v1.safetensors",
+                            s3gen_file=MEANFLOW_FILE)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from .audio.io import load_audio, resample
 from .audio.joins import join_chunks, remove_dc, trim_edges
+from .audio.postprocess import normalize_loudness
 from .audio.sinc_resample import sinc_resample
 from .checks import Failure, audio_failure, speaker_similarity, token_budget, token_failure
 from .engine.batch_decode import DecodeRequest
@@ -50,7 +51,6 @@ from .models.voice_encoder import VoiceEncoder
 from .settings import CallSettings, EngineSettings, stream_seed, torch_seed
 from .text.chunking import DEFAULT_PAUSES_S, Chunk, check_text, pack_chunks
 from .text.english import normalize_english
-from .text.normalize import punc_norm
 from .text.tokenizer import EnglishTokenizer, check_speakable
 from .voices import Voice, clip_digest
 
@@ -142,7 +142,6 @@ class Decoded(NamedTuple):
 class Engine:
     """The models and everything shared by the calls: scheduler, render slots, tokenizer, voice cache."""
 
-    ENC_COND_LEN = 6 * S3_SR  # T3's speech prompt: the first 6 s of the clip
     DEC_COND_LEN = 10 * S3GEN_SR  # S3Gen's reference: the first 10 s
     VOICE_CACHE_SIZE = 8  # voices (reference clips) kept in memory
 
@@ -170,33 +169,52 @@ class Engine:
         """How a clip becomes a voice here: T3's prompt tokens from their own S3 tokenizer pass or not."""
         return "once" if (self.settings.tokenize_voice_once if tokenize_once is None else tokenize_once) else "exact"
 
+    @property
+    def enc_cond_len(self) -> int:
+        """Samples (16 kHz) of the clip T3's speech prompt covers: its prompt tokens at 25 per second (English:
+        150, the first 6 s; Turbo: 375, 15 s)."""
+        return self.t3.cfg.speech_cond_prompt_len * S3_SR // 25
+
     @torch.inference_mode()
     def voice_from_wav(self, wav: np.ndarray, sr: int, *, exaggeration: float = 0.5,
-                       tokenize_once: bool | None = None) -> Voice:
+                       tokenize_once: bool | None = None, min_seconds: float = 0.0,
+                       loudness_lufs: float | None = None) -> Voice:
         """The voice of a mono float32 clip, computed as upstream's prepare_conditionals does.
 
         tokenize_once (default: the engine's setting): T3's prompt tokens (the first 6 s) are taken from the
         decoder's S3 tokenizer pass over the first 10 s instead of a second pass over 6 s.
+        min_seconds: a clip not longer than this is a ValueError (Turbo: 5 s). loudness_lufs: the clip is
+        first brought to this integrated loudness (Turbo: -27 LUFS), as upstream's norm_loudness.
         """
         wav_24k = resample(np.asarray(wav, dtype=np.float32), sr, S3GEN_SR)  # as librosa.load(sr=24000)
+        if len(wav_24k) / S3GEN_SR <= min_seconds:
+            raise ValueError(f"the reference clip is {len(wav_24k) / S3GEN_SR:.2f} s long: this model needs one "
+                             f"longer than {min_seconds:g} s")
+        if loudness_lufs is not None:
+            wav_24k = normalize_loudness(wav_24k, S3GEN_SR, loudness_lufs)
         wav_16k = resample(wav_24k, S3GEN_SR, S3_SR)
         gen = self.s3gen.embed_ref(torch.from_numpy(wav_24k[: self.DEC_COND_LEN]).to(self.device), S3GEN_SR)
         prompt_len = self.t3.cfg.speech_cond_prompt_len
         if self.voice_variant(tokenize_once) == "once":
-            six_seconds = round(25 * min(len(wav_16k), self.ENC_COND_LEN) / S3_SR)  # 25 tokens per second
-            t3_prompt = gen["prompt_token"][:, : min(prompt_len, six_seconds)]
+            covered = round(25 * min(len(wav_16k), self.enc_cond_len) / S3_SR)  # 25 tokens per second
+            t3_prompt = gen["prompt_token"][:, : min(prompt_len, covered)]
         else:
-            t3_prompt, _ = self.s3gen.tokenizer([torch.from_numpy(wav_16k[: self.ENC_COND_LEN])], max_len=prompt_len)
+            t3_prompt, _ = self.s3gen.tokenizer([torch.from_numpy(wav_16k[: self.enc_cond_len])], max_len=prompt_len)
         ve_embed = torch.from_numpy(self.ve.embeds_from_wavs([wav_16k], sample_rate=S3_SR))
         t3_cond = T3Cond(speaker_emb=ve_embed.mean(dim=0, keepdim=True),
                          cond_prompt_speech_tokens=torch.atleast_2d(t3_prompt),
                          emotion_adv=float(exaggeration) * torch.ones(1, 1, 1)).to(device=self.device)
         return Voice(t3_cond, gen)
 
-    def voice_from_clip(self, path: str | Path, *, tokenize_once: bool | None = None) -> Voice:
+    def voice_from_clip(self, path: str | Path, *, tokenize_once: bool | None = None, min_seconds: float = 0.0,
+                        loudness_lufs: float | None = None) -> Voice:
         """The voice of the clip at `path` (its first VOICE_SECONDS), cached in memory by file (path, size,
-        modification time) and, with `voice_cache_dir` set, on disk by content."""
+        modification time) and, with `voice_cache_dir` set, on disk by content. min_seconds, loudness_lufs:
+        the model's clip rules (`voice_from_wav`)."""
         path, variant = Path(path), self.voice_variant(tokenize_once)
+        rules = dict(tokenize_once=variant == "once", min_seconds=min_seconds, loudness_lufs=loudness_lufs)
+        if loudness_lufs is not None:  # a voice differs with the loudness rule; the length rule only gates
+            variant = f"{variant}-{loudness_lufs:g}lufs"
         try:
             stat = path.stat()
             key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, variant)
@@ -207,8 +225,8 @@ class Engine:
             if voice is not None:
                 self._voices.move_to_end(key)
                 return voice
-        voice = self._voice_from_disk_cache(path, variant) or self.voice_from_wav(
-            load_audio(path, S3GEN_SR, max_seconds=VOICE_SECONDS), S3GEN_SR, tokenize_once=variant == "once")
+        voice = self._voice_from_disk_cache(path, variant, rules) or self.voice_from_wav(
+            load_audio(path, S3GEN_SR, max_seconds=VOICE_SECONDS), S3GEN_SR, **rules)
         if key:
             with self._voice_lock:
                 self._voices[key] = voice
@@ -216,7 +234,7 @@ class Engine:
                     self._voices.popitem(last=False)
         return voice
 
-    def _voice_from_disk_cache(self, clip: Path, variant: str) -> Voice | None:
+    def _voice_from_disk_cache(self, clip: Path, variant: str, rules: dict) -> Voice | None:
         """The cached voice of `clip` (computed and stored on a miss); None without a cache directory."""
         if self.voice_cache_dir is None:
             return None
@@ -227,8 +245,7 @@ class Engine:
         cached = Path(self.voice_cache_dir).expanduser() / f"{digest}-{variant}.pt"
         if cached.is_file():
             return Voice.load(cached, map_location=self.device)
-        voice = self.voice_from_wav(load_audio(clip, S3GEN_SR, max_seconds=VOICE_SECONDS), S3GEN_SR,
-                                    tokenize_once=variant == "once")
+        voice = self.voice_from_wav(load_audio(clip, S3GEN_SR, max_seconds=VOICE_SECONDS), S3GEN_SR, **rules)
         cached.parent.mkdir(parents=True, exist_ok=True)
         voice.save(cached)
         return voice
@@ -236,12 +253,13 @@ class Engine:
     # ---- text -----------------------------------------------------------------------------
     def text_tokens(self, text: str) -> torch.Tensor:
         """T3's input for one chunk: (L,) ids wrapped in the start/stop text tokens."""
-        ids = self.tokenizer.encode(punc_norm(text))
-        max_text = self.t3.cfg.max_text_tokens - 2
+        ids, cfg = self.tokenizer.text_ids(text), self.t3.cfg
+        max_text = self.t3.max_text_len - (2 if cfg.wrap_text else 0)
         if len(ids) > max_text:
             raise ValueError(f"a chunk of text is {len(ids)} tokens long; T3 takes at most {max_text}")
-        return torch.tensor([self.t3.cfg.start_text_token, *ids, self.t3.cfg.stop_text_token],
-                            dtype=torch.long, device=self.device)
+        if cfg.wrap_text:
+            ids = [cfg.start_text_token, *ids, cfg.stop_text_token]
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     # ---- synthesis ------------------------------------------------------------------------
     def _rng_turn(self, call: CallSettings):
@@ -352,7 +370,8 @@ def _request(engine: Engine, job: Job, index: int, attempt: int) -> DecodeReques
     text = job.chunks[index].text
     s = job.call.sampling
     return DecodeRequest(job.voice.t3, engine.text_tokens(text), temperature=s.temperature, cfg_weight=s.cfg_weight,
-                         repetition_penalty=s.repetition_penalty, min_p=s.min_p, top_p=s.top_p,
+                         repetition_penalty=s.repetition_penalty, min_p=s.min_p, top_p=s.top_p, top_k=s.top_k,
+                         processors=s.processors,
                          max_new_tokens=_budget(job, text), generator=_generator(job, index, attempt, engine.device, "t3"))
 
 
@@ -375,7 +394,7 @@ class T3Work:
             self.outputs = {i: generate_speech_tokens(
                 engine.t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                 cfg_weight=r.cfg_weight, repetition_penalty=r.repetition_penalty, min_p=r.min_p, top_p=r.top_p,
-                generator=r.generator) for i, r in requests.items()}
+                top_k=r.top_k, processors=r.processors, generator=r.generator) for i, r in requests.items()}
             self.finished = time.perf_counter()
 
     def _stamp(self, _future: Future) -> None:

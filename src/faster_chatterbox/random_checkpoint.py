@@ -11,17 +11,19 @@ A `RANDOM-WEIGHTS.txt` file marks the directory so every load can warn about it.
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from .audio.synthetic import synthetic_voice
 from .checkpoint import RANDOM_MARKER
-from .config import ChatterboxConfig, small_config
+from .config import ChatterboxConfig, small_config, turbo_config
 from .models.s3gen import MEANFLOW_FILE, S3Gen, meanflow_config
+from .text.gpt2_tokenizer import END_OF_TEXT, FIRST_TAG_ID, PARALINGUISTIC_TAGS
 
 _SPECIALS = ["[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]"]  # ids 0..6, as the official file
 _START_ID = 255
@@ -40,6 +42,39 @@ def write_tokenizer(path: Path) -> None:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.add_special_tokens(_SPECIALS + ["[START]"])
     tokenizer.save(str(path))
+
+
+# What the random GPT-2 tokenizer's merges are learned from: any English will do, the ids are random anyway.
+_BPE_TEXT = ("The quick brown fox jumps over the lazy dog. Hello there, how are you today? I think that this is "
+             "what we wanted: a voice that reads every sentence of the book, one chapter after another. "
+             "She said it would rain, and then the sun came out again over the hills and the river.")
+
+
+def write_gpt2_tokenizer(directory: Path) -> None:
+    """Turbo's tokenizer files in the official id scheme: a byte-level BPE (merges learned from a little
+    English), ids up to 50255 filled with placeholders, <|endoftext|> = 50256, the 19 tags at 50257-50275."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator([_BPE_TEXT] * 4, trainer)
+    learned = json.loads(tokenizer.to_str())["model"]
+    vocab = dict(sorted(learned["vocab"].items(), key=lambda item: item[1]))
+    for i in range(len(vocab), FIRST_TAG_ID - 1):
+        vocab[f"<|unused{i}|>"] = i
+    vocab[END_OF_TEXT] = FIRST_TAG_ID - 1
+    merges = [" ".join(m) if isinstance(m, list) else m for m in learned["merges"]]
+    specials = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}
+    files = {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+        "added_tokens.json": json.dumps({tag: FIRST_TAG_ID + i for i, tag in enumerate(PARALINGUISTIC_TAGS)}),
+        "tokenizer_config.json": json.dumps({"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024,
+                                             "add_prefix_space": False, **specials}),
+        "special_tokens_map.json": json.dumps(specials),
+    }
+    for name, text in files.items():
+        (directory / name).write_text(text, encoding="utf-8")
 
 
 def _randomize_(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -77,29 +112,50 @@ def _meanflow_s3gen(config: ChatterboxConfig, s3gen: S3Gen, generator: torch.Gen
     return meanflow
 
 
-def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False,
-                            meanflow: bool = False) -> Path:
-    """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors."""
-    from .tts import ChatterboxTTS
+MODELS = ("chatterbox", "turbo", "nano")
 
+
+def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False,
+                            meanflow: bool = False, model: str = "chatterbox") -> Path:
+    """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors.
+    model "turbo" / "nano": Chatterbox-Turbo's or -Nano's layout instead (checkpoint.TURBO_FILES: the GPT-2
+    T3 with the token table upstream's strict load wants, the meanflow S3Gen, the GPT-2 tokenizer files)."""
+    from .tts import ChatterboxTTS
+    from .tts_turbo import UNUSED_T3_KEYS, ChatterboxTurboTTS
+
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
+    turbo = model != "chatterbox"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = small_config() if small else ChatterboxConfig()
+    if turbo:
+        config = turbo_config(nano=model == "nano", small=small)
+    else:
+        config = small_config() if small else ChatterboxConfig()
     generator = torch.Generator().manual_seed(seed)
     modules = config.build_modules()
     for name, module in modules.items():
         _randomize_(module, generator)
-    if meanflow:  # drawn after the others, so that the other files do not depend on `meanflow`
+    if meanflow and not turbo:  # drawn after the others, so that the other files do not depend on `meanflow`
         modules[MEANFLOW_FILE] = _meanflow_s3gen(config, modules["s3gen.safetensors"], generator)
     for name, module in modules.items():
-        state = _s3gen_state(module) if isinstance(module, S3Gen) else module.state_dict()
+        state = _s3gen_state(module) if isinstance(module, S3Gen) else dict(module.state_dict())
+        if turbo and name == config.t3_file:
+            table = (config.t3.text_tokens_dict_size, config.t3.dim)
+            state.update({key: torch.randn(table, generator=generator) * 0.02 for key in UNUSED_T3_KEYS})
         save_file({k: v.contiguous() for k, v in state.items()}, str(directory / name))
-    write_tokenizer(directory / "tokenizer.json")
+    if turbo:
+        write_gpt2_tokenizer(directory)
+    else:
+        write_tokenizer(directory / "tokenizer.json")
     if small:
         config.save(directory / "config.json")
     (directory / RANDOM_MARKER).write_text("These weights are random: faster-chatterbox init-random wrote them for "
                                            "tests and benchmarks. The audio they make is noise.\n")
     # The built-in voice: the conditionals of a synthetic clip, computed by this very checkpoint.
-    tts = ChatterboxTTS.from_local(directory, device="cpu", watermark=False)
+    if turbo:
+        tts = ChatterboxTurboTTS.from_local(directory, device="cpu", nano=model == "nano", watermark=False)
+    else:
+        tts = ChatterboxTTS.from_local(directory, device="cpu", watermark=False)
     tts.conditionals_from_wav(synthetic_voice(10.0, 24000, seed=seed), 24000).save(directory / "conds.pt")
     return directory

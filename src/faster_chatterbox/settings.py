@@ -21,6 +21,10 @@ The presets, measured on this project's 2-core AVX512-BF16 CPU (BENCHMARKS.md):
            weights), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the decoder prompt cut to the
            voice's first 5 s (target mel moves 3.5e-3 relative; CFM ~1.9x faster), the S3 tokenizer run once
            per voice (6.5% of T3's prompt tokens change on random weights, benchmarks/voice_tokenize_once.py).
+Turbo and Nano (model="turbo" | "nano") resolve the same rows onto their own model: the meanflow decoder
+with its 2 steps (no solver settings), Turbo's processor order with top_k, and no int8 (the GPT-2 backbone's
+fused Conv1D layers have no int8 path: fastest keeps T3 in bf16). exact = upstream's `inference_turbo` loop
+in float32; fast = T3 in bf16 with continuous batching.
 On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
 more: 32 requests per T3 batch, two S3Gen renders at a time, 8 chunks per render, T3 decoded a window ahead.
 """
@@ -37,9 +41,10 @@ import numpy as np
 import torch
 
 from .checks import CheckLimits
-from .engine.sampling import SAMPLING_RANGES, SamplingParams, check_range
+from .engine.sampling import LLAMA_ORDER, SAMPLING_RANGES, TOP_K_MAX, TURBO_ORDER, SamplingParams, check_range
 
 PRESET_NAMES = ("exact", "fast", "fastest")
+TURBO_MODELS = ("turbo", "nano")  # the GPT-2 T3s (tts_turbo.ChatterboxTurboTTS)
 DEFAULT_PRESET = "fast"
 MAX_RETRIES = 10  # a chunk's regenerations at most: each costs a whole chunk
 MAX_CHARS = 300  # longest chunk of text one T3 call speaks
@@ -59,6 +64,8 @@ class EngineSettings:
     render_batch: int  # chunks per S3Gen batch (batching does not pay on CPU: benchmarks/s3gen_speed.md)
     decode_ahead: bool  # submit the next window's T3 while this window renders
     decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
+    model: str = "chatterbox"  # "chatterbox" or one of TURBO_MODELS
+    sampling_order: tuple[str, ...] = LLAMA_ORDER  # the T3 logits processors' order (engine.sampling)
 
 
 @dataclass(frozen=True)
@@ -143,20 +150,27 @@ def _preset(name: str) -> _Preset:
     return _PRESETS[name]
 
 
-def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm") -> EngineSettings:
-    """The load-time settings of `preset` on `device` (a resolved torch device) with S3Gen's `decoder`."""
+def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm",
+                    model: str = "chatterbox") -> EngineSettings:
+    """The load-time settings of `preset` on `device` (a resolved torch device) with S3Gen's `decoder`, for
+    `model` ("chatterbox", or "turbo" / "nano": meanflow decoder and Turbo's sampling whatever `decoder`)."""
     row, device = _preset(preset), torch.device(device)
+    if model not in ("chatterbox", *TURBO_MODELS):
+        raise ValueError(f"unknown model {model!r}: choose chatterbox, {', '.join(TURBO_MODELS)}")
+    turbo = model in TURBO_MODELS
     cuda = device.type == "cuda"
-    precision = "bf16" if cuda and row.t3_precision == "int8" else row.t3_precision
+    precision = "bf16" if (cuda or turbo) and row.t3_precision == "int8" else row.t3_precision
     # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster (BENCHMARKS.md 4)
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
-                          max_batch=32 if cuda else 8, urgent_rows=8 if cuda else 1, render_slots=2 if cuda else 1, render_batch=8 if cuda else 1,
-                          decode_ahead=cuda, decoder=decoder)
+                          max_batch=32 if cuda else 8, urgent_rows=8 if cuda else 1, render_slots=2 if cuda else 1,
+                          render_batch=8 if cuda else 1, decode_ahead=cuda, decoder="meanflow" if turbo else decoder,
+                          model=model, sampling_order=TURBO_ORDER if turbo else LLAMA_ORDER)
 
 
 def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,
-                  repetition_penalty=1.2, min_p=0.05, top_p=1.0, max_new_tokens=1000, max_speech_tokens: int = 4096,
+                  repetition_penalty=1.2, min_p=0.05, top_p=1.0, top_k=0, max_new_tokens=1000,
+                  max_speech_tokens: int = 4096,
                   n_timesteps=None, seed=None, max_retries=None, token_budget_factor=-1.0, max_chars=MAX_CHARS,
                   watermark: bool = True, optimize_quality: bool = False, random_weights: bool = False,
                   token_streaming: bool = True, first_chunk_chars=100) -> CallSettings:
@@ -164,12 +178,13 @@ def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temper
 
     fast_inference=False: upstream's algorithms for this call (the exact preset's call settings) on the
     weights as loaded. max_retries None: the preset's (0 on random-weight checkpoints, whose audio is
-    noise); token_budget_factor -1.0: the preset's. Numbers may be any real type (numpy, 0-d tensors).
+    noise); token_budget_factor -1.0: the preset's. top_k (0: off) applies where the model's processor order
+    has it (Turbo). Numbers may be any real type (numpy, 0-d tensors).
     """
     row = _preset(engine.preset) if fast_inference else _EXACT
     sampling = SamplingParams(**{name: real(name, value, *SAMPLING_RANGES[name]) for name, value in dict(
         temperature=temperature, cfg_weight=cfg_weight, repetition_penalty=repetition_penalty, min_p=min_p,
-        top_p=top_p).items()})
+        top_p=top_p).items()}, top_k=integer("top_k", top_k, 0, TOP_K_MAX), processors=engine.sampling_order)
     solve = row.solve
     if engine.decoder == "meanflow":  # distilled for its own 2-step solve: only the prompt cut applies
         solve = SolveSettings(prompt_seconds=solve.prompt_seconds)

@@ -27,6 +27,8 @@ from .config import ChatterboxConfig
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
 from .models.s3gen import MEANFLOW_FILE, S3GEN_SR, S3Gen, meanflow_config
+from .models.t3 import T3
+from .models.voice_encoder import VoiceEncoder
 from .pipeline import Engine, Piece, SynthesisResult
 from .settings import (DEFAULT_PRESET, MAX_CHARS, CallSettings, EngineSettings, call_settings, engine_settings,
                        real)
@@ -42,12 +44,13 @@ Conditionals = Voice  # upstream's name for a voice
 
 class ChatterboxTTS:
     MAX_CHARS = MAX_CHARS  # longest chunk of text one T3 call speaks
+    MODEL = "chatterbox"  # the engine settings' model (tts_turbo: "turbo")
 
     def __init__(self, t3, s3gen, ve, tokenizer: EnglishTokenizer, device, conds: Voice | None = None,
                  preset: str = DEFAULT_PRESET, watermark: bool = True, settings: EngineSettings | None = None):
         resolved = resolve_device(device)
         decoder = "meanflow" if s3gen.meanflow else "cfm"
-        self.engine = Engine(t3, s3gen, ve, tokenizer, settings or engine_settings(preset, resolved, decoder))
+        self.engine = Engine(t3, s3gen, ve, tokenizer, settings or engine_settings(preset, resolved, decoder, self.MODEL))
         self.sr = S3GEN_SR
         self.t3, self.s3gen, self.ve, self.tokenizer = t3, s3gen, ve, tokenizer
         self.device = str(device) if str(device) != "auto" else str(resolved)  # as the user named it, like upstream
@@ -101,26 +104,21 @@ class ChatterboxTTS:
         elif not isinstance(settings, EngineSettings):
             raise TypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
         ckpt_dir = check_checkpoint_dir(ckpt_dir)
-        random_weights = (ckpt_dir / RANDOM_MARKER).is_file()
-        if random_weights:
-            log.warning("%s holds RANDOM weights (faster-chatterbox init-random): the audio will be noise", ckpt_dir)
-        # The official checkpoint has no config.json (its sizes are the defaults); init-random --small writes one.
-        config_path = ckpt_dir / "config.json"
-        config = ChatterboxConfig.load(config_path) if config_path.is_file() else ChatterboxConfig()
+        config = read_config(ckpt_dir, ChatterboxConfig())
         tokenizer = EnglishTokenizer(ckpt_dir / "tokenizer.json")
-
-        with skip_weight_init():
-            modules = config.build_modules()
-        for name, module in modules.items():
-            load_weights(module, read_safetensors(ckpt_dir / name), ckpt_dir / name,
-                         ignore_unexpected=name == "s3gen.safetensors")  # upstream loads it non-strictly
-        ve, t3, s3gen = modules["ve.safetensors"], modules["t3_cfg.safetensors"], modules["s3gen.safetensors"]
-        if tokenizer.vocab_size > t3.cfg.text_tokens_dict_size:
-            raise CheckpointError(f"{ckpt_dir / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but T3 "
-                                  f"embeds only {t3.cfg.text_tokens_dict_size}")
-        s3gen.mel2wav.fold_weight_norm()
+        ve, t3, s3gen = load_modules(ckpt_dir, config)
         if decoder == "meanflow":
             s3gen = _meanflow_decoder(Path(meanflow_file or ckpt_dir / MEANFLOW_FILE), config, s3gen)
+        return cls._assemble(ckpt_dir, ve, t3, s3gen, tokenizer, device, settings, watermark)
+
+    @classmethod
+    def _assemble(cls, ckpt_dir: Path, ve: VoiceEncoder, t3: T3, s3gen: S3Gen, tokenizer, device: str,
+                  settings: EngineSettings, watermark: bool):
+        """The loaded float32 modules brought to `settings` on `device`, with the checkpoint's voice."""
+        if tokenizer.vocab_size > t3.cfg.text_tokens_dict_size:
+            raise CheckpointError(f"{tokenizer.path} has {tokenizer.vocab_size} tokens but T3 "
+                                  f"embeds only {t3.cfg.text_tokens_dict_size}")
+        resolved = resolve_device(device)
         if settings.s3gen_dtype != torch.float32:
             s3gen.set_decoder_dtype(settings.s3gen_dtype)
         reduce_precision_(t3, settings.t3_precision)
@@ -131,7 +129,7 @@ class ChatterboxTTS:
             conds = Voice.load(ckpt_dir / "conds.pt").to(resolved)
         tts = cls(t3.to(resolved).eval(), s3gen.to(resolved).eval(), ve.to(resolved).eval(), tokenizer, device,
                   conds=conds, preset=settings.preset, watermark=watermark, settings=settings)
-        tts.random_weights = random_weights
+        tts.random_weights = (ckpt_dir / RANDOM_MARKER).is_file()
         return tts
 
     @classmethod
@@ -168,7 +166,7 @@ class ChatterboxTTS:
     def use_voice_library(self, root: str | Path) -> VoiceLibrary:
         """Make the voices in folder `root` usable by name (`voice="narrator"`) and return the library."""
         variant = self.engine.voice_variant()
-        self.voices = VoiceLibrary(root, lambda clip: self.engine.voice_from_clip(clip), variant,
+        self.voices = VoiceLibrary(root, lambda clip: self.voice_from_clip(clip), variant,
                                    device=self.engine.device)
         return self.voices
 
@@ -280,7 +278,7 @@ class ChatterboxTTS:
         if not Path(voice).is_file():
             known = f"; known voices: {', '.join(self.voices.names()) or 'none'}" if self.voices is not None else ""
             raise ValueError(f"voice {str(voice)!r} is neither a voice name nor a clip file{known}")
-        return self.engine.voice_from_clip(voice)
+        return self.voice_from_clip(voice)
 
     def _finish(self, audio: np.ndarray, call: CallSettings) -> np.ndarray:
         if call.optimize_quality and len(audio):
@@ -291,6 +289,32 @@ class ChatterboxTTS:
             self.watermarker = self.watermarker or Watermarker()
             audio = self.watermarker.apply_watermark(audio, sample_rate=self.sr)
         return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def read_config(ckpt_dir: Path, default: ChatterboxConfig) -> ChatterboxConfig:
+    """The checkpoint's sizes: its config.json (init-random --small writes one) or, as the official
+    checkpoints have none, `default`. Warns when the directory holds random weights."""
+    if (ckpt_dir / RANDOM_MARKER).is_file():
+        log.warning("%s holds RANDOM weights (faster-chatterbox init-random): the audio will be noise", ckpt_dir)
+    config_path = ckpt_dir / "config.json"
+    return ChatterboxConfig.load(config_path) if config_path.is_file() else default
+
+
+def load_modules(ckpt_dir: Path, config: ChatterboxConfig,
+                 unused_t3_keys: tuple[str, ...] = ()) -> tuple[VoiceEncoder, T3, S3Gen]:
+    """The voice encoder, T3 and S3Gen of `config` with the checkpoint's weights, float32 on the CPU.
+    unused_t3_keys: tensors of the T3 file no module has (Turbo's GPT-2 token table), skipped."""
+    with skip_weight_init():
+        modules = config.build_modules()
+    for name, module in modules.items():
+        state = read_safetensors(ckpt_dir / name)
+        if name == config.t3_file:
+            state = {k: v for k, v in state.items() if k not in unused_t3_keys}
+        load_weights(module, state, ckpt_dir / name,
+                     ignore_unexpected=name == config.s3gen_file)  # upstream loads s3gen non-strictly
+    ve, t3, s3gen = modules["ve.safetensors"], modules[config.t3_file], modules[config.s3gen_file]
+    s3gen.mel2wav.fold_weight_norm()
+    return ve, t3, s3gen
 
 
 def _meanflow_decoder(path: Path, config: ChatterboxConfig, base: S3Gen) -> S3Gen:

@@ -2,8 +2,8 @@
 requests joining and leaving between steps (continuous batching).
 
 Each request brings its CFG pair (conditional and unconditional row) or one row when cfg_weight == 0, laid
-out as `generate_speech_tokens` lays out one sequence (see there and models/t3.py: BOS fed twice, token i at
-speech position i + 1, the repetition penalty counting BOS). Every live row writes the same cache slot at
+out as `generate_speech_tokens` lays out one sequence (see there and models/t3.py: `T3.decode_prefix`, token
+i at speech position i + 1, the repetition penalty's history as the model's loop keeps it). Every live row writes the same cache slot at
 each step; a row's sequence starts at its own first slot (`seq_start`), the backbone counts the row's RoPE
 positions from there and masks the slots before it. The first requests of a batch are left-padded to a
 common prefix length; a request joining a running batch is prefilled into new rows, its prefix ending just
@@ -34,8 +34,8 @@ from torch import Tensor
 
 from ..models.llama import LlamaCache
 from ..models.t3 import T3, T3Cond
-from .sampling import (SAMPLING_RANGES, RowSamplingParams, SamplingParams, check_range, next_token_probs_rows,
-                       sample_rows)
+from .sampling import (LLAMA_ORDER, PROCESSORS, SAMPLING_RANGES, TOP_K_MAX, RowSamplingParams, SamplingParams,
+                       check_range, next_token_probs_rows, sample_rows)
 
 
 @dataclass
@@ -47,6 +47,8 @@ class DecodeRequest:
     repetition_penalty: float = 1.2
     min_p: float = 0.05
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    processors: tuple[str, ...] = LLAMA_ORDER  # the model's processor order (engine/sampling.py)
     max_new_tokens: int = 1000
     # The request's own random stream; None: a generator seeded from the global RNG (one draw per such
     # request, in request order), so seeding the global RNG still makes the batch reproducible.
@@ -54,7 +56,8 @@ class DecodeRequest:
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.cfg_weight, self.repetition_penalty, self.min_p, self.top_p)
+        return SamplingParams(self.temperature, self.cfg_weight, self.repetition_penalty, self.min_p, self.top_p,
+                              self.top_k, self.processors)
 
     @property
     def rows(self) -> int:
@@ -74,8 +77,6 @@ class BatchDecoder:
     def __init__(self, t3: T3):
         self.t3 = t3
         self.device = device = t3.speech_emb.weight.device
-        bos = torch.full((1, 1), t3.cfg.start_speech_token, dtype=torch.long, device=device)
-        self._bos_emb = t3.speech_embeds(bos, torch.zeros(1, dtype=torch.long, device=device))  # (1, 1, D)
         self.cache: LlamaCache | None = None
         self.seq_start = torch.zeros(0, dtype=torch.long, device=device)  # (B,) each row's first slot
         self.positions = torch.zeros(0, 1, dtype=torch.long, device=device)  # (N, 1) speech position of the next feed
@@ -88,8 +89,7 @@ class BatchDecoder:
         than the batch's history first moves every live row's cache to the right to make room in front.
         If it raises, the live requests are as they were (their cache possibly moved) and go on."""
         t3 = self.t3
-        prefixes = [torch.cat((t3.prefix_embeds(r.cond, r.text_tokens, cfg=r.rows == 2),
-                               self._bos_emb.expand(r.rows, -1, -1)), dim=1) for r in requests]  # (R_j, P_j, D)
+        prefixes = [t3.decode_prefix(r.cond, r.text_tokens, cfg=r.rows == 2) for r in requests]  # (R_j, P_j, D)
         width, budget = max(p.shape[1] for p in prefixes), max(r.max_new_tokens for r in requests)
         old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
         if old_rows:
@@ -219,6 +219,8 @@ class DecodeBatch:
             seen[:, self.t3.cfg.start_speech_token] = True
             generators = [r.generator or _generator_from_global_rng(device) for r in requests]
             tokens = sample_rows(next_token_probs_rows(cond, uncond, seen, params), generators)  # (R, 1)
+            if not self.t3.cfg.penalize_bos:
+                seen[:, self.t3.cfg.start_speech_token] = False  # Turbo's history: the generated ids alone
             seen.scatter_(1, tokens, True)
         except BaseException:
             self.decoder.keep(list(range(len(self.live))))  # the joiners leave the decoder again
@@ -326,10 +328,14 @@ def request_problem(t3: T3, r: DecodeRequest) -> str | None:
             check_range(name, getattr(r, name), *limits)
         except ValueError as exc:
             return str(exc)
-    max_steps = t3.speech_pos_emb.emb.num_embeddings
+    if not isinstance(r.top_k, int) or isinstance(r.top_k, bool) or not 0 <= r.top_k <= TOP_K_MAX:
+        return f"top_k must be an integer in [0, {TOP_K_MAX}], got {r.top_k!r}"
+    if not isinstance(r.processors, tuple) or not set(r.processors) <= set(PROCESSORS):
+        return f"processors must be a tuple of names from {PROCESSORS}, got {r.processors!r}"
+    max_steps = t3.max_speech_steps
     if not isinstance(r.max_new_tokens, int) or not 1 <= r.max_new_tokens <= max_steps:
         return f"max_new_tokens must be an integer in [1, {max_steps}], got {r.max_new_tokens!r}"
-    text, max_text, vocab = r.text_tokens, t3.text_pos_emb.emb.num_embeddings, t3.cfg.text_tokens_dict_size
+    text, max_text, vocab = r.text_tokens, t3.max_text_len, t3.cfg.text_tokens_dict_size
     if not torch.is_tensor(text) or text.dim() != 1 or text.dtype != torch.long or not 1 <= len(text) <= max_text:
         return f"text_tokens must be a 1-D long tensor of 1 to {max_text} ids"
     if int(text.min()) < 0 or int(text.max()) >= vocab:

@@ -148,7 +148,7 @@ def reduce_precision_(t3: T3, precision: str) -> T3:
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    dtype = t3.tfmr.norm.weight.dtype
+    dtype = t3.speech_emb.weight.dtype
     if dtype != torch.float32 or type(t3.speech_head) is not nn.Linear:
         raise ValueError(f"reduce_precision_ wants a float32 T3 as loaded, not one already converted "
                          f"({dtype} weights, speech head {type(t3.speech_head).__name__})")

@@ -1,9 +1,11 @@
-"""T3's logits processors as plain tensor ops, in upstream's order.
+"""T3's logits processors as plain tensor ops, in upstream's order for each model.
 
-CFG combine -> repetition penalty -> temperature -> min_p -> top_p -> softmax -> multinomial. Each step
-repeats the arithmetic of the matching Hugging Face processor, so equal logits give bit-identical
+CFG combine, then the processors in `SamplingParams.processors` order, then softmax -> multinomial:
+  LLAMA_ORDER  repetition penalty -> temperature -> min_p -> top_p   (English, Multilingual: `T3.inference`)
+  TURBO_ORDER  temperature -> top_k -> top_p -> repetition penalty   (Turbo, Nano: `T3.inference_turbo`)
+Each step repeats the arithmetic of the matching Hugging Face processor, so equal logits give bit-identical
 probabilities and, from the same RNG state, the same token. A processor that is the identity at its
-setting (penalty 1, temperature 1, min_p 0, top_p 1) is skipped: it cannot change the probabilities.
+setting (penalty 1, temperature 1, top_k 0, min_p 0, top_p 1) is skipped: it cannot change the probabilities.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ SAMPLING_RANGES = {
     "min_p": (0.0, 1.0, False),
     "top_p": (0.0, 1.0, False),  # 0 keeps the most probable token alone, as Hugging Face's TopPLogitsWarper
 }
+TOP_K_MAX = 1_000_000  # top_k is an integer in [0, TOP_K_MAX]; 0 (or any k >= the vocabulary) keeps every token
+
+PROCESSORS = ("repetition_penalty", "temperature", "top_k", "min_p", "top_p")
+LLAMA_ORDER = ("repetition_penalty", "temperature", "min_p", "top_p")
+TURBO_ORDER = ("temperature", "top_k", "top_p", "repetition_penalty")
 
 
 def check_range(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> None:
@@ -46,6 +53,8 @@ class SamplingParams:
     repetition_penalty: float = 1.2
     min_p: float = 0.05
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    processors: tuple[str, ...] = LLAMA_ORDER  # the order the processors run in (a model's, see above)
 
 
 def cfg_combine(logits: Tensor, cfg_weight: float) -> Tensor:
@@ -67,6 +76,12 @@ def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
     return logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), -float("inf"))
 
 
+def top_k_filter(logits: Tensor, top_k: int) -> Tensor:
+    """Keep the top_k most probable tokens (ties with the k-th kept), as Hugging Face's TopKLogitsWarper."""
+    kth = torch.topk(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+    return logits.masked_fill(logits < kth, -float("inf"))
+
+
 def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     """Nucleus filtering: drop the least probable tokens whose total mass is at most 1 - top_p (keeps the top-1)."""
     sorted_logits, order = torch.sort(logits, descending=False)
@@ -81,14 +96,17 @@ def next_token_probs(logits: Tensor, seen: Tensor, p: SamplingParams) -> Tensor:
     """logits: (2, V) CFG pair or (1, V) when cfg_weight == 0; seen: (1, V) bool -> probabilities (1, V)."""
     if logits.shape[0] == 2:
         logits = cfg_combine(logits, p.cfg_weight)
-    if p.repetition_penalty != 1.0:
-        logits = repetition_penalty(logits, seen, p.repetition_penalty)
-    if p.temperature != 1.0:
-        logits = logits / p.temperature
-    if p.min_p > 0.0:
-        logits = min_p_filter(logits, p.min_p)
-    if p.top_p < 1.0:
-        logits = top_p_filter(logits, p.top_p)
+    steps = {
+        "repetition_penalty": (p.repetition_penalty != 1.0, lambda x: repetition_penalty(x, seen, p.repetition_penalty)),
+        "temperature": (p.temperature != 1.0, lambda x: x / p.temperature),
+        "top_k": (p.top_k > 0, lambda x: top_k_filter(x, p.top_k)),
+        "min_p": (p.min_p > 0.0, lambda x: min_p_filter(x, p.min_p)),
+        "top_p": (p.top_p < 1.0, lambda x: top_p_filter(x, p.top_p)),
+    }
+    for name in p.processors:
+        active, apply = steps[name]
+        if active:
+            logits = apply(logits)
     return torch.softmax(logits, dim=-1)
 
 
@@ -100,7 +118,8 @@ def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
 # --- batches of independent sequences ----------------------------------------------------------------
 # Every processor runs on every row. At its identity setting (weight 0 against the row itself, penalty 1,
 # temperature 1, min_p 0, top_p 1) it leaves the row's probabilities bit for bit unchanged (top_p 1 only
-# turns logits of probability 0 into -inf), so each row gets what `next_token_probs` gives it alone.
+# turns logits of probability 0 into -inf; top_k 0 keeps the whole vocabulary), so each row gets what
+# `next_token_probs` gives it alone. The rows of a batch share one processor order (they share a model).
 
 
 @dataclass
@@ -115,20 +134,32 @@ class RowSamplingParams:
     # (1 - top_p in float32 can differ in the last bit)
     top_p_drop: Tensor
     use_top_p: bool  # False when every row has top_p == 1: the sort is skipped, as next_token_probs skips it
+    top_k: Tensor  # (N, 1) long, 0: off
+    use_top_k: bool  # False when no row sets top_k: the sort is skipped
+    processors: tuple[str, ...] = LLAMA_ORDER
 
     @classmethod
     def stack(cls, params: list[SamplingParams], device: torch.device | None = None) -> RowSamplingParams:
         def column(values: list[float]) -> Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
 
+        orders = {p.processors for p in params}
+        if len(orders) > 1:
+            raise ValueError(f"the rows of a batch share one processor order, got {sorted(orders)}")
+        top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=device)[:, None]
         return cls(column([p.temperature for p in params]), column([p.cfg_weight for p in params]),
                    column([p.repetition_penalty for p in params]), column([p.min_p for p in params]),
-                   column([1 - p.top_p for p in params]), any(p.top_p < 1.0 for p in params))
+                   column([1 - p.top_p for p in params]), any(p.top_p < 1.0 for p in params), top_k,
+                   any(p.top_k > 0 for p in params), orders.pop() if orders else LLAMA_ORDER)
 
     def cat(self, other: RowSamplingParams) -> RowSamplingParams:
-        """These rows, then `other`'s."""
+        """These rows, then `other`'s (an empty side takes the other's processor order)."""
+        if not len(self.temperature):
+            return other
+        if len(other.temperature) and other.processors != self.processors:
+            raise ValueError(f"the rows of a batch share one processor order: {self.processors} != {other.processors}")
         values = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        return replace(self, use_top_p=self.use_top_p or other.use_top_p,
+        return replace(self, use_top_p=self.use_top_p or other.use_top_p, use_top_k=self.use_top_k or other.use_top_k,
                        **{name: torch.cat((v, getattr(other, name))) for name, v in values.items()})
 
     def select(self, rows: Tensor) -> RowSamplingParams:
@@ -155,12 +186,24 @@ def next_token_probs_rows(cond: Tensor, uncond: Tensor, seen: Tensor, p: RowSamp
     """Row-wise next_token_probs. cond, uncond: (N, V) logits (uncond = cond for a row without guidance);
     seen: (N, V) bool -> probabilities (N, V)."""
     logits = cfg_combine_rows(cond, uncond, p.cfg_weight)
-    logits = repetition_penalty(logits, seen, p.repetition_penalty)
-    logits = logits / p.temperature
-    logits = min_p_filter(logits, p.min_p)
-    if p.use_top_p:
-        logits = top_p_filter_rows(logits, p.top_p_drop)
+    steps = {
+        "repetition_penalty": lambda x: repetition_penalty(x, seen, p.repetition_penalty),
+        "temperature": lambda x: x / p.temperature,
+        "top_k": lambda x: top_k_filter_rows(x, p.top_k) if p.use_top_k else x,
+        "min_p": lambda x: min_p_filter(x, p.min_p),
+        "top_p": lambda x: top_p_filter_rows(x, p.top_p_drop) if p.use_top_p else x,
+    }
+    for name in p.processors:
+        logits = steps[name](logits)
     return torch.softmax(logits, dim=-1)
+
+
+def top_k_filter_rows(logits: Tensor, top_k: Tensor) -> Tensor:
+    """top_k_filter with per-row k (N, 1) long, 0 (off) or >= V keeping every token."""
+    vocab = logits.shape[-1]
+    k = torch.where((top_k == 0) | (top_k > vocab), vocab, top_k)
+    kth = torch.sort(logits, dim=-1, descending=True)[0].gather(1, k - 1)  # (N, 1) each row's k-th value
+    return logits.masked_fill(logits < kth, -float("inf"))
 
 
 def sample_rows(probs: Tensor, generators: list[torch.Generator]) -> Tensor:

@@ -1,6 +1,8 @@
 """T3's autoregressive speech-token decode loop, token for token what upstream's `T3.inference` samples.
 
-One prefill into a preallocated KV cache, then one backbone forward per token. With cfg_weight > 0 the
+One prefill into a preallocated KV cache, then one backbone forward per token, in the model's layout
+(models/t3.py: Llama T3s feed BOS twice; Turbo's GPT-2 once) and its processor order (`processors`,
+engine/sampling.py; Turbo's `T3.inference_turbo` also has top_k). With cfg_weight > 0 the
 backbone runs the conditional and unconditional rows as a batch of two; with cfg_weight == 0 only the
 conditional row runs (upstream crashes there; unguided sampling is what the setting means). The cache
 belongs to the call, so any number of threads may decode with one model at once.
@@ -14,7 +16,7 @@ from tqdm import tqdm
 
 from ..models.llama import LlamaCache
 from ..models.t3 import T3, T3Cond
-from .sampling import SamplingParams, next_token_probs, sample
+from .sampling import LLAMA_ORDER, SamplingParams, next_token_probs, sample
 
 
 @torch.inference_mode()
@@ -31,8 +33,11 @@ def generate_speech_tokens(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     cache: LlamaCache | None = None,
+    top_k: int = 0,
+    processors: tuple[str, ...] = LLAMA_ORDER,
 ) -> Tensor:
-    """Sample speech tokens for `text_tokens` (L,) (wrapped in start/stop text tokens).
+    """Sample speech tokens for `text_tokens` (L,) (wrapped in start/stop text tokens where the model's
+    layout wraps them). top_k 0: off; processors: their order (the model's, see engine/sampling.py).
 
     generator: the random stream to sample from; None: the global RNG, as upstream.
     cache: a cache to decode in (resized to fit; its allocation is reused when large enough), e.g. the one
@@ -42,14 +47,11 @@ def generate_speech_tokens(
     """
     cfg = t3.cfg
     device = t3.speech_emb.weight.device
-    params = SamplingParams(temperature, cfg_weight, repetition_penalty, min_p, top_p)
-    assert 0 < max_new_tokens <= t3.speech_pos_emb.emb.num_embeddings, "speech positions run past the learned table"
+    params = SamplingParams(temperature, cfg_weight, repetition_penalty, min_p, top_p, top_k, processors)
+    assert 0 < max_new_tokens <= t3.max_speech_steps, "speech positions run past the learned table"
 
-    # Upstream appends the start-of-speech token (speech position 0) once more after the prefix.
-    prefix = t3.prefix_embeds(cond, text_tokens, cfg=cfg_weight > 0)  # (R, P - 1, D)
-    bos = torch.full((1, 1), cfg.start_speech_token, dtype=torch.long, device=device)
+    x = t3.decode_prefix(cond, text_tokens, cfg=cfg_weight > 0)  # (R, P, D)
     speech_pos = torch.arange(max_new_tokens, device=device)  # token i is fed at speech position i + 1
-    x = torch.cat((prefix, t3.speech_embeds(bos, speech_pos[:1]).expand(prefix.shape[0], -1, -1)), dim=1)
     rows, prefill_len = x.shape[:2]
     cache_pos = torch.arange(prefill_len + max_new_tokens, device=device)
     if cache is None:
@@ -68,6 +70,8 @@ def generate_speech_tokens(
         tokens.append(token)
         if token.item() == cfg.stop_speech_token or i == max_new_tokens - 1:
             break
+        if i == 0 and not cfg.penalize_bos:
+            seen[0, cfg.start_speech_token] = False  # from token 1 on, the history is the generated ids alone
         seen.scatter_(1, token, True)
         x = t3.speech_embeds(token, speech_pos[i + 1 : i + 2]).expand(rows, -1, -1)  # (R, 1, D)
         pos = prefill_len + i

@@ -154,8 +154,10 @@ class LlamaCache:
         with torch.inference_mode(False):
             self.layers = [KVCache(batch, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, device)
                            for _ in range(cfg.n_layers)]
-            self._inv_freq = llama3_inv_freq(cfg, device)  # (head_dim/2,)
-            self.rope_cos, self.rope_sin = rope_tables(self._inv_freq, max_seq_len)  # (max_seq_len, head_dim)
+            # (head_dim/2,); None for a backbone with learned positions instead of RoPE (models/gpt2.py)
+            self._inv_freq = llama3_inv_freq(cfg, device) if isinstance(cfg, LlamaConfig) else None
+            self.rope_cos, self.rope_sin = (rope_tables(self._inv_freq, max_seq_len) if self._inv_freq is not None
+                                            else (None, None))  # (max_seq_len, head_dim)
         self.batch, self.max_seq_len = batch, max_seq_len
 
     @property
@@ -168,7 +170,7 @@ class LlamaCache:
         the current rows hold (rows joining a running batch; a batch outgrowing its slots). Reuses the
         allocation when it is large enough. If an allocation fails the cache keeps its rows and slots."""
         with torch.inference_mode(False):
-            grown = max_seq_len > self.max_seq_len
+            grown = max_seq_len > self.max_seq_len and self._inv_freq is not None
             tables = rope_tables(self._inv_freq, max_seq_len) if grown else (self.rope_cos, self.rope_sin)
             for layer in self.layers:
                 layer.reserve(batch, max_seq_len)
@@ -284,27 +286,27 @@ class Llama(nn.Module):
         seq_start: (B,) first slot of each row's sequence when rows are left-padded; None: all rows start at 0.
         rows: the cache rows x belongs to (default: all), e.g. the prefill of sequences joining a batch.
         """
-        kv_len = kv_len or cache.max_seq_len
-        if seq_start is None:
-            mask = torch.arange(kv_len, device=x.device) <= input_pos[:, None]  # (S, kv_len)
-            cos = cache.rope_cos[input_pos].to(x.dtype)  # (S, head_dim)
-            sin = cache.rope_sin[input_pos].to(x.dtype)
-        else:
-            mask, cos, sin = _left_padded(cache, input_pos, kv_len, seq_start, x.dtype)
+        pos, mask = positions_and_mask(input_pos, kv_len or cache.max_seq_len, seq_start)
+        cos, sin = cache.rope_cos[pos].to(x.dtype), cache.rope_sin[pos].to(x.dtype)  # (S | B, S, head_dim)
+        if seq_start is not None:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer(x, cos, sin, input_pos, mask, layer_cache, rows)
         return self.norm(x)
 
 
-def _left_padded(cache: LlamaCache, input_pos: Tensor, kv_len: int, seq_start: Tensor,
-                 dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """Mask (B, 1, S, kv_len) and RoPE tables (B, 1, S, head_dim) for rows starting at slots seq_start (B,)."""
+def positions_and_mask(input_pos: Tensor, kv_len: int, seq_start: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Each query's position in its own sequence and the attention mask over cache slots [0, kv_len).
+
+    input_pos: (S,) cache slots of the queries. seq_start None: every row starts at slot 0, positions (S,)
+    and a causal mask (S, kv_len). seq_start (B,): rows left-padded, each row's positions (B, S) counted
+    from its own first slot and a mask (B, 1, S, kv_len) that also hides the slots before it.
+    """
     slots = torch.arange(kv_len, device=input_pos.device)  # (kv_len,)
     query = input_pos[:, None]  # (S, 1)
+    if seq_start is None:
+        return input_pos, slots <= query
     start = seq_start[:, None, None]  # (B, 1, 1)
     # A padding query sees only itself: a row with every key masked would turn into NaN.
     mask = (slots <= query) & ((slots >= start) | (slots == query))  # (B, S, kv_len)
-    pos = (input_pos - seq_start[:, None]).clamp_min(0)  # (B, S) each row's own positions
-    cos = cache.rope_cos[pos].to(dtype)[:, None]
-    sin = cache.rope_sin[pos].to(dtype)[:, None]
-    return mask[:, None], cos, sin
+    return (input_pos - seq_start[:, None]).clamp_min(0), mask[:, None]

@@ -21,18 +21,21 @@ _REPLACEMENTS = (
     ("\u2018", "'"),
     ("\u2019", "'"),
 )
+# Chatterbox-Turbo's own list (tts_turbo.py): the same without the "...", " - " and ";" rules.
+TURBO_REPLACEMENTS = tuple(r for r in _REPLACEMENTS if r[0] not in ("...", " - ", ";"))
 _SENTENCE_ENDINGS = (".", "!", "?", "-", ",")
 
 
-def punc_norm(text: str) -> str:
+def punc_norm(text: str, replacements: tuple[tuple[str, str], ...] = _REPLACEMENTS) -> str:
     """Capitalise the first letter, collapse whitespace, map rare punctuation, end with punctuation.
 
+    replacements: the model's list, applied in order (default: the English model's; TURBO_REPLACEMENTS).
     Empty text is rejected by the caller; upstream silently substitutes a canned sentence.
     """
     if text[:1].islower():
         text = text[0].upper() + text[1:]
     text = " ".join(text.split())
-    for old, new in _REPLACEMENTS:
+    for old, new in replacements:
         text = text.replace(old, new)
     text = text.rstrip(" ")
     if not text.endswith(_SENTENCE_ENDINGS):

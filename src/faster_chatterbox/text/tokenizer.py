@@ -38,6 +38,10 @@ class EnglishTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text.replace(" ", SPACE)).ids
 
+    def text_ids(self, text: str) -> list[int]:
+        """A chunk's ids as the model reads it: upstream's punctuation clean-up (`punc_norm`), then `encode`."""
+        return self.encode(punc_norm(text))
+
     def text_to_tokens(self, text: str) -> torch.Tensor:
         """(1, L) int32 ids, as upstream's `EnTokenizer.text_to_tokens`."""
         return torch.tensor(self.encode(text), dtype=torch.int32).unsqueeze(0)

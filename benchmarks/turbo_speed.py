@@ -1,0 +1,129 @@
+"""Chatterbox-Turbo on this CPU: T3 decode step and end to end, exact against fast, and against upstream's Turbo.
+
+Full-size Turbo with random weights (init-random --model turbo; random weights never sample the stop token,
+so every decode runs to its cap, the same number of tokens for every variant):
+  T3 step   ms per token of one sequence's decode (generate_speech_tokens) with the exact preset's float32 T3
+            and the fast preset's bf16 T3 (float32 KV cache): (time of N tokens - time of 1) / (N - 1).
+  end to end  `synthesize` of a 300-character text (one chunk: exact speaks it untouched, as upstream; fast
+            splits it at sentences and batches the chunks), each chunk capped at --tokens tokens; upstream's
+            `ChatterboxTurboTTS.generate` of the same text with its loop capped at the same count, run in the
+            oracle venv (a child process that loads upstream once and times each round).
+Variants are interleaved over --rounds rounds; medians. RTF = wall seconds / audio seconds.
+
+    python benchmarks/turbo_speed.py [--checkpoint DIR] [--tokens 100] [--rounds 3] [--threads 2] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from faster_chatterbox.bench import _machine
+from faster_chatterbox.engine.t3_decode import generate_speech_tokens
+from faster_chatterbox.random_checkpoint import write_random_checkpoint
+from faster_chatterbox.tts_turbo import ChatterboxTurboTTS
+
+TEXT = ("Oh, hello there [chuckle]. I was just thinking about the trip we took last summer, up the coast and into "
+        "the hills. Do you remember the little bakery by the harbour? They had the best bread I have ever eaten, "
+        "and the owner told us stories about the storms of nineteen eighty seven until it got dark outside.")
+
+UPSTREAM = r"""
+import sys, time, json, torch
+torch.set_num_threads(int(sys.argv[3]))
+from chatterbox.tts_turbo import ChatterboxTurboTTS
+tts = ChatterboxTurboTTS.from_local(sys.argv[1], "cpu")
+tts.watermarker.apply_watermark = lambda wav, sample_rate: wav
+inference = tts.t3.inference_turbo
+tts.t3.inference_turbo = lambda **kw: inference(**kw, max_gen_len=int(sys.argv[2]) - 1)
+text = sys.stdin.readline()
+print("ready", flush=True)
+for line in sys.stdin:  # one round per line
+    start = time.perf_counter()
+    wav = tts.generate(text)
+    print(json.dumps({"wall_s": time.perf_counter() - start, "audio_s": wav.shape[1] / tts.sr}), flush=True)
+"""
+
+
+def step_ms(tts: ChatterboxTurboTTS, n: int) -> float:
+    text = tts.text_tokens(TEXT)
+    times = {}
+    for tokens in (1, n):
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        generate_speech_tokens(tts.t3, tts.conds.t3, text, max_new_tokens=tokens, cfg_weight=0.0, min_p=0.0,
+                               top_p=0.95, top_k=1000, processors=tts.settings.sampling_order)
+        times[tokens] = time.perf_counter() - start
+    return 1000 * (times[n] - times[1]) / (n - 1)
+
+
+def end_to_end(tts: ChatterboxTurboTTS, tokens: int) -> dict:
+    start = time.perf_counter()
+    result = tts.synthesize(TEXT, seed=1, max_new_tokens=tokens)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "audio_s": len(result.audio) / tts.sr, "chunks": len(result.chunks)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="a full-size Turbo checkpoint (default: a random one, written once)")
+    ap.add_argument("--tokens", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-upstream", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ckpt = Path(args.checkpoint or Path(tempfile.gettempdir()) / "faster-chatterbox-turbo-random")
+    if not (ckpt / "conds.pt").is_file():
+        write_random_checkpoint(ckpt, seed=0, model="turbo")
+    models = {preset: ChatterboxTurboTTS.from_local(ckpt, device="cpu", preset=preset, watermark=False)
+              for preset in ("exact", "fast")}
+    upstream = None
+    if not args.no_upstream:
+        venv = Path(os.environ.get("FASTER_CHATTERBOX_ORACLE_VENV", Path(__file__).parents[1] / ".oracle-venv"))
+        upstream = subprocess.Popen([str(venv / "bin" / "python"), "-c", UPSTREAM, str(ckpt), str(args.tokens),
+                                     str(args.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+        upstream.stdin.write(TEXT + "\n")
+        upstream.stdin.flush()
+        assert upstream.stdout.readline().strip() == "ready", "upstream did not load"
+    rows: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for preset, tts in models.items():
+            rows.setdefault(f"{preset} T3 step", []).append({"ms_per_token": step_ms(tts, args.tokens)})
+            rows.setdefault(f"{preset} end to end", []).append(end_to_end(tts, args.tokens))
+        if upstream is not None:
+            upstream.stdin.write("go\n")
+            upstream.stdin.flush()
+            rows.setdefault("upstream end to end", []).append(json.loads(upstream.stdout.readline()))
+    if upstream is not None:
+        upstream.stdin.close()
+        upstream.wait()
+    summary = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rows.items()}
+    ref = summary.get("upstream end to end")
+    print(f"machine: {_machine()}; threads {args.threads}; {args.tokens} tokens per chunk; medians of {args.rounds}")
+    for name, s in summary.items():
+        if "ms_per_token" in s:
+            line = f"{s['ms_per_token']:.1f} ms/token (x{summary['exact T3 step']['ms_per_token'] / s['ms_per_token']:.2f} vs exact)"
+        else:
+            line = f"{s['wall_s']:.2f} s for {s['audio_s']:.2f} s of audio, RTF {s['wall_s'] / s['audio_s']:.2f}"
+            if ref:  # speed per second of audio (fast's chunks may sum to more audio than one chunk)
+                line += f", x{(ref['wall_s'] / ref['audio_s']) / (s['wall_s'] / s['audio_s']):.2f} upstream's speed"
+        print(f"{name:22s} {line}")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps({"machine": _machine(), "tokens": args.tokens, "rounds": args.rounds,
+                                "threads": args.threads, "summary": summary}) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
