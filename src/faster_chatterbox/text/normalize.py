@@ -24,8 +24,9 @@ _REPLACEMENTS = (
 _SENTENCE_ENDINGS = (".", "!", "?", "-", ",")
 
 
-def punc_norm(text: str) -> str:
-    """Capitalise the first letter, collapse whitespace, map rare punctuation, end with punctuation.
+def punc_norm(text: str, endings: tuple[str, ...] = _SENTENCE_ENDINGS) -> str:
+    """Capitalise the first letter, collapse whitespace, map rare punctuation, end with punctuation (one of
+    `endings`, else a full stop is added; the multilingual model also counts CJK ones).
 
     Empty text is rejected by the caller; upstream silently substitutes a canned sentence.
     """
@@ -35,6 +36,6 @@ def punc_norm(text: str) -> str:
     for old, new in _REPLACEMENTS:
         text = text.replace(old, new)
     text = text.rstrip(" ")
-    if not text.endswith(_SENTENCE_ENDINGS):
+    if not text.endswith(endings):
         text += "."
     return text
