@@ -14,6 +14,7 @@ and buffers we recompute (mel filters, windows) are not read from the file.
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,9 @@ REPO_ID = "ResembleAI/chatterbox"
 TURBO_REPO_ID = "ResembleAI/chatterbox-turbo"  # holds the meanflow decoder, s3gen_meanflow.safetensors
 RANDOM_MARKER = "RANDOM-WEIGHTS.txt"  # written by init-random: every load warns that the audio will be noise
 CHECKPOINT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json", "conds.pt")
+# Chatterbox Multilingual (same repository): pickled state dicts for the voice encoder and S3Gen, a T3 per version
+MTL_T3_FILES = {"v2": "t3_mtl23ls_v2.safetensors", "v3": "t3_mtl23ls_v3.safetensors"}
+MTL_FILES = ("ve.pt", "s3gen.pt", "grapheme_mtl_merged_expanded_v1.json", "Cangjie5_TC.json", "conds.pt")
 
 
 class CheckpointError(ValueError):
@@ -59,20 +63,21 @@ def skip_weight_init():
             setattr(nn.init, name, fn)
 
 
-def check_checkpoint_dir(ckpt_dir: str | Path) -> Path:
+def check_checkpoint_dir(ckpt_dir: str | Path, files: tuple[str, ...] = CHECKPOINT_FILES,
+                         optional: tuple[str, ...] = ("conds.pt",)) -> Path:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
-    missing = [name for name in CHECKPOINT_FILES if name != "conds.pt" and not (ckpt_dir / name).is_file()]
+    missing = [name for name in files if name not in optional and not (ckpt_dir / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint directory {ckpt_dir} lacks {', '.join(missing)}")
     return ckpt_dir
 
 
 def download_checkpoint(repo_id: str = REPO_ID, revision: str | None = None,
-                        cache_dir: str | Path | None = None) -> Path:
+                        cache_dir: str | Path | None = None, files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
     """Fetch the checkpoint files through the Hugging Face cache and return their directory (see `_fetch_files`)."""
-    return _fetch_files(CHECKPOINT_FILES, repo_id, revision, cache_dir, optional=("conds.pt",))[0].parent
+    return _fetch_files(files, repo_id, revision, cache_dir, optional=("conds.pt",))[0].parent
 
 
 def download_file(name: str, repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
@@ -173,6 +178,24 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+
+
+def read_pickled_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict saved with torch.save (Multilingual's ve.pt, s3gen.pt), loaded with weights_only=True: a
+    file that needs any object besides tensors and containers is refused (unpickling such objects can run
+    code), as is one that is not a flat {name: tensor} dict."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path} needs objects other than tensors to load; refused (weights_only): "
+                              f"{str(exc).splitlines()[0]}") from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch.save file (truncated or corrupt?): {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{path} does not hold a state dict ({{name: tensor}}), but a {type(state).__name__}")
+    return state
 
 
 def _rename_legacy_weight_norm(state: dict[str, torch.Tensor], wanted: set[str]) -> dict[str, torch.Tensor]:

@@ -22,7 +22,8 @@ import torch
 
 from .audio.io import check_reference_clip
 from .checkpoint import (RANDOM_MARKER, REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir,
-                         download_checkpoint, download_file, load_weights, read_safetensors, skip_weight_init)
+                         download_checkpoint, download_file, load_weights, read_pickled_state, read_safetensors,
+                         skip_weight_init)
 from .config import ChatterboxConfig
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
@@ -93,30 +94,33 @@ class ChatterboxTTS:
         distilled decoder (2 steps, no CFG) on this model's speech tokens (same vocabulary): `meanflow_file`,
         default ckpt_dir/s3gen_meanflow.safetensors. The presets' solver settings apply to "cfm" only.
         """
-        resolved = resolve_device(device)
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
-        if settings is None:
-            settings = engine_settings(preset, resolved, decoder)
-        elif not isinstance(settings, EngineSettings):
-            raise TypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
+        settings = _load_settings(preset, device, decoder, settings)
         ckpt_dir = check_checkpoint_dir(ckpt_dir)
+        config = _checkpoint_config(ckpt_dir)
+        files = {"ve.safetensors": "ve.safetensors", "t3_cfg.safetensors": "t3_cfg.safetensors",
+                 "s3gen.safetensors": "s3gen.safetensors"}
+        return cls._load(ckpt_dir, config, files, EnglishTokenizer(ckpt_dir / "tokenizer.json"), device, settings,
+                         watermark, decoder, meanflow_file)
+
+    @classmethod
+    def _load(cls, ckpt_dir: Path, config: ChatterboxConfig, files: dict[str, str], tokenizer, device: str,
+              settings: EngineSettings, watermark: bool, decoder: str = "cfm", meanflow_file: str | Path | None = None,
+              **kwargs):
+        """The model from `ckpt_dir`'s files: files maps each module of `config.build_modules()` to its file
+        (.safetensors, or a pickled state dict .pt); kwargs go to the constructor."""
+        resolved = resolve_device(device)
         random_weights = (ckpt_dir / RANDOM_MARKER).is_file()
         if random_weights:
             log.warning("%s holds RANDOM weights (faster-chatterbox init-random): the audio will be noise", ckpt_dir)
-        # The official checkpoint has no config.json (its sizes are the defaults); init-random --small writes one.
-        config_path = ckpt_dir / "config.json"
-        config = ChatterboxConfig.load(config_path) if config_path.is_file() else ChatterboxConfig()
-        tokenizer = EnglishTokenizer(ckpt_dir / "tokenizer.json")
-
         with skip_weight_init():
             modules = config.build_modules()
         for name, module in modules.items():
-            load_weights(module, read_safetensors(ckpt_dir / name), ckpt_dir / name,
-                         ignore_unexpected=name == "s3gen.safetensors")  # upstream loads it non-strictly
+            path = ckpt_dir / files[name]
+            state = read_pickled_state(path) if path.suffix == ".pt" else read_safetensors(path)
+            load_weights(module, state, path, ignore_unexpected=name == "s3gen.safetensors")  # upstream: non-strict
         ve, t3, s3gen = modules["ve.safetensors"], modules["t3_cfg.safetensors"], modules["s3gen.safetensors"]
         if tokenizer.vocab_size > t3.cfg.text_tokens_dict_size:
-            raise CheckpointError(f"{ckpt_dir / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but T3 "
+            raise CheckpointError(f"{tokenizer.path} has {tokenizer.vocab_size} tokens but T3 "
                                   f"embeds only {t3.cfg.text_tokens_dict_size}")
         s3gen.mel2wav.fold_weight_norm()
         if decoder == "meanflow":
@@ -130,7 +134,7 @@ class ChatterboxTTS:
         if (ckpt_dir / "conds.pt").is_file():
             conds = Voice.load(ckpt_dir / "conds.pt").to(resolved)
         tts = cls(t3.to(resolved).eval(), s3gen.to(resolved).eval(), ve.to(resolved).eval(), tokenizer, device,
-                  conds=conds, preset=settings.preset, watermark=watermark, settings=settings)
+                  conds=conds, preset=settings.preset, watermark=watermark, settings=settings, **kwargs)
         tts.random_weights = random_weights
         return tts
 
@@ -291,6 +295,24 @@ class ChatterboxTTS:
             self.watermarker = self.watermarker or Watermarker()
             audio = self.watermarker.apply_watermark(audio, sample_rate=self.sr)
         return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _load_settings(preset: str, device: str, decoder: str, settings: EngineSettings | None,
+                   alignment_guard: bool = False) -> EngineSettings:
+    """The load-time settings: the preset's on the device, or the caller's (validated)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+    if settings is None:
+        return engine_settings(preset, resolve_device(device), decoder, alignment_guard)
+    if not isinstance(settings, EngineSettings):
+        raise TypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
+    return settings
+
+
+def _checkpoint_config(ckpt_dir: Path) -> ChatterboxConfig:
+    """The sizes of init-random --small's config.json, else the official ones (the defaults)."""
+    config_path = ckpt_dir / "config.json"
+    return ChatterboxConfig.load(config_path) if config_path.is_file() else ChatterboxConfig()
 
 
 def _meanflow_decoder(path: Path, config: ChatterboxConfig, base: S3Gen) -> S3Gen:

@@ -58,10 +58,11 @@ def check_text(text: str) -> None:
         raise ValueError("text has nothing to speak: it is empty or only whitespace and punctuation")
 
 
-def split_sentences(text: str) -> list[str]:
-    """Sentences of one paragraph (whitespace collapsed); pieces with no letter or digit join the previous one."""
+def split_sentences(text: str, language: str = "en") -> list[str]:
+    """Sentences of one paragraph (whitespace collapsed) by `language`'s rules (a sentencex language code);
+    pieces with no letter or digit join the previous one."""
     sentences: list[str] = []
-    for piece in segment("en", " ".join(text.split())):
+    for piece in segment(language, " ".join(text.split())):
         piece = piece.strip()
         if not piece:
             continue
@@ -102,11 +103,11 @@ def _sentence_units(sentence: str, max_chars: int) -> list[tuple[str, BreakKind]
     return units
 
 
-def pack_chunks(text: str, max_chars: int = 300) -> list[Chunk]:
+def pack_chunks(text: str, max_chars: int = 300, language: str = "en") -> list[Chunk]:
     """Pack sentences greedily into chunks of at most max_chars; paragraph breaks always end a chunk.
 
     Over-long sentences are split at clause punctuation (; : , dashes), then at spaces. The last
-    chunk's kind is "end". Raises ValueError for bad text (see `check_text`) or max_chars outside
+    chunk's kind is "end". language: the sentencex code of the text's language. Raises ValueError for bad text (see `check_text`) or max_chars outside
     [MIN_CHARS, MAX_CHARS].
     """
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or not MIN_CHARS <= max_chars <= MAX_CHARS:
@@ -119,7 +120,7 @@ def pack_chunks(text: str, max_chars: int = 300) -> list[Chunk]:
                 chunks[-1] = Chunk(chunks[-1].text, "paragraph")
             continue
         run, run_kind = "", "sentence"
-        for sentence in split_sentences(paragraph):
+        for sentence in split_sentences(paragraph, language):
             for unit, kind in _sentence_units(sentence, max_chars):
                 if run and len(run) + 1 + len(unit) > max_chars:
                     chunks.append(Chunk(run, run_kind))

@@ -40,6 +40,7 @@ class MissingExtraError(ImportError):
 
 
 _helpers: dict[str, object] = {}
+_warned: set[str] = set()  # languages whose missing helper was reported
 _lock = threading.Lock()
 
 
@@ -58,7 +59,9 @@ def _helper(language: str, make: Callable[[object], object], strict: bool) -> ob
                     f"language {language!r} needs {module_name.split('.')[0]} for {purpose}: install it with "
                     f"pip install 'faster-chatterbox[{extra}]' (or load with strict_text=False to skip it, "
                     f"as upstream does)") from exc
-            log.warning("%s not installed: %s skipped (as upstream does)", module_name, purpose)
+            if language not in _warned:
+                _warned.add(language)
+                log.warning("%s not installed: %s skipped (as upstream does)", module_name, purpose)
             return None
         helper = _helpers[language] = make(module)
         return helper
