@@ -127,18 +127,20 @@ def _meanflow_s3gen(config: ChatterboxConfig, s3gen: S3Gen, generator: torch.Gen
 
 
 def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False,
-                            meanflow: bool = False, model: str = "chatterbox") -> Path:
+                            meanflow: bool = False, model: str = "chatterbox",
+                            config: ChatterboxConfig | None = None) -> Path:
     """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors;
-    model: "chatterbox" (English) or "multilingual"."""
+    model: "chatterbox" (English) or "multilingual"; config: other sizes than the official or small ones
+    (written to config.json; the multilingual text vocabulary is set in any case)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
     if model == "multilingual":
-        return _write_multilingual(Path(directory), seed, small)
+        return _write_multilingual(Path(directory), seed, small, config)
     from .tts import ChatterboxTTS
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = small_config() if small else ChatterboxConfig()
+    config = config or (small_config() if small else ChatterboxConfig())
     generator = torch.Generator().manual_seed(seed)
     modules = config.build_modules()
     for name, module in modules.items():
@@ -149,7 +151,7 @@ def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = 
         state = _s3gen_state(module) if isinstance(module, S3Gen) else module.state_dict()
         save_file({k: v.contiguous() for k, v in state.items()}, str(directory / name))
     write_tokenizer(directory / "tokenizer.json")
-    if small:
+    if config != ChatterboxConfig():
         config.save(directory / "config.json")
     _finish(directory, ChatterboxTTS.from_local(directory, device="cpu", watermark=False), seed)
     return directory
@@ -163,14 +165,15 @@ def _finish(directory: Path, tts, seed: int) -> None:
     tts.conditionals_from_wav(synthetic_voice(10.0, 24000, seed=seed), 24000).save(directory / "conds.pt")
 
 
-def _write_multilingual(directory: Path, seed: int, small: bool) -> Path:
+def _write_multilingual(directory: Path, seed: int, small: bool, config: ChatterboxConfig | None) -> Path:
     from .checkpoint import MTL_T3_FILES
     from .text.multilingual import CANGJIE_FILE, TOKENIZER_FILE
     from .tts_multilingual import ChatterboxMultilingualTTS
 
     directory.mkdir(parents=True, exist_ok=True)
-    config = small_config() if small else ChatterboxConfig()
+    config = config or (small_config() if small else ChatterboxConfig())
     config = replace(config, t3=replace(config.t3, text_tokens_dict_size=_MTL_VOCAB_SIZE))
+    official = config == replace(ChatterboxConfig(), t3=replace(ChatterboxConfig().t3, text_tokens_dict_size=_MTL_VOCAB_SIZE))
     generator = torch.Generator().manual_seed(seed)
     modules = config.build_modules()
     for module in modules.values():
@@ -184,7 +187,7 @@ def _write_multilingual(directory: Path, seed: int, small: bool) -> Path:
         save_file({k: v.contiguous() for k, v in t3.state_dict().items()}, str(directory / name))
     write_multilingual_tokenizer(directory / TOKENIZER_FILE)
     write_cangjie_table(directory / CANGJIE_FILE, seed)
-    if small:
+    if not official:
         config.save(directory / "config.json")
     _finish(directory, ChatterboxMultilingualTTS.from_local(directory, device="cpu", watermark=False), seed)
     return directory
