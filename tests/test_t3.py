@@ -69,9 +69,9 @@ def _build_ours(up, llama: LlamaConfig) -> T3:
     return ours.eval()
 
 
-def _inputs(seed: int = 1, text_len: int = 20, prompt_len: int = 150):
+def _inputs(seed: int = 1, text_len: int = 20, prompt_len: int = 150, text_vocab: int = 704):
     g = torch.Generator().manual_seed(seed)
-    text = torch.randint(1, 704, (text_len,), generator=g)
+    text = torch.randint(1, text_vocab, (text_len,), generator=g)
     text[0], text[-1] = 255, 0
     cond = dict(
         speaker_emb=torch.randn(1, 256, generator=g),

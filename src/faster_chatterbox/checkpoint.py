@@ -18,6 +18,7 @@ and buffers we recompute (mel filters, windows) are not read from the file.
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,9 @@ TURBO_FILES = ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safe
 NANO_FILES = tuple("t3_nano_v1.safetensors" if name == "t3_turbo_v1.safetensors" else name for name in TURBO_FILES)
 # files a checkpoint may lack: the built-in voice, and the tokenizer files that only Hugging Face's loader reads
 OPTIONAL_FILES = ("conds.pt", "tokenizer_config.json", "special_tokens_map.json")
+# Chatterbox Multilingual (same repository): pickled state dicts for the voice encoder and S3Gen, a T3 per version
+MTL_T3_FILES = {"v2": "t3_mtl23ls_v2.safetensors", "v3": "t3_mtl23ls_v3.safetensors"}
+MTL_FILES = ("ve.pt", "s3gen.pt", "grapheme_mtl_merged_expanded_v1.json", "Cangjie5_TC.json", "conds.pt")
 
 
 class CheckpointError(ValueError):
@@ -71,11 +75,12 @@ def skip_weight_init():
             setattr(nn.init, name, fn)
 
 
-def check_checkpoint_dir(ckpt_dir: str | Path, files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
+def check_checkpoint_dir(ckpt_dir: str | Path, files: tuple[str, ...] = CHECKPOINT_FILES,
+                         optional: tuple[str, ...] = OPTIONAL_FILES) -> Path:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
-    missing = [name for name in files if name not in OPTIONAL_FILES and not (ckpt_dir / name).is_file()]
+    missing = [name for name in files if name not in optional and not (ckpt_dir / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint directory {ckpt_dir} lacks {', '.join(missing)}")
     return ckpt_dir
@@ -185,6 +190,24 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+
+
+def read_pickled_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict saved with torch.save (Multilingual's ve.pt, s3gen.pt), loaded with weights_only=True: a
+    file that needs any object besides tensors and containers is refused (unpickling such objects can run
+    code), as is one that is not a flat {name: tensor} dict."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path} needs objects other than tensors to load; refused (weights_only): "
+                              f"{str(exc).splitlines()[0]}") from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch.save file (truncated or corrupt?): {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{path} does not hold a state dict ({{name: tensor}}), but a {type(state).__name__}")
+    return state
 
 
 def _rename_legacy_weight_norm(state: dict[str, torch.Tensor], wanted: set[str]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""`faster-chatterbox` command line: speak, init-random, bench, ab, serve, render-book.
+"""`faster-chatterbox` command line: speak, convert, init-random, bench, ab, serve, render-book.
 
 User errors (bad text, files, parameters, devices, no network) print one line and exit with status 2;
 Ctrl-C exits with 130, also during start-up. Neither prints a stack trace. Everything heavy (torch, the
@@ -33,10 +33,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="S3Gen decoder: cfm (the model's own) or meanflow (Chatterbox-Turbo's 2-step one)")
     p.add_argument("--model", default="chatterbox", choices=MODELS,
                    help="chatterbox (English), turbo or nano (GPT-2 T3, paralinguistic tags such as [laugh]; "
-                        "meanflow decoder whatever --decoder says) (default: %(default)s)")
+                        "meanflow decoder whatever --decoder says), multilingual (23 languages: give --language) "
+                        "(default: %(default)s)")
 
 
-MODELS = ("chatterbox", "turbo", "nano")
+MODELS = ("chatterbox", "turbo", "nano", "multilingual")
 
 
 def _load_model(args, watermark: bool = True):
@@ -49,6 +50,15 @@ def _load_model(args, watermark: bool = True):
         if args.checkpoint:
             return ChatterboxTurboTTS.from_local(args.checkpoint, **options)
         return ChatterboxTurboTTS.from_pretrained(**options)
+    if args.model == "multilingual":
+        from .tts_multilingual import ChatterboxMultilingualTTS
+
+        if args.decoder != "cfm":
+            raise ValueError("--decoder meanflow applies to --model chatterbox only")
+        options = dict(device=args.device, preset=args.preset, watermark=watermark)
+        if args.checkpoint:
+            return ChatterboxMultilingualTTS.from_local(args.checkpoint, **options)
+        return ChatterboxMultilingualTTS.from_pretrained(**options)
     options = dict(device=args.device, preset=args.preset, watermark=watermark, decoder=args.decoder)
     if args.checkpoint:
         return ChatterboxTTS.from_local(args.checkpoint, **options)
@@ -78,9 +88,11 @@ def cmd_speak(args) -> None:
     seconds = len(text) / BRISK_CHARS_PER_SECOND
     # before any work: an output that cannot be written would otherwise fail only after the synthesis
     check_output_path(args.output, min_free_bytes=int(seconds * MIN_BYTES_PER_SECOND.get(suffix, 0)))
+    language = _language_args(args)
     tts = _load_model(args, watermark=not args.no_watermark)  # warns when the weights are random
     given = {name: getattr(args, name) for name in ("exaggeration", "cfg_weight") if getattr(args, name) is not None}
-    result = tts.synthesize(text, audio_prompt_path=args.voice, **given, temperature=args.temperature, seed=args.seed,
+    result = tts.synthesize(text, **language, audio_prompt_path=args.voice, **given, temperature=args.temperature,
+                            seed=args.seed,
                             max_new_tokens=args.max_new_tokens, n_timesteps=args.n_timesteps,
                             optimize_quality=args.optimize_quality, progress=True)
     write_audio(args.output, result.audio, tts.sr)
@@ -89,13 +101,39 @@ def cmd_speak(args) -> None:
           f"{f', {retried} regenerated' if retried else ''} in {result.timings['total_s']:.1f} s", file=sys.stderr)
 
 
+def _language_args(args) -> dict:
+    """speak's language for the multilingual model, checked before anything loads."""
+    if args.model != "multilingual":
+        if args.language is not None:
+            raise ValueError("--language needs --model multilingual (the English model speaks English)")
+        return {}
+    from .text.multilingual import check_language
+
+    if args.language is None:
+        raise ValueError("--model multilingual needs --language, e.g. --language fr")
+    return {"language_id": check_language(args.language)}
+
+
+def cmd_convert(args) -> None:
+    from .audio.io import check_output_path, write_audio
+    from .vc import ChatterboxVC
+
+    check_output_path(args.output)
+    options = dict(device=args.device, preset=args.preset, watermark=not args.no_watermark)
+    vc = ChatterboxVC.from_local(args.checkpoint, **options) if args.checkpoint else ChatterboxVC.from_pretrained(**options)
+    wav = vc.generate(args.input, target_voice_path=args.voice, seed=args.seed)[0].numpy()
+    write_audio(args.output, wav, vc.sr)
+    print(f"wrote {args.output}: {len(wav) / vc.sr:.2f} s at {vc.sr} Hz in the voice of "
+          f"{args.voice or 'the built-in voice'}", file=sys.stderr)
+
+
 def cmd_init_random(args) -> None:
     from .random_checkpoint import write_random_checkpoint
 
     write_random_checkpoint(args.dir, seed=args.seed, small=args.small, meanflow=args.meanflow, model=args.model)
-    size = ("small test" if args.small else "full-size") + ("" if args.model == "chatterbox" else f" {args.model}")
-    print(f"wrote a {size} RANDOM-weight checkpoint to {args.dir}: it speaks noise, for tests and benchmarks only",
-          file=sys.stderr)
+    size = "small test" if args.small else "full-size"
+    print(f"wrote a {size} RANDOM-weight {args.model} checkpoint to {args.dir}: it speaks noise, for tests and "
+          "benchmarks only", file=sys.stderr)
 
 
 def cmd_bench(args) -> None:
@@ -161,7 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-weight", type=float, help="default: the model's (0.5; Turbo/Nano ignore it)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--no-watermark", action="store_true", help="do not watermark the output")
+    p.add_argument("--language", metavar="XX", help="the multilingual model's language id (ar da de el en es fi fr "
+                                                    "he hi it ja ko ms nl no pl pt ru sv sw tr zh)")
     p.set_defaults(func=cmd_speak)
+
+    p = sub.add_parser("convert", help="voice conversion: the speech of an audio file in another voice")
+    p.add_argument("input", help="the source speech (an audio file)")
+    p.add_argument("-o", "--output", required=True, help="output audio file (.wav, .flac, .ogg, .opus, .mp3)")
+    p.add_argument("--voice", metavar="WAV", help="clip of the target voice (default: the built-in voice)")
+    p.add_argument("--checkpoint", metavar="DIR", help="local checkpoint directory (default: download ResembleAI/chatterbox)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--no-watermark", action="store_true", help="do not watermark the output")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("init-random", help="write a random-weight checkpoint in the official layout")
     p.add_argument("dir")
@@ -169,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="tiny model sizes for fast tests (not the official shapes)")
     p.add_argument("--meanflow", action="store_true", help="also write a random s3gen_meanflow.safetensors")
     p.add_argument("--model", default="chatterbox", choices=MODELS,
-                   help="which official layout: chatterbox, turbo or nano (default: %(default)s)")
+                   help="which official layout (default: %(default)s)")
     p.set_defaults(func=cmd_init_random)
 
     p = sub.add_parser("bench", help="time one fixed job stage by stage")

@@ -51,6 +51,7 @@ from .models.voice_encoder import VoiceEncoder
 from .settings import CallSettings, EngineSettings, stream_seed, torch_seed
 from .text.chunking import DEFAULT_PAUSES_S, Chunk, check_text, pack_chunks
 from .text.english import normalize_english
+from .text.multilingual import sentence_language
 from .text.tokenizer import EnglishTokenizer, check_speakable
 from .voices import Voice, clip_digest
 
@@ -251,9 +252,11 @@ class Engine:
         return voice
 
     # ---- text -----------------------------------------------------------------------------
-    def text_tokens(self, text: str) -> torch.Tensor:
-        """T3's input for one chunk: (L,) ids wrapped in the start/stop text tokens."""
-        ids, cfg = self.tokenizer.text_ids(text), self.t3.cfg
+    def text_tokens(self, text: str, language: str | None = None) -> torch.Tensor:
+        """T3's input for one chunk: (L,) ids, wrapped in the start/stop text tokens where the model's layout
+        wraps them; language: the multilingual tokenizer's language id (None: the model's one tokenizer)."""
+        ids = self.tokenizer.text_ids(text) if language is None else self.tokenizer.encode_chunk(text, language)
+        cfg = self.t3.cfg
         max_text = self.t3.max_text_len - (2 if cfg.wrap_text else 0)
         if len(ids) > max_text:
             raise ValueError(f"a chunk of text is {len(ids)} tokens long; T3 takes at most {max_text}")
@@ -268,7 +271,7 @@ class Engine:
         return contextlib.nullcontext() if call.seeded_streams else self._global_rng_lock
 
     def _job(self, text: str, voice: Voice, call: CallSettings) -> Job:
-        chunks = plan_chunks(text, call, self.tokenizer)
+        chunks = plan_chunks(text, call, self.tokenizer if call.language is None else None)
         if not call.seeded_streams:  # the global stream, from where the call says
             if call.seed is not None:
                 torch.manual_seed(torch_seed(call.seed))
@@ -326,13 +329,13 @@ def plan_chunks(text: str, call: CallSettings, tokenizer: EnglishTokenizer | Non
     """The chunks `text` is spoken in, validated: a clear ValueError for text that can't be spoken (with
     `tokenizer`, also for letters it has no token for; symbols it lacks are dropped with a warning)."""
     check_text(text)
-    if call.normalize_text:
+    if call.normalize_text and call.language in (None, "en"):
         text = normalize_english(text)
     if tokenizer is not None:
         text = check_speakable(tokenizer, text)
     if not call.chunk_short_text and len(text) <= call.max_chars:
         return [Chunk(text, "end")]  # upstream speaks a short text in one call, untouched
-    return pack_chunks(text, call.max_chars)
+    return pack_chunks(text, call.max_chars, language=sentence_language(call.language or "en"))
 
 
 def _no_speech(call: CallSettings) -> NoSpeechError:
@@ -369,10 +372,11 @@ def _budget(job: Job, text: str) -> int:
 def _request(engine: Engine, job: Job, index: int, attempt: int) -> DecodeRequest:
     text = job.chunks[index].text
     s = job.call.sampling
-    return DecodeRequest(job.voice.t3, engine.text_tokens(text), temperature=s.temperature, cfg_weight=s.cfg_weight,
-                         repetition_penalty=s.repetition_penalty, min_p=s.min_p, top_p=s.top_p, top_k=s.top_k,
-                         processors=s.processors,
-                         max_new_tokens=_budget(job, text), generator=_generator(job, index, attempt, engine.device, "t3"))
+    return DecodeRequest(job.voice.t3, engine.text_tokens(text, job.call.language), temperature=s.temperature,
+                         cfg_weight=s.cfg_weight, repetition_penalty=s.repetition_penalty, min_p=s.min_p,
+                         top_p=s.top_p, top_k=s.top_k, processors=s.processors, max_new_tokens=_budget(job, text),
+                         generator=_generator(job, index, attempt, engine.device, "t3"),
+                         alignment_guard=engine.settings.alignment_guard)
 
 
 class T3Work:
@@ -394,7 +398,8 @@ class T3Work:
             self.outputs = {i: generate_speech_tokens(
                 engine.t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                 cfg_weight=r.cfg_weight, repetition_penalty=r.repetition_penalty, min_p=r.min_p, top_p=r.top_p,
-                top_k=r.top_k, processors=r.processors, generator=r.generator) for i, r in requests.items()}
+                top_k=r.top_k, processors=r.processors, generator=r.generator, alignment_guard=r.alignment_guard)
+            for i, r in requests.items()}
             self.finished = time.perf_counter()
 
     def _stamp(self, _future: Future) -> None:

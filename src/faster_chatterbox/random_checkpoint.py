@@ -6,6 +6,9 @@ file layout are the real ones; the audio is noise.
 
   --small  writes tiny model sizes plus a `config.json` that `from_local` reads, for fast tests.
            The official checkpoint has no config.json: the official sizes are the defaults.
+  --model multilingual   Chatterbox Multilingual's layout: ve.pt and s3gen.pt (pickled state dicts), T3 v2 and
+           v3 (text vocabulary 2454), a grapheme tokenizer of every script with the 23 language tags and the
+           Cangjie code tokens, and a random Cangjie5_TC.json table.
 A `RANDOM-WEIGHTS.txt` file marks the directory so every load can warn about it.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import string
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -77,6 +81,50 @@ def write_gpt2_tokenizer(directory: Path) -> None:
         (directory / name).write_text(text, encoding="utf-8")
 
 
+MODELS = ("chatterbox", "multilingual")
+_MTL_VOCAB_SIZE = 2454
+_CANGJIE_LETTERS = "abcdefghijklmnopqrstuvwxy"
+# lower-case letters of the 23 languages after NFKD (accents are combining marks), kana, conjoining jamo
+_MTL_RANGES = ((0x0300, 0x036F), (0x03B1, 0x03C9), (0x0430, 0x045F), (0x05B0, 0x05EA), (0x0620, 0x0652),
+               (0x0900, 0x097F), (0x1100, 0x11FF), (0x3041, 0x3096), (0x3099, 0x30FF))
+_MTL_EXTRA = "\u0131\u0142\u00f8\u00e6\u00df\u0111\u0153\u3002\u3001\u300c\u300d\u00bf\u00a1\u060c\u061f\u0964"
+
+
+def write_multilingual_tokenizer(path: Path) -> None:
+    """A character-level grapheme tokenizer in the official multilingual id scheme: [STOP]=0, [UNK]=1,
+    [SPACE]=2, [START]=255, the language tags [ar] ... [zh] and the Cangjie tokens [cj_a] ... [cj_.] as added
+    tokens, 2454 ids."""
+    from .text.multilingual import SUPPORTED_LANGUAGES
+
+    tags = [f"[{lang}]" for lang in SUPPORTED_LANGUAGES]
+    cangjie = [f"[cj_{c}]" for c in _CANGJIE_LETTERS + string.digits + "."]
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation + _MTL_EXTRA)
+    chars += [chr(c) for first, last in _MTL_RANGES for c in range(first, last + 1)]
+    vocab = {tok: i for i, tok in enumerate(_SPECIALS)}
+    for tok in chars + tags + cangjie:
+        if len(vocab) == _START_ID:
+            vocab["[START]"] = _START_ID
+        vocab.setdefault(tok, len(vocab))
+    for i in range(len(vocab), _MTL_VOCAB_SIZE):
+        vocab[f"[UNUSED_{i}]"] = i
+    assert len(vocab) == _MTL_VOCAB_SIZE and vocab["[START]"] == _START_ID
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(_SPECIALS + ["[START]"] + tags + cangjie)
+    tokenizer.save(str(path))
+
+
+def write_cangjie_table(path: Path, seed: int) -> None:
+    """A random Cangjie5_TC.json: every CJK unified ideograph with a code of 1-5 letters (short codes are
+    shared by many characters, as real ones are), in the official entry format "char<TAB>code"."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 6, (0x9FFF - 0x4E00 + 1,), generator=generator).tolist()
+    letters = torch.randint(0, len(_CANGJIE_LETTERS), (len(lengths), 5), generator=generator).tolist()
+    entries = [chr(0x4E00 + i) + "\t" + "".join(_CANGJIE_LETTERS[k] for k in row[:n])
+               for i, (n, row) in enumerate(zip(lengths, letters))]
+    path.write_text(json.dumps(entries, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _randomize_(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Small random values everywhere, so that no tensor keeps a trivial init (ones, zeros)."""
     with torch.no_grad():
@@ -112,26 +160,30 @@ def _meanflow_s3gen(config: ChatterboxConfig, s3gen: S3Gen, generator: torch.Gen
     return meanflow
 
 
-MODELS = ("chatterbox", "turbo", "nano")
+MODELS = ("chatterbox", "turbo", "nano", "multilingual")
 
 
 def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False,
-                            meanflow: bool = False, model: str = "chatterbox") -> Path:
+                            meanflow: bool = False, model: str = "chatterbox",
+                            config: ChatterboxConfig | None = None) -> Path:
     """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors.
     model "turbo" / "nano": Chatterbox-Turbo's or -Nano's layout instead (checkpoint.TURBO_FILES: the GPT-2
-    T3 with the token table upstream's strict load wants, the meanflow S3Gen, the GPT-2 tokenizer files)."""
+    T3 with the token table upstream's strict load wants, the meanflow S3Gen, the GPT-2 tokenizer files);
+    "multilingual": Chatterbox Multilingual's. config: other sizes than the official or small ones (written
+    to config.json; the multilingual text vocabulary is set in any case)."""
     from .tts import ChatterboxTTS
     from .tts_turbo import UNUSED_T3_KEYS, ChatterboxTurboTTS
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
+    if model == "multilingual":
+        return _write_multilingual(Path(directory), seed, small, config)
     turbo = model != "chatterbox"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if turbo:
-        config = turbo_config(nano=model == "nano", small=small)
-    else:
-        config = small_config() if small else ChatterboxConfig()
+    official = turbo_config(nano=model == "nano") if turbo else ChatterboxConfig()
+    if config is None:
+        config = turbo_config(nano=model == "nano", small=small) if turbo else (small_config() if small else official)
     generator = torch.Generator().manual_seed(seed)
     modules = config.build_modules()
     for name, module in modules.items():
@@ -148,14 +200,47 @@ def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = 
         write_gpt2_tokenizer(directory)
     else:
         write_tokenizer(directory / "tokenizer.json")
-    if small:
+    if config != official:
         config.save(directory / "config.json")
-    (directory / RANDOM_MARKER).write_text("These weights are random: faster-chatterbox init-random wrote them for "
-                                           "tests and benchmarks. The audio they make is noise.\n")
-    # The built-in voice: the conditionals of a synthetic clip, computed by this very checkpoint.
     if turbo:
         tts = ChatterboxTurboTTS.from_local(directory, device="cpu", nano=model == "nano", watermark=False)
     else:
         tts = ChatterboxTTS.from_local(directory, device="cpu", watermark=False)
+    _finish(directory, tts, seed)
+    return directory
+
+
+def _finish(directory: Path, tts, seed: int) -> None:
+    """The random-weights marker, then the built-in voice: the conditionals of a synthetic clip, computed by
+    this very checkpoint (`tts`, loaded from it)."""
+    (directory / RANDOM_MARKER).write_text("These weights are random: faster-chatterbox init-random wrote them for "
+                                           "tests and benchmarks. The audio they make is noise.\n")
     tts.conditionals_from_wav(synthetic_voice(10.0, 24000, seed=seed), 24000).save(directory / "conds.pt")
+
+
+def _write_multilingual(directory: Path, seed: int, small: bool, config: ChatterboxConfig | None) -> Path:
+    from .checkpoint import MTL_T3_FILES
+    from .text.multilingual import CANGJIE_FILE, TOKENIZER_FILE
+    from .tts_multilingual import ChatterboxMultilingualTTS
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = config or (small_config() if small else ChatterboxConfig())
+    config = replace(config, t3=replace(config.t3, text_tokens_dict_size=_MTL_VOCAB_SIZE))
+    official = config == replace(ChatterboxConfig(), t3=replace(ChatterboxConfig().t3, text_tokens_dict_size=_MTL_VOCAB_SIZE))
+    generator = torch.Generator().manual_seed(seed)
+    modules = config.build_modules()
+    for module in modules.values():
+        _randomize_(module, generator)
+    torch.save(dict(modules["ve.safetensors"].state_dict()), directory / "ve.pt")
+    torch.save(_s3gen_state(modules["s3gen.safetensors"]), directory / "s3gen.pt")
+    t3 = modules["t3_cfg.safetensors"]
+    for version, name in MTL_T3_FILES.items():  # v3: the same shapes, other random values
+        if version != "v2":
+            _randomize_(t3, generator)
+        save_file({k: v.contiguous() for k, v in t3.state_dict().items()}, str(directory / name))
+    write_multilingual_tokenizer(directory / TOKENIZER_FILE)
+    write_cangjie_table(directory / CANGJIE_FILE, seed)
+    if not official:
+        config.save(directory / "config.json")
+    _finish(directory, ChatterboxMultilingualTTS.from_local(directory, device="cpu", watermark=False), seed)
     return directory

@@ -42,9 +42,11 @@ import torch
 
 from .checks import CheckLimits
 from .engine.sampling import LLAMA_ORDER, SAMPLING_RANGES, TOP_K_MAX, TURBO_ORDER, SamplingParams, check_range
+from .text.multilingual import check_language
 
 PRESET_NAMES = ("exact", "fast", "fastest")
 TURBO_MODELS = ("turbo", "nano")  # the GPT-2 T3s (tts_turbo.ChatterboxTurboTTS)
+MODEL_NAMES = ("chatterbox", *TURBO_MODELS, "multilingual")  # the family (EngineSettings.model)
 DEFAULT_PRESET = "fast"
 MAX_RETRIES = 10  # a chunk's regenerations at most: each costs a whole chunk
 MAX_CHARS = 300  # longest chunk of text one T3 call speaks
@@ -64,8 +66,9 @@ class EngineSettings:
     render_batch: int  # chunks per S3Gen batch (batching does not pay on CPU: benchmarks/s3gen_speed.md)
     decode_ahead: bool  # submit the next window's T3 while this window renders
     decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
-    model: str = "chatterbox"  # "chatterbox" or one of TURBO_MODELS
+    model: str = "chatterbox"  # one of MODEL_NAMES
     sampling_order: tuple[str, ...] = LLAMA_ORDER  # the T3 logits processors' order (engine.sampling)
+    alignment_guard: bool = False  # T3's stop token steered by its text alignment (Multilingual v2, as upstream 0.1.7)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class CallSettings:
     first_chunk_chars: int  # generate_stream: the first chunk, decoded alone, is at most this long
     watermark: bool
     optimize_quality: bool
+    language: str | None = None  # Multilingual's language id (text front-end, tag, sentences); None: the English model
 
 
 @dataclass(frozen=True)
@@ -151,12 +155,13 @@ def _preset(name: str) -> _Preset:
 
 
 def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm",
-                    model: str = "chatterbox") -> EngineSettings:
+                    model: str = "chatterbox", alignment_guard: bool = False) -> EngineSettings:
     """The load-time settings of `preset` on `device` (a resolved torch device) with S3Gen's `decoder`, for
-    `model` ("chatterbox", or "turbo" / "nano": meanflow decoder and Turbo's sampling whatever `decoder`)."""
+    `model` ("chatterbox", "multilingual", or "turbo" / "nano": meanflow decoder and Turbo's sampling whatever
+    `decoder`); alignment_guard: the model's T3 decodes with it (Multilingual v2)."""
     row, device = _preset(preset), torch.device(device)
-    if model not in ("chatterbox", *TURBO_MODELS):
-        raise ValueError(f"unknown model {model!r}: choose chatterbox, {', '.join(TURBO_MODELS)}")
+    if model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
     turbo = model in TURBO_MODELS
     cuda = device.type == "cuda"
     precision = "bf16" if (cuda or turbo) and row.t3_precision == "int8" else row.t3_precision
@@ -165,7 +170,8 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
     return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
                           max_batch=32 if cuda else 8, urgent_rows=8 if cuda else 1, render_slots=2 if cuda else 1,
                           render_batch=8 if cuda else 1, decode_ahead=cuda, decoder="meanflow" if turbo else decoder,
-                          model=model, sampling_order=TURBO_ORDER if turbo else LLAMA_ORDER)
+                          model=model, sampling_order=TURBO_ORDER if turbo else LLAMA_ORDER,
+                          alignment_guard=alignment_guard)
 
 
 def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,
@@ -173,13 +179,15 @@ def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temper
                   max_speech_tokens: int = 4096,
                   n_timesteps=None, seed=None, max_retries=None, token_budget_factor=-1.0, max_chars=MAX_CHARS,
                   watermark: bool = True, optimize_quality: bool = False, random_weights: bool = False,
-                  token_streaming: bool = True, first_chunk_chars=100) -> CallSettings:
+                  token_streaming: bool = True, first_chunk_chars=100, language: str | None = None) -> CallSettings:
     """One call's settings from the model's settings and the call's arguments, validated with their names.
 
     fast_inference=False: upstream's algorithms for this call (the exact preset's call settings) on the
     weights as loaded. max_retries None: the preset's (0 on random-weight checkpoints, whose audio is
     noise); token_budget_factor -1.0: the preset's. top_k (0: off) applies where the model's processor order
     has it (Turbo). Numbers may be any real type (numpy, 0-d tensors).
+    language: the multilingual model's language id (SUPPORTED_LANGUAGES); English normalisation applies to
+    "en" only.
     """
     row = _preset(engine.preset) if fast_inference else _EXACT
     sampling = SamplingParams(**{name: real(name, value, *SAMPLING_RANGES[name]) for name, value in dict(
@@ -210,7 +218,8 @@ def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temper
         integer("max_chars", max_chars, 20, 10_000), row.chunk_short_text, row.continuous_batching,
         row.seeded_streams, seed, rng_state, integer("max_retries", max_retries, 0, MAX_RETRIES),
         token_budget_factor, CheckLimits(), row.token_streaming if token_streaming else None,
-        first_chunk_chars=integer("first_chunk_chars", first_chunk_chars, 20, 10_000), watermark=bool(watermark), optimize_quality=bool(optimize_quality))
+        first_chunk_chars=integer("first_chunk_chars", first_chunk_chars, 20, 10_000), watermark=bool(watermark), optimize_quality=bool(optimize_quality),
+        language=None if language is None else check_language(language))
 
 
 def real(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:

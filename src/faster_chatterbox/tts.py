@@ -22,7 +22,8 @@ import torch
 
 from .audio.io import check_reference_clip
 from .checkpoint import (RANDOM_MARKER, REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir,
-                         download_checkpoint, download_file, load_weights, read_safetensors, skip_weight_init)
+                         download_checkpoint, download_file, load_weights, read_pickled_state, read_safetensors,
+                         skip_weight_init)
 from .config import ChatterboxConfig
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
@@ -96,13 +97,7 @@ class ChatterboxTTS:
         distilled decoder (2 steps, no CFG) on this model's speech tokens (same vocabulary): `meanflow_file`,
         default ckpt_dir/s3gen_meanflow.safetensors. The presets' solver settings apply to "cfm" only.
         """
-        resolved = resolve_device(device)
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
-        if settings is None:
-            settings = engine_settings(preset, resolved, decoder)
-        elif not isinstance(settings, EngineSettings):
-            raise TypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
+        settings = _load_settings(preset, device, decoder, settings)
         ckpt_dir = check_checkpoint_dir(ckpt_dir)
         config = read_config(ckpt_dir, ChatterboxConfig())
         tokenizer = EnglishTokenizer(ckpt_dir / "tokenizer.json")
@@ -300,21 +295,35 @@ def read_config(ckpt_dir: Path, default: ChatterboxConfig) -> ChatterboxConfig:
     return ChatterboxConfig.load(config_path) if config_path.is_file() else default
 
 
-def load_modules(ckpt_dir: Path, config: ChatterboxConfig,
-                 unused_t3_keys: tuple[str, ...] = ()) -> tuple[VoiceEncoder, T3, S3Gen]:
+def load_modules(ckpt_dir: Path, config: ChatterboxConfig, unused_t3_keys: tuple[str, ...] = (),
+                 files: dict[str, str] | None = None) -> tuple[VoiceEncoder, T3, S3Gen]:
     """The voice encoder, T3 and S3Gen of `config` with the checkpoint's weights, float32 on the CPU.
-    unused_t3_keys: tensors of the T3 file no module has (Turbo's GPT-2 token table), skipped."""
+    unused_t3_keys: tensors of the T3 file no module has (Turbo's GPT-2 token table), skipped. files: the
+    file of a module when it is not the module's own name (Multilingual: pickled state dicts, ve.pt, s3gen.pt)."""
+    files = files or {}
     with skip_weight_init():
         modules = config.build_modules()
     for name, module in modules.items():
-        state = read_safetensors(ckpt_dir / name)
+        path = ckpt_dir / files.get(name, name)
+        state = read_pickled_state(path) if path.suffix == ".pt" else read_safetensors(path)
         if name == config.t3_file:
             state = {k: v for k, v in state.items() if k not in unused_t3_keys}
-        load_weights(module, state, ckpt_dir / name,
-                     ignore_unexpected=name == config.s3gen_file)  # upstream loads s3gen non-strictly
+        load_weights(module, state, path, ignore_unexpected=name == config.s3gen_file)  # upstream: non-strict
     ve, t3, s3gen = modules["ve.safetensors"], modules[config.t3_file], modules[config.s3gen_file]
     s3gen.mel2wav.fold_weight_norm()
     return ve, t3, s3gen
+
+
+def _load_settings(preset: str, device: str, decoder: str, settings: EngineSettings | None, *,
+                   model: str = "chatterbox", alignment_guard: bool = False) -> EngineSettings:
+    """The load-time settings: the preset's on the device, or the caller's (validated)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+    if settings is None:
+        return engine_settings(preset, resolve_device(device), decoder, model=model, alignment_guard=alignment_guard)
+    if not isinstance(settings, EngineSettings):
+        raise TypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
+    return settings
 
 
 def _meanflow_decoder(path: Path, config: ChatterboxConfig, base: S3Gen) -> S3Gen:

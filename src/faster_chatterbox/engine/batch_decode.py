@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.llama import LlamaCache
+from ..models.llama import AttentionProbe, LlamaCache
 from ..models.t3 import T3, T3Cond
+from .alignment import AlignmentGuard, aligned_heads
 from .sampling import (LLAMA_ORDER, PROCESSORS, SAMPLING_RANGES, TOP_K_MAX, RowSamplingParams, SamplingParams,
                        check_range, next_token_probs_rows, sample_rows)
 
@@ -53,6 +54,7 @@ class DecodeRequest:
     # The request's own random stream; None: a generator seeded from the global RNG (one draw per such
     # request, in request order), so seeding the global RNG still makes the batch reproducible.
     generator: torch.Generator | None = None
+    alignment_guard: bool = False  # the multilingual v2 stop-token guard (engine/alignment.py), as upstream 0.1.7
 
     @property
     def sampling(self) -> SamplingParams:
@@ -82,9 +84,14 @@ class BatchDecoder:
         self.positions = torch.zeros(0, 1, dtype=torch.long, device=device)  # (N, 1) speech position of the next feed
         self.next_slot = 0  # the cache slot the next step writes
         self._slots_needed = 0  # slots the live requests may still reach
+        # watch=True forwards also leave the aligned heads' attention of the conditional rows (N, kv_len) here
+        self.probe = AttentionProbe(aligned_heads(t3.cfg.llama.n_layers, t3.cfg.llama.n_heads))
+        self.attention: list[Tensor] = []
+        self.attention_start = self.seq_start  # (N,) first slot of the sequences `attention` is of
+        self.text_start = torch.zeros(0, dtype=torch.long, device=device)  # (N,) text's first slot in its sequence
         self._set_rows([])
 
-    def admit(self, requests: list[DecodeRequest]) -> tuple[Tensor, Tensor]:
+    def admit(self, requests: list[DecodeRequest], watch: bool = False) -> tuple[Tensor, Tensor]:
         """Prefill `requests` into new rows after the live ones; their logits for token 0. A prefix longer
         than the batch's history first moves every live row's cache to the right to make room in front.
         If it raises, the live requests are as they were (their cache possibly moved) and go on."""
@@ -109,7 +116,7 @@ class BatchDecoder:
             x = torch.cat([F.pad(p, (0, 0, width - p.shape[1], 0)) for p in prefixes])  # (R, width, D)
             slots = torch.arange(next_slot - width, next_slot, device=self.device)
             h = t3.tfmr(x, slots, cache, kv_len=next_slot, seq_start=starts,
-                        rows=slice(old_rows, old_rows + new_rows))[:, -1]
+                        rows=slice(old_rows, old_rows + new_rows), probe=self.probe if watch else None)[:, -1]
             logits = t3.speech_head(h).float()  # (R, V)
         except BaseException:
             if old_rows:
@@ -117,12 +124,19 @@ class BatchDecoder:
             raise
         self.cache, self.next_slot, self._slots_needed = cache, next_slot, needed
         self.seq_start = torch.cat((self.seq_start, starts))
+        self.text_start = torch.cat((self.text_start, torch.tensor(
+            [p.shape[1] - len(r.text_tokens) - 2 for p, r in zip(prefixes, requests)], device=self.device)))
         token_0_at = torch.ones(len(requests), 1, dtype=torch.long, device=self.device)  # speech position 1
         self.positions = torch.cat((self.positions, token_0_at))
         first = [old_rows + sum(r.rows for r in requests[:j]) for j in range(len(requests))]
         self._set_rows(self._rows + [list(range(f, f + r.rows)) for f, r in zip(first, requests)])
         local = [f - old_rows for f in first]
+        self._watched(watch, local, starts[local])
         return logits[local], logits[[f + r.rows - 1 for f, r in zip(local, requests)]]
+
+    def _watched(self, watch: bool, rows, starts: Tensor) -> None:
+        self.attention = [w[rows] for w in self.probe.weights] if watch else []
+        self.attention_start = starts
 
     def _shift(self, offset: int) -> None:
         """Move every live row's history `offset` slots to the left (dropping leading slots no row uses) or,
@@ -147,12 +161,15 @@ class BatchDecoder:
                 request[row] = j
         self.row_request = torch.tensor(request, dtype=torch.long, device=self.device)  # (B,) live request of each row
 
-    def step(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Feed each live request's latest token (N, 1) at its own speech position; logits for the next."""
+    def step(self, tokens: Tensor, watch: bool = False) -> tuple[Tensor, Tensor]:
+        """Feed each live request's latest token (N, 1) at its own speech position; logits for the next.
+        watch: also leave the aligned heads' attention in `attention`."""
         x = self.t3.speech_embeds(tokens, self.positions)[self.row_request]  # (B, 1, D)
         slot = self.next_slot
         slots = torch.arange(slot, slot + 1, device=self.device)
-        h = self.t3.tfmr(x, slots, self.cache, kv_len=slot + 1, seq_start=self.seq_start)[:, -1]  # (B, D)
+        h = self.t3.tfmr(x, slots, self.cache, kv_len=slot + 1, seq_start=self.seq_start,
+                         probe=self.probe if watch else None)[:, -1]  # (B, D)
+        self._watched(watch, self.cond_rows, self.seq_start[self.cond_rows])
         self.next_slot += 1
         self.positions += 1
         logits = self.t3.speech_head(h).float()  # (B, V)
@@ -175,6 +192,7 @@ class BatchDecoder:
             self.cache = None
         self.seq_start = self.seq_start[rows]
         self.positions = self.positions[live]
+        self.text_start = self.text_start[live]
         new_row = {old: new for new, old in enumerate(rows)}
         self._set_rows([[new_row[row] for row in self._rows[j]] for j in live])
 
@@ -202,7 +220,19 @@ class DecodeBatch:
         self._params = RowSamplingParams.stack([], device)
         self._seen = torch.zeros(0, vocab, dtype=torch.bool, device=device)  # (N, V) ids sampled, BOS included
         self._unfed = torch.zeros(0, 1, dtype=torch.long, device=device)  # (N, 1) latest tokens, not yet fed
+        self._guard = self._new_guard([])
         self._since_check = 0
+
+    def _new_guard(self, requests: list[DecodeRequest]) -> AlignmentGuard:
+        device = self.decoder.device
+        return AlignmentGuard(self.decoder.text_start[len(self.decoder.text_start) - len(requests):],
+                              torch.tensor([len(r.text_tokens) for r in requests], dtype=torch.long, device=device),
+                              self.t3.cfg.stop_speech_token,
+                              torch.tensor([r.alignment_guard for r in requests], dtype=torch.bool, device=device))
+
+    @property
+    def _watching(self) -> bool:
+        return any(live.request.alignment_guard for live in self.live)
 
     @property
     def empty(self) -> bool:
@@ -212,13 +242,17 @@ class DecodeBatch:
         """Join `requests` (validated) under the handles `keys`; samples their token 0. If it raises, the
         batch is as it was and its live requests go on."""
         device = self.decoder.device
-        cond, uncond = self.decoder.admit(requests)
+        watch = any(r.alignment_guard for r in requests)
+        cond, uncond = self.decoder.admit(requests, watch)
         try:
+            guard = self._new_guard(requests)
+            bos = torch.full((len(requests),), self.t3.cfg.start_speech_token, dtype=torch.long, device=device)
+            guide = guard.step_guide(self.decoder.attention, bos, self.decoder.attention_start) if watch else None
             params = RowSamplingParams.stack([r.sampling for r in requests], device)
             seen = torch.zeros(len(requests), self.t3.cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
             seen[:, self.t3.cfg.start_speech_token] = True
             generators = [r.generator or _generator_from_global_rng(device) for r in requests]
-            tokens = sample_rows(next_token_probs_rows(cond, uncond, seen, params), generators)  # (R, 1)
+            tokens = sample_rows(next_token_probs_rows(cond, uncond, seen, params, guide), generators)  # (R, 1)
             if not self.t3.cfg.penalize_bos:
                 seen[:, self.t3.cfg.start_speech_token] = False  # Turbo's history: the generated ids alone
             seen.scatter_(1, tokens, True)
@@ -228,6 +262,7 @@ class DecodeBatch:
         if self.empty:
             self._since_check = 1  # token 0 counts as the batch's first step
         self._params = self._params.cat(params)
+        self._guard = self._guard.cat(guard)
         self._seen, self._unfed = torch.cat((self._seen, seen)), torch.cat((self._unfed, tokens))
         stop = self.t3.cfg.stop_speech_token
         for key, r, g, token in zip(keys, requests, generators, tokens.view(-1).tolist()):
@@ -241,9 +276,12 @@ class DecodeBatch:
         if any(live.done for live in self.live):  # finished at admission: leave before the next step
             return self._collect([[] for _ in self.live])
         pending = []  # (N, 1) per step
+        watch = self._watching
         while True:
-            cond, uncond = self.decoder.step(self._unfed)
-            probs = next_token_probs_rows(cond, uncond, self._seen, self._params)  # (N, V)
+            cond, uncond = self.decoder.step(self._unfed, watch)
+            guide = (self._guard.step_guide(self.decoder.attention, self._unfed.view(-1), self.decoder.attention_start)
+                     if watch else None)
+            probs = next_token_probs_rows(cond, uncond, self._seen, self._params, guide)  # (N, V)
             tokens = sample_rows(probs, [live.generator for live in self.live])  # (N, 1)
             self._seen.scatter_(1, tokens, True)
             self._unfed = tokens
@@ -279,6 +317,7 @@ class DecodeBatch:
         index = torch.tensor(keep, dtype=torch.long, device=self.decoder.device)
         self.decoder.keep(keep)
         self._params, self._seen, self._unfed = self._params.select(index), self._seen[index], self._unfed[index]
+        self._guard = self._guard.select(index)
         self.live = [self.live[p] for p in keep]
 
 

@@ -11,6 +11,7 @@ setting (penalty 1, temperature 1, top_k 0, min_p 0, top_p 1) is skipped: it can
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 import numbers
 
 from dataclasses import dataclass, fields, replace
@@ -92,10 +93,14 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(drop, -float("inf"))
 
 
-def next_token_probs(logits: Tensor, seen: Tensor, p: SamplingParams) -> Tensor:
-    """logits: (2, V) CFG pair or (1, V) when cfg_weight == 0; seen: (1, V) bool -> probabilities (1, V)."""
+def next_token_probs(logits: Tensor, seen: Tensor, p: SamplingParams,
+                     guide: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """logits: (2, V) CFG pair or (1, V) when cfg_weight == 0; seen: (1, V) bool -> probabilities (1, V).
+    guide: applied to the guided logits before the other processors (the multilingual alignment guard)."""
     if logits.shape[0] == 2:
         logits = cfg_combine(logits, p.cfg_weight)
+    if guide is not None:
+        logits = guide(logits)
     steps = {
         "repetition_penalty": (p.repetition_penalty != 1.0, lambda x: repetition_penalty(x, seen, p.repetition_penalty)),
         "temperature": (p.temperature != 1.0, lambda x: x / p.temperature),
@@ -182,10 +187,13 @@ def top_p_filter_rows(logits: Tensor, drop_mass: Tensor) -> Tensor:
     return logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -float("inf"))
 
 
-def next_token_probs_rows(cond: Tensor, uncond: Tensor, seen: Tensor, p: RowSamplingParams) -> Tensor:
+def next_token_probs_rows(cond: Tensor, uncond: Tensor, seen: Tensor, p: RowSamplingParams,
+                          guide: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Row-wise next_token_probs. cond, uncond: (N, V) logits (uncond = cond for a row without guidance);
     seen: (N, V) bool -> probabilities (N, V)."""
     logits = cfg_combine_rows(cond, uncond, p.cfg_weight)
+    if guide is not None:
+        logits = guide(logits)
     steps = {
         "repetition_penalty": lambda x: repetition_penalty(x, seen, p.repetition_penalty),
         "temperature": lambda x: x / p.temperature,

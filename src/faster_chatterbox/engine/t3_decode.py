@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..models.llama import LlamaCache
+from ..models.llama import AttentionProbe, LlamaCache
 from ..models.t3 import T3, T3Cond
+from .alignment import AlignmentGuard, aligned_heads
 from .sampling import LLAMA_ORDER, SamplingParams, next_token_probs, sample
 
 
@@ -35,6 +36,7 @@ def generate_speech_tokens(
     cache: LlamaCache | None = None,
     top_k: int = 0,
     processors: tuple[str, ...] = LLAMA_ORDER,
+    alignment_guard: bool = False,
 ) -> Tensor:
     """Sample speech tokens for `text_tokens` (L,) (wrapped in start/stop text tokens where the model's
     layout wraps them). top_k 0: off; processors: their order (the model's, see engine/sampling.py).
@@ -42,6 +44,9 @@ def generate_speech_tokens(
     generator: the random stream to sample from; None: the global RNG, as upstream.
     cache: a cache to decode in (resized to fit; its allocation is reused when large enough), e.g. the one
     of the previous call of this thread; None: a new one, freed on return. Not shared between threads.
+
+    alignment_guard: steer the stop token by the text alignment of three attention heads, as upstream 0.1.7
+    does for the multilingual model (engine/alignment.py).
 
     Returns the sampled tokens (N,), the stop token included when it was sampled.
     """
@@ -59,14 +64,23 @@ def generate_speech_tokens(
     else:
         cache.resize(rows, prefill_len + max_new_tokens)  # every slot a query reads is written first
 
-    h = t3.tfmr(x, cache_pos[:prefill_len], cache, kv_len=prefill_len)[:, -1]  # (R, D)
+    probe = guard = None
+    if alignment_guard:
+        probe = AttentionProbe(aligned_heads(cfg.llama.n_layers, cfg.llama.n_heads))
+        text_len = torch.tensor([len(text_tokens)], device=device)
+        guard = AlignmentGuard(prefill_len - 2 - text_len, text_len, cfg.stop_speech_token)
+    fed = torch.full((1,), cfg.start_speech_token, dtype=torch.long, device=device)
+
+    h = t3.tfmr(x, cache_pos[:prefill_len], cache, kv_len=prefill_len, probe=probe)[:, -1]  # (R, D)
     # The repetition penalty sees every generated id, BOS included.
     seen = torch.zeros(1, cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
     seen[0, cfg.start_speech_token] = True
     tokens = []
     for i in tqdm(range(max_new_tokens), desc="Sampling", leave=False, disable=None):
-        probs = next_token_probs(t3.speech_head(h).float(), seen, params)  # (1, V)
+        guide = None if guard is None else guard.step_guide([w[:1] for w in probe.weights], fed)  # conditional row
+        probs = next_token_probs(t3.speech_head(h).float(), seen, params, guide)  # (1, V)
         token = sample(probs, generator)  # (1, 1)
+        fed = token.view(1)
         tokens.append(token)
         if token.item() == cfg.stop_speech_token or i == max_new_tokens - 1:
             break
@@ -75,5 +89,5 @@ def generate_speech_tokens(
         seen.scatter_(1, token, True)
         x = t3.speech_embeds(token, speech_pos[i + 1 : i + 2]).expand(rows, -1, -1)  # (R, 1, D)
         pos = prefill_len + i
-        h = t3.tfmr(x, cache_pos[pos : pos + 1], cache, kv_len=pos + 1)[:, -1]
+        h = t3.tfmr(x, cache_pos[pos : pos + 1], cache, kv_len=pos + 1, probe=probe)[:, -1]
     return torch.cat(tokens).view(-1)

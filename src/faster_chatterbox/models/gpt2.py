@@ -119,13 +119,16 @@ class GPT2(nn.Module):
         return LlamaCache(self.cfg, batch, max_seq_len, dtype or self.kv_dtype or weight.dtype, weight.device)
 
     def forward(self, x: Tensor, input_pos: Tensor, cache: LlamaCache, kv_len: int | None = None,
-                seq_start: Tensor | None = None, rows: slice = slice(None)) -> Tensor:
+                seq_start: Tensor | None = None, rows: slice = slice(None), probe: None = None) -> Tensor:
         """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
         As `Llama.forward`: keys and values written at input_pos in cache rows `rows`, attention over slots
         [0, kv_len) causally masked; seq_start (B,): each row's first slot (left padding), its positions
-        counted from there (Hugging Face's positions of an unpadded sequence: 0, 1, ...).
+        counted from there (Hugging Face's positions of an unpadded sequence: 0, 1, ...). probe: Llama's
+        attention probe (the multilingual alignment guard) has no GPT-2 counterpart; it must be None.
         """
+        if probe is not None:
+            raise ValueError("attention probes (the alignment guard) need the Llama backbone")
         pos, mask = positions_and_mask(input_pos, kv_len or cache.max_seq_len, seq_start)
         x = x + self.wpe(pos).to(x.dtype)  # (S, D) or (B, S, D)
         for block, layer_cache in zip(self.h, cache.layers):

@@ -13,7 +13,8 @@ positions count from there and the padding slots are masked out; `LlamaCache.kee
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -208,6 +209,29 @@ class LlamaCache:
         self.batch = len(rows)
 
 
+@dataclass
+class AttentionProbe:
+    """Asks a forward for the attention weights of a few heads from its last query position, in float32
+    (softmax over the unmasked keys, as eager attention computes them): after the forward, `weights` holds one
+    (B, kv_len) tensor per requested head, in layer order. heads: {layer index: head indices}."""
+
+    heads: dict[int, tuple[int, ...]]
+    weights: list[Tensor] = field(default_factory=list)
+
+    def at(self, layer: int) -> Callable[[Tensor, Tensor, Tensor], None] | None:
+        heads = self.heads.get(layer)
+        return None if heads is None else lambda q, k, mask: self._record(heads, q, k, mask)
+
+    def _record(self, heads: tuple[int, ...], q: Tensor, k: Tensor, mask: Tensor) -> None:
+        # q: (B, H, S, hd); k: (B, H_kv, kv_len, hd); mask: (S, kv_len) or (B, 1, S, kv_len)
+        group = q.shape[1] // k.shape[1]
+        for head in heads:
+            scores = q[:, head, -1:].float() @ k[:, head // group].float().transpose(-1, -2)  # (B, 1, kv_len)
+            scores = scores / math.sqrt(q.shape[-1])
+            visible = mask[..., -1:, :].reshape(-1, 1, mask.shape[-1])  # (1 or B, 1, kv_len)
+            self.weights.append(scores.masked_fill(~visible, -math.inf).softmax(dim=-1)[:, 0])
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -218,9 +242,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache,
-                rows: slice = slice(None)) -> Tensor:
+                rows: slice = slice(None), probe: Callable[[Tensor, Tensor, Tensor], None] | None = None) -> Tensor:
         # x: (B, S, D) for cache rows `rows`; cos, sin: (S, head_dim) or (B, 1, S, head_dim); input_pos: (S,);
-        # mask: (S, kv_len) or (B, 1, S, kv_len) bool
+        # mask: (S, kv_len) or (B, 1, S, kv_len) bool; probe(q, k, mask): sees this layer's queries and keys
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, hd)
         k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
@@ -228,6 +252,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_all, v_all = cache.update(input_pos, k, v, rows)  # (B, H_kv, max_seq_len, hd)
         kv_len = mask.shape[-1]
+        if probe is not None:
+            probe(q, k_all[:, :, :kv_len], mask)
         # Attention runs in the cache's dtype: a float32 cache under bf16 weights is faster on CPU.
         y = F.scaled_dot_product_attention(
             q.to(k_all.dtype), k_all[:, :, :kv_len], v_all[:, :, :kv_len], attn_mask=mask,
@@ -256,8 +282,8 @@ class TransformerBlock(nn.Module):
         self.mlp = FeedForward(cfg)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache,
-                rows: slice = slice(None)) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask, cache, rows)
+                rows: slice = slice(None), probe: Callable[[Tensor, Tensor, Tensor], None] | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask, cache, rows, probe)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -278,20 +304,24 @@ class Llama(nn.Module):
         return LlamaCache(self.cfg, batch, max_seq_len, dtype or self.kv_dtype or weight.dtype, weight.device)
 
     def forward(self, x: Tensor, input_pos: Tensor, cache: LlamaCache, kv_len: int | None = None,
-                seq_start: Tensor | None = None, rows: slice = slice(None)) -> Tensor:
+                seq_start: Tensor | None = None, rows: slice = slice(None),
+                probe: AttentionProbe | None = None) -> Tensor:
         """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
         Writes the keys and values of x into `cache` (rows `rows`, slots input_pos); attention covers cache
         slots [0, kv_len) (default: the whole cache), causally masked by position.
         seq_start: (B,) first slot of each row's sequence when rows are left-padded; None: all rows start at 0.
         rows: the cache rows x belongs to (default: all), e.g. the prefill of sequences joining a batch.
+        probe: collects the attention weights of a few heads at the last position (`AttentionProbe`).
         """
         pos, mask = positions_and_mask(input_pos, kv_len or cache.max_seq_len, seq_start)
         cos, sin = cache.rope_cos[pos].to(x.dtype), cache.rope_sin[pos].to(x.dtype)  # (S | B, S, head_dim)
         if seq_start is not None:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
-        for layer, layer_cache in zip(self.layers, cache.layers):
-            x = layer(x, cos, sin, input_pos, mask, layer_cache, rows)
+        if probe is not None:
+            probe.weights.clear()
+        for i, (layer, layer_cache) in enumerate(zip(self.layers, cache.layers)):
+            x = layer(x, cos, sin, input_pos, mask, layer_cache, rows, probe.at(i) if probe is not None else None)
         return self.norm(x)
 
 

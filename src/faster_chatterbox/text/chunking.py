@@ -29,6 +29,7 @@ DEFAULT_PAUSES_S: Mapping[str, float] = {"word": 0.0, "clause": 0.1, "sentence":
 # control characters other than tab, newline, vertical tab, form feed and carriage return (U+0009-U+000D)
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v\r]*\n")
+_UNSPACED = ("ja", "zh")  # languages written without spaces between sentences
 _CLAUSE_BREAK = re.compile(r"(?<=[;:,\u2014\u2013])\s+|\s+(?=[\u2014\u2013-]\s)")
 
 
@@ -58,10 +59,11 @@ def check_text(text: str) -> None:
         raise ValueError("text has nothing to speak: it is empty or only whitespace and punctuation")
 
 
-def split_sentences(text: str) -> list[str]:
-    """Sentences of one paragraph (whitespace collapsed); pieces with no letter or digit join the previous one."""
+def split_sentences(text: str, language: str = "en") -> list[str]:
+    """Sentences of one paragraph (whitespace collapsed) by `language`'s rules (a sentencex language code);
+    pieces with no letter or digit join the previous one."""
     sentences: list[str] = []
-    for piece in segment("en", " ".join(text.split())):
+    for piece in segment(language, " ".join(text.split())):
         piece = piece.strip()
         if not piece:
             continue
@@ -72,14 +74,14 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def _greedy(pieces: list[str], max_chars: int) -> Iterator[str]:
-    """Join consecutive pieces with spaces into runs of at most max_chars (a longer piece stays alone)."""
+def _greedy(pieces: list[str], max_chars: int, sep: str = " ") -> Iterator[str]:
+    """Join consecutive pieces with `sep` into runs of at most max_chars (a longer piece stays alone)."""
     run = ""
     for piece in pieces:
-        if run and len(run) + 1 + len(piece) > max_chars:
+        if run and len(run) + len(sep) + len(piece) > max_chars:
             yield run
             run = ""
-        run = f"{run} {piece}" if run else piece
+        run = f"{run}{sep}{piece}" if run else piece
     if run:
         yield run
 
@@ -102,11 +104,12 @@ def _sentence_units(sentence: str, max_chars: int) -> list[tuple[str, BreakKind]
     return units
 
 
-def pack_chunks(text: str, max_chars: int = 300) -> list[Chunk]:
+def pack_chunks(text: str, max_chars: int = 300, language: str = "en") -> list[Chunk]:
     """Pack sentences greedily into chunks of at most max_chars; paragraph breaks always end a chunk.
 
     Over-long sentences are split at clause punctuation (; : , dashes), then at spaces. The last
-    chunk's kind is "end". Raises ValueError for bad text (see `check_text`) or max_chars outside
+    chunk's kind is "end". language: the sentencex code of the text's language (Chinese and Japanese
+    sentences are joined without a space). Raises ValueError for bad text (see `check_text`) or max_chars outside
     [MIN_CHARS, MAX_CHARS].
     """
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or not MIN_CHARS <= max_chars <= MAX_CHARS:
@@ -118,13 +121,13 @@ def pack_chunks(text: str, max_chars: int = 300) -> list[Chunk]:
             if chunks:
                 chunks[-1] = Chunk(chunks[-1].text, "paragraph")
             continue
-        run, run_kind = "", "sentence"
-        for sentence in split_sentences(paragraph):
+        run, run_kind, sep = "", "sentence", "" if language in _UNSPACED else " "
+        for sentence in split_sentences(paragraph, language):
             for unit, kind in _sentence_units(sentence, max_chars):
-                if run and len(run) + 1 + len(unit) > max_chars:
+                if run and len(run) + len(sep) + len(unit) > max_chars:
                     chunks.append(Chunk(run, run_kind))
                     run = ""
-                run, run_kind = (f"{run} {unit}" if run else unit), kind
+                run, run_kind = (f"{run}{sep}{unit}" if run else unit), kind
         chunks.append(Chunk(run, "paragraph"))
     chunks[-1] = Chunk(chunks[-1].text, "end")
     return chunks

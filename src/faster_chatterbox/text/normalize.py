@@ -26,8 +26,10 @@ TURBO_REPLACEMENTS = tuple(r for r in _REPLACEMENTS if r[0] not in ("...", " - "
 _SENTENCE_ENDINGS = (".", "!", "?", "-", ",")
 
 
-def punc_norm(text: str, replacements: tuple[tuple[str, str], ...] = _REPLACEMENTS) -> str:
-    """Capitalise the first letter, collapse whitespace, map rare punctuation, end with punctuation.
+def punc_norm(text: str, replacements: tuple[tuple[str, str], ...] = _REPLACEMENTS,
+              endings: tuple[str, ...] = _SENTENCE_ENDINGS) -> str:
+    """Capitalise the first letter, collapse whitespace, map rare punctuation, end with punctuation (one of
+    `endings`, else a full stop is added; the multilingual model also counts CJK ones).
 
     replacements: the model's list, applied in order (default: the English model's; TURBO_REPLACEMENTS).
     Empty text is rejected by the caller; upstream silently substitutes a canned sentence.
@@ -38,6 +40,6 @@ def punc_norm(text: str, replacements: tuple[tuple[str, str], ...] = _REPLACEMEN
     for old, new in replacements:
         text = text.replace(old, new)
     text = text.rstrip(" ")
-    if not text.endswith(_SENTENCE_ENDINGS):
+    if not text.endswith(endings):
         text += "."
     return text

@@ -1,0 +1,182 @@
+"""Chatterbox Multilingual: the tokenizer and front-ends, loading, errors, and generate() against upstream 0.1.7.
+
+Checkpoints are init-random --model multilingual ones. For upstream's waveform the T3 is small but has
+upstream's aligned heads (14 layers of 16 heads; upstream's builder is patched to those sizes, as
+tests/test_t3.py does), S3Gen and the voice encoder are full size (upstream builds them so).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from faster_chatterbox.checkpoint import CheckpointError
+from faster_chatterbox.config import ChatterboxConfig
+from faster_chatterbox.models.t3 import T3Config
+from faster_chatterbox.random_checkpoint import write_random_checkpoint
+from faster_chatterbox.text.frontends import MissingExtraError, korean_jamo
+from faster_chatterbox.text.multilingual import TOKENIZER_FILE, MultilingualTokenizer
+from faster_chatterbox.tts_multilingual import SUPPORTED_LANGUAGES, ChatterboxMultilingualTTS
+
+from test_alignment_guard import GUARD_LLAMA
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SENTENCES = {
+    "en": "Hello there, it's 5 o'clock!",
+    "fr": "Où est la bibliothèque? Très bien.",
+    "de": "Größe und Übermut",
+    "ja": "今日は良い天気ですね。カタカナも、ひらがなも。",
+    "ko": "안녕하세요, 세계! 값",
+    "zh": "你好，世界。我们去北京",
+    "he": "שלום עולם",
+    "ru": "Привет, мир! Ёлка.",
+    "ar": "مرحبا بالعالم",
+    "hi": "नमस्ते दुनिया",
+    "el": "Καλημέρα κόσμε",
+    "tr": "İstanbul'da ılık bir gün",
+}
+TOKENS = 30  # decode steps of the waveform comparison
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("mtl") / "ckpt", seed=0, small=True, model="multilingual")
+
+
+def test_tokenizer_matches_upstream(oracle, small_ckpt):
+    """Same ids as upstream's MTLTokenizer on the same vocabulary, after upstream's punc_norm; the helpers
+    not installed here are skipped by both (strict=False); Cangjie5_TC.json is handed to upstream's
+    converter in place of its hub download."""
+    import chatterbox.models.tokenizers.tokenizer as upstream_tokenizer
+    from chatterbox.mtl_tts import punc_norm as upstream_punc_norm
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(upstream_tokenizer, "hf_hub_download",
+                   lambda repo_id, filename, cache_dir: str(Path(cache_dir) / filename))
+        theirs = upstream_tokenizer.MTLTokenizer(str(small_ckpt / TOKENIZER_FILE))
+    assert len(theirs.cangjie_converter.word2cj) > 20000
+    ours = MultilingualTokenizer(small_ckpt / TOKENIZER_FILE, strict=False)
+    for language, text in SENTENCES.items():
+        ref = theirs.text_to_tokens(upstream_punc_norm(text), language_id=language)[0].tolist()
+        assert ours.encode_chunk(text, language) == ref, language
+        assert 1 not in ref, (language, ref)  # no [UNK]: the random vocabulary covers every script
+    assert ours.encode("Plain text") == theirs.encode("Plain text")  # no language: no tag, no front-end
+
+
+def test_korean_jamo_decomposition():
+    assert korean_jamo(" 값 ") == "\u1100\u1161\u11b9"  # leading consonant, vowel, trailing cluster
+    assert korean_jamo("가a") == "\u1100\u1161a"  # no trailing consonant; other text untouched
+
+
+def test_missing_helper_names_the_extra(small_ckpt):
+    pytest.importorskip("pykakasi")
+    strict = MultilingualTokenizer(small_ckpt / TOKENIZER_FILE)
+    assert strict.encode_chunk("今日は", "ja")  # installed here
+    with pytest.raises(MissingExtraError, match=r"faster-chatterbox\[he\]"):
+        strict.encode_chunk("שלום", "he")
+
+
+def test_bad_language_lists_the_supported_ones(small_ckpt):
+    tts = ChatterboxMultilingualTTS.from_local(small_ckpt, device="cpu", watermark=False)
+    with pytest.raises(ValueError, match="unsupported language_id 'xx'.*ar, da, de"):
+        tts.generate("Hi.", "xx")
+    with pytest.raises(TypeError, match="language_id is required"):
+        tts.synthesize("Hi.")
+    with pytest.raises(ValueError, match="unknown t3_model"):
+        ChatterboxMultilingualTTS.from_local(small_ckpt, device="cpu", t3_model="v9")
+    assert set(tts.get_supported_languages()) == set(SUPPORTED_LANGUAGES) and len(SUPPORTED_LANGUAGES) == 23
+    # English normalisation for "en" only; a long text split by the language's sentences
+    result = tts.synthesize("二つの文です。もう一つの文です。" * 6, "JA", seed=3, max_new_tokens=4, max_chars=40)
+    assert len(result.chunks) >= 2 and all(c.text.endswith("。") and " " not in c.text for c in result.chunks)
+    assert result.settings.language == "ja"
+    tts.close()
+
+
+def test_v3_loads_without_the_guard_and_bad_pickles_are_refused(small_ckpt, tmp_path):
+    v2 = ChatterboxMultilingualTTS.from_local(small_ckpt, device="cpu", watermark=False)
+    v3 = ChatterboxMultilingualTTS.from_local(small_ckpt, device="cpu", t3_model="v3", watermark=False)
+    assert v2.settings.alignment_guard and not v3.settings.alignment_guard
+    assert not torch.equal(v2.t3.speech_head.weight, v3.t3.speech_head.weight)
+    v2.close(), v3.close()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in small_ckpt.iterdir():
+        (bad / f.name).symlink_to(f)
+    (bad / "ve.pt").unlink()
+    torch.save({"weights": argparse.Namespace(x=1)}, bad / "ve.pt")  # a foreign object: unpickling runs code
+    with pytest.raises(CheckpointError, match="ve.pt needs objects other than tensors"):
+        ChatterboxMultilingualTTS.from_local(bad, device="cpu")
+    (bad / "ve.pt").unlink()
+    torch.save([torch.zeros(1)], bad / "ve.pt")
+    with pytest.raises(CheckpointError, match="does not hold a state dict"):
+        ChatterboxMultilingualTTS.from_local(bad, device="cpu")
+    (bad / "t3_mtl23ls_v3.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="t3_mtl23ls_v3.safetensors not found"):
+        ChatterboxMultilingualTTS.from_local(bad, device="cpu", t3_model="v3")
+
+
+def _avoid_special_tokens(ckpt: Path) -> None:
+    """Point the output rows of the speech ids S3Gen has no embedding for (6561 and 6563 up; 6562 is the stop)
+    against the backbone's mean hidden state, so that T3 does not sample them: upstream 0.1.7's multilingual
+    generate() passes them on to S3Gen and crashes (ours drops them, as both do for English)."""
+    from safetensors.torch import load_file, save_file
+
+    tts = ChatterboxMultilingualTTS.from_local(ckpt, device="cpu", preset="exact", watermark=False)
+    with torch.inference_mode():
+        x = tts.t3.prefix_embeds(tts.conds.t3, tts.text_tokens("Bonjour", "fr"), cfg=False)
+        h = tts.t3.tfmr(x, torch.arange(x.shape[1]), tts.t3.tfmr.new_cache(1, x.shape[1])).mean(dim=(0, 1))
+    tts.close()
+    path = ckpt / "t3_mtl23ls_v2.safetensors"
+    state = load_file(path)
+    head = state["speech_head.weight"]
+    head[6561] = head[6563:] = -40 * h / h.norm()
+    save_file(state, path)
+
+
+@pytest.fixture(scope="module")
+def parity_models(oracle, tmp_path_factory):
+    """Ours (exact preset) and upstream's ChatterboxMultilingualTTS on one checkpoint: a 14-layer narrow T3,
+    full-size S3Gen and voice encoder."""
+    import chatterbox.models.t3.modules.cond_enc as cond_enc_mod
+    from chatterbox.models.t3 import llama_configs
+    from chatterbox.models.t3.modules.perceiver import Perceiver as UpPerceiver
+    from chatterbox.mtl_tts import ChatterboxMultilingualTTS as Upstream
+
+    from test_t3 import _hf_llama_dict
+
+    import chatterbox.models.tokenizers.tokenizer as upstream_tokenizer
+
+    config = ChatterboxConfig(t3=T3Config(llama=GUARD_LLAMA))
+    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("mtl-parity") / "ckpt", seed=1, model="multilingual",
+                                   config=config)
+    _avoid_special_tokens(ckpt)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(upstream_tokenizer, "hf_hub_download",  # the checkpoint's Cangjie table, not the hub's
+                   lambda repo_id, filename, cache_dir: str(Path(cache_dir) / filename))
+        mp.setitem(llama_configs.LLAMA_CONFIGS, "Llama_520M", _hf_llama_dict(GUARD_LLAMA))
+        mp.setattr(cond_enc_mod, "Perceiver", lambda: UpPerceiver(32, GUARD_LLAMA.dim, GUARD_LLAMA.dim, 4))
+        upstream = Upstream.from_local(ckpt, "cpu")
+    upstream.watermarker.apply_watermark = lambda wav, sample_rate: wav  # compare before watermarking
+    t3_inference = upstream.t3.inference
+    upstream.t3.inference = lambda **kw: t3_inference(**{**kw, "max_new_tokens": TOKENS})  # upstream fixes 1000
+    ours = ChatterboxMultilingualTTS.from_local(ckpt, device="cpu", preset="exact", watermark=False, strict_text=False)
+    yield ours, upstream
+    ours.close()
+
+
+@pytest.mark.slow  # full-size S3Gen on both sides: about a minute on a quiet 2-core machine
+def test_generate_matches_upstream(parity_models):
+    """The exact preset's waveform equals upstream's within 1e-3 (float32 on both sides, the same global seed,
+    upstream's defaults: repetition_penalty 2.0, the alignment guard), through the Japanese front-end."""
+    ours, upstream = parity_models
+    text = "今日は良い天気です"
+    torch.manual_seed(42)
+    ref = upstream.generate(text, language_id="ja")
+    torch.manual_seed(42)
+    wav = ours.generate(text, "ja", max_new_tokens=TOKENS)
+    assert wav.shape == ref.shape and wav.dtype == torch.float32
+    assert (wav - ref).abs().max() <= 1e-3, "waveform differs from upstream's"
