@@ -53,6 +53,14 @@ for line in sys.stdin:  # one round per line
 """
 
 
+def _reply(child: subprocess.Popen, start: str) -> str:
+    """The child's next stdout line starting with `start` (upstream prints progress lines of its own)."""
+    for line in child.stdout:
+        if line.startswith(start):
+            return line
+    raise RuntimeError(f"upstream's process ended (exit {child.wait()}) without a line starting {start!r}")
+
+
 def step_ms(tts: ChatterboxTurboTTS, n: int) -> float:
     text = tts.text_tokens(TEXT)
     times = {}
@@ -95,7 +103,7 @@ def main() -> None:
                                     stderr=subprocess.DEVNULL, text=True)
         upstream.stdin.write(TEXT + "\n")
         upstream.stdin.flush()
-        assert upstream.stdout.readline().strip() == "ready", "upstream did not load"
+        _reply(upstream, "ready")
     rows: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for preset, tts in models.items():
@@ -104,7 +112,7 @@ def main() -> None:
         if upstream is not None:
             upstream.stdin.write("go\n")
             upstream.stdin.flush()
-            rows.setdefault("upstream end to end", []).append(json.loads(upstream.stdout.readline()))
+            rows.setdefault("upstream end to end", []).append(json.loads(_reply(upstream, "{")))
     if upstream is not None:
         upstream.stdin.close()
         upstream.wait()
