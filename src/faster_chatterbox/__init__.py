@@ -6,11 +6,13 @@ if TYPE_CHECKING:
     from .pipeline import NoSpeechError, SynthesisResult
     from .settings import CallSettings, EngineSettings
     from .tts import ChatterboxTTS, Conditionals
+    from .tts_multilingual import ChatterboxMultilingualTTS
+    from .vc import ChatterboxVC
     from .voices import Voice, VoiceLibrary
 
 _EXPORTS = {"ChatterboxTTS": "tts", "Conditionals": "tts", "Voice": "voices", "VoiceLibrary": "voices",
             "SynthesisResult": "pipeline", "NoSpeechError": "pipeline", "CallSettings": "settings",
-            "EngineSettings": "settings"}
+            "EngineSettings": "settings", "ChatterboxMultilingualTTS": "tts_multilingual", "ChatterboxVC": "vc"}
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"
 

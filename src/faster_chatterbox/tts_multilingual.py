@@ -55,6 +55,8 @@ def resolve_t3_model(t3_model: str | Path | None, ckpt_dir: Path | None = None) 
 class ChatterboxMultilingualTTS(ChatterboxTTS):
     """ChatterboxTTS for 23 languages; every synthesis call names its language (`language_id`)."""
 
+    LANGUAGES = tuple(SUPPORTED_LANGUAGES)
+
     @classmethod
     def get_supported_languages(cls) -> dict[str, str]:
         return dict(SUPPORTED_LANGUAGES)
