@@ -97,13 +97,13 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
                         watermark: bool = True, *, repo_id: str = REPO_ID, revision: str | None = None,
                         cache_dir: str | Path | None = None, **kwargs) -> ChatterboxMultilingualTTS:
         """Download (or find in the Hugging Face cache) the Multilingual files with `t3_model`'s T3 ("v2" by
-        default, "v3"), then `from_local` (keyword arguments as there)."""
+        default, "v3", a file name of the repository, or a local .safetensors file: then only the other files
+        are downloaded), then `from_local` (keyword arguments as there). repo_id: e.g. a language pack of
+        checkpoint.MTL_LANGUAGE_PACKS."""
         engine_settings(preset, resolve_device(device))  # fail before a multi-GB download
         t3_file = resolve_t3_model(t3_model)
-        if isinstance(t3_file, Path):
-            raise ValueError(f"from_pretrained takes 'v2', 'v3' or a file name of {repo_id}, not a path: "
-                             "use from_local for a file of your own")
-        ckpt_dir = download_checkpoint(repo_id, revision=revision, cache_dir=cache_dir, files=(t3_file, *MTL_FILES))
+        files = MTL_FILES if isinstance(t3_file, Path) else (t3_file, *MTL_FILES)
+        ckpt_dir = download_checkpoint(repo_id, revision=revision, cache_dir=cache_dir, files=files)
         return cls.from_local(ckpt_dir, device, t3_model=t3_file, preset=preset, watermark=watermark, **kwargs)
 
     # ---- synthesis ------------------------------------------------------------------------
