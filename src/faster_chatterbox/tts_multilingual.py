@@ -35,9 +35,9 @@ REPETITION_PENALTY = 2.0  # upstream 0.1.7's default for this model
 __all__ = ["ChatterboxMultilingualTTS", "SUPPORTED_LANGUAGES", "resolve_t3_model"]
 
 
-def resolve_t3_model(t3_model: str | Path | None, ckpt_dir: Path | None = None) -> str | Path:
-    """The T3 file of `t3_model`: None or "v2" (the default), "v3", a file name in the checkpoint
-    ("t3_mtl23ls_v3" or "....safetensors"), or a path to one."""
+def resolve_t3_model(t3_model: str | Path | None) -> str | Path:
+    """The T3 file of `t3_model`: None or "v2" (the default), "v3", a file name of the checkpoint
+    ("t3_mtl23ls_v3", "....safetensors"; a str), or an existing local .safetensors file (a Path)."""
     if t3_model is None:
         return MTL_T3_FILES["v2"]
     if not isinstance(t3_model, (str, Path)):
@@ -47,7 +47,7 @@ def resolve_t3_model(t3_model: str | Path | None, ckpt_dir: Path | None = None) 
     if name in MTL_T3_FILES or name in by_stem:
         return MTL_T3_FILES.get(name) or by_stem[name]
     if name.endswith(".safetensors"):
-        return Path(name) if Path(name).is_file() or ckpt_dir is None else name
+        return Path(name) if name not in MTL_T3_FILES.values() and Path(name).is_file() else name
     raise ValueError(f"unknown t3_model {name!r}: choose 'v2', 'v3', {', '.join(sorted(by_stem))} "
                      "or a .safetensors file")
 
@@ -74,7 +74,7 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
         package is missing is an error naming the extra (False: skipped with a warning, as upstream).
         settings: as ChatterboxTTS.from_local.
         """
-        t3_file = resolve_t3_model(t3_model, Path(ckpt_dir))
+        t3_file = resolve_t3_model(t3_model)
         if alignment_guard is None:
             alignment_guard = Path(t3_file).name != MTL_T3_FILES["v3"]
         settings = _load_settings(preset, device, "cfm", settings, bool(alignment_guard))
