@@ -33,7 +33,7 @@ pip_install() { $OPY -m pip install -q --disable-pip-version-check -c "$constrai
 pip_install --no-deps chatterbox-tts==0.1.7 s3tokenizer==0.3.0 resemble-perth==1.0.1
 # What upstream imports, at versions shown to work with torch 2.13 on CPU.
 pip_install transformers==5.2.0 diffusers==0.29.0 librosa==0.11.0 conformer==0.3.2 \
-    omegaconf pyloudnorm einops onnx "setuptools<81"
+    omegaconf pyloudnorm einops onnx "setuptools<81" pykakasi==2.3.0
 # torchaudio has no CPU build for this torch: install it without its compiled libraries;
 # the pure-Python parts upstream uses (kaldi fbank, Resample) then import and work.
 pip_install --no-deps torchaudio==2.11.0

@@ -180,3 +180,12 @@ def test_generate_matches_upstream(parity_models):
     wav = ours.generate(text, "ja", max_new_tokens=TOKENS)
     assert wav.shape == ref.shape and wav.dtype == torch.float32
     assert (wav - ref).abs().max() <= 1e-3, "waveform differs from upstream's"
+
+
+def test_wide_scripts_get_their_token_budget():
+    """A chunk's expected speech length counts CJK characters as syllables, so the fast preset's token budget
+    does not cut Chinese or Japanese short."""
+    from faster_chatterbox.checks import expected_tokens
+
+    assert expected_tokens("你好世界") == pytest.approx(3 * expected_tokens("abcd"))
+    assert expected_tokens("hello") == pytest.approx(expected_tokens("world"))

@@ -7,11 +7,14 @@ if TYPE_CHECKING:
     from .settings import CallSettings, EngineSettings
     from .tts import ChatterboxTTS, Conditionals
     from .tts_turbo import ChatterboxTurboTTS
+    from .tts_multilingual import ChatterboxMultilingualTTS
+    from .vc import ChatterboxVC
     from .voices import Voice, VoiceLibrary
 
-_EXPORTS = {"ChatterboxTTS": "tts", "ChatterboxTurboTTS": "tts_turbo", "Conditionals": "tts", "Voice": "voices", "VoiceLibrary": "voices",
-            "SynthesisResult": "pipeline", "NoSpeechError": "pipeline", "CallSettings": "settings",
-            "EngineSettings": "settings"}
+_EXPORTS = {"ChatterboxTTS": "tts", "Conditionals": "tts", "ChatterboxTurboTTS": "tts_turbo",
+            "ChatterboxMultilingualTTS": "tts_multilingual", "ChatterboxVC": "vc", "Voice": "voices",
+            "VoiceLibrary": "voices", "SynthesisResult": "pipeline", "NoSpeechError": "pipeline",
+            "CallSettings": "settings", "EngineSettings": "settings"}
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"
 

@@ -45,6 +45,9 @@ OPTIONAL_FILES = ("conds.pt", "tokenizer_config.json", "special_tokens_map.json"
 # Chatterbox Multilingual (same repository): pickled state dicts for the voice encoder and S3Gen, a T3 per version
 MTL_T3_FILES = {"v2": "t3_mtl23ls_v2.safetensors", "v3": "t3_mtl23ls_v3.safetensors"}
 MTL_FILES = ("ve.pt", "s3gen.pt", "grapheme_mtl_merged_expanded_v1.json", "Cangjie5_TC.json", "conds.pt")
+# upstream HEAD's single-language v3 fine-tunes (their file layout is assumed to be the multilingual one)
+MTL_LANGUAGE_PACKS = {pack: f"ResembleAI/Chatterbox-Multilingual-{pack}"
+                      for pack in ("zh-cmn", "es-mx-latam", "pt-br", "es-es", "pt-pt", "hi")}
 
 
 class CheckpointError(ValueError):

@@ -16,6 +16,7 @@ a whole chunk, so only clear failures trigger one.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,8 +48,10 @@ class Failure(NamedTuple):
 
 
 def expected_tokens(text: str) -> float:
-    """Speech tokens a text of this length typically takes."""
-    return len(text) / CHARS_PER_SECOND * TOKENS_PER_SECOND
+    """Speech tokens a text of this length typically takes. A wide character (Chinese, Japanese, Korean: a
+    syllable or more each, ~5 per second) counts as three."""
+    wide = sum(unicodedata.east_asian_width(ch) in "WF" for ch in text)
+    return (len(text) + 2 * wide) / CHARS_PER_SECOND * TOKENS_PER_SECOND
 
 
 def token_budget(text: str, cap: int, factor: float = 2.5, floor: int = 50) -> int:

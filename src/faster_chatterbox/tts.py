@@ -46,6 +46,7 @@ Conditionals = Voice  # upstream's name for a voice
 class ChatterboxTTS:
     MAX_CHARS = MAX_CHARS  # longest chunk of text one T3 call speaks
     MODEL = "chatterbox"  # the engine settings' model (tts_turbo: "turbo")
+    LANGUAGES: tuple[str, ...] = ()  # the language ids a call may name (the English model: none)
 
     def __init__(self, t3, s3gen, ve, tokenizer: EnglishTokenizer, device, conds: Voice | None = None,
                  preset: str = DEFAULT_PRESET, watermark: bool = True, settings: EngineSettings | None = None):
@@ -238,6 +239,8 @@ class ChatterboxTTS:
         """This call's voice and settings, validated; the default voice changes only for audio_prompt_path."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if "language" in kwargs and not self.LANGUAGES:
+            raise TypeError("language applies to the multilingual model (ChatterboxMultilingualTTS) only")
         exaggeration = real("exaggeration", exaggeration, 0.0)
         if settings is not None:
             if kwargs:

@@ -36,9 +36,9 @@ REPETITION_PENALTY = 2.0  # upstream 0.1.7's default for this model
 __all__ = ["ChatterboxMultilingualTTS", "SUPPORTED_LANGUAGES", "resolve_t3_model"]
 
 
-def resolve_t3_model(t3_model: str | Path | None, ckpt_dir: Path | None = None) -> str | Path:
-    """The T3 file of `t3_model`: None or "v2" (the default), "v3", a file name in the checkpoint
-    ("t3_mtl23ls_v3" or "....safetensors"), or a path to one."""
+def resolve_t3_model(t3_model: str | Path | None) -> str | Path:
+    """The T3 file of `t3_model`: None or "v2" (the default), "v3", a file name of the checkpoint
+    ("t3_mtl23ls_v3", "....safetensors"; a str), or an existing local .safetensors file (a Path)."""
     if t3_model is None:
         return MTL_T3_FILES["v2"]
     if not isinstance(t3_model, (str, Path)):
@@ -48,7 +48,7 @@ def resolve_t3_model(t3_model: str | Path | None, ckpt_dir: Path | None = None) 
     if name in MTL_T3_FILES or name in by_stem:
         return MTL_T3_FILES.get(name) or by_stem[name]
     if name.endswith(".safetensors"):
-        return Path(name) if Path(name).is_file() or ckpt_dir is None else name
+        return Path(name) if name not in MTL_T3_FILES.values() and Path(name).is_file() else name
     raise ValueError(f"unknown t3_model {name!r}: choose 'v2', 'v3', {', '.join(sorted(by_stem))} "
                      "or a .safetensors file")
 
@@ -57,6 +57,7 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
     """ChatterboxTTS for 23 languages; every synthesis call names its language (`language_id`)."""
 
     MODEL = "multilingual"
+    LANGUAGES = tuple(SUPPORTED_LANGUAGES)
 
     @classmethod
     def get_supported_languages(cls) -> dict[str, str]:
@@ -75,7 +76,7 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
         package is missing is an error naming the extra (False: skipped with a warning, as upstream).
         settings: as ChatterboxTTS.from_local.
         """
-        t3_file = resolve_t3_model(t3_model, Path(ckpt_dir))
+        t3_file = resolve_t3_model(t3_model)
         if alignment_guard is None:
             alignment_guard = Path(t3_file).name != MTL_T3_FILES["v3"]
         settings = _load_settings(preset, device, "cfm", settings, model=cls.MODEL, alignment_guard=bool(alignment_guard))
@@ -98,13 +99,13 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
                         watermark: bool = True, *, repo_id: str = REPO_ID, revision: str | None = None,
                         cache_dir: str | Path | None = None, **kwargs) -> ChatterboxMultilingualTTS:
         """Download (or find in the Hugging Face cache) the Multilingual files with `t3_model`'s T3 ("v2" by
-        default, "v3"), then `from_local` (keyword arguments as there)."""
+        default, "v3", a file name of the repository, or a local .safetensors file: then only the other files
+        are downloaded), then `from_local` (keyword arguments as there). repo_id: e.g. a language pack of
+        checkpoint.MTL_LANGUAGE_PACKS."""
         engine_settings(preset, resolve_device(device))  # fail before a multi-GB download
         t3_file = resolve_t3_model(t3_model)
-        if isinstance(t3_file, Path):
-            raise ValueError(f"from_pretrained takes 'v2', 'v3' or a file name of {repo_id}, not a path: "
-                             "use from_local for a file of your own")
-        ckpt_dir = download_checkpoint(repo_id, revision=revision, cache_dir=cache_dir, files=(t3_file, *MTL_FILES))
+        files = MTL_FILES if isinstance(t3_file, Path) else (t3_file, *MTL_FILES)
+        ckpt_dir = download_checkpoint(repo_id, revision=revision, cache_dir=cache_dir, files=files)
         return cls.from_local(ckpt_dir, device, t3_model=t3_file, preset=preset, watermark=watermark, **kwargs)
 
     # ---- synthesis ------------------------------------------------------------------------

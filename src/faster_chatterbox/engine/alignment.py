@@ -43,6 +43,7 @@ class AlignmentGuard:
     def __init__(self, text_start: Tensor, text_len: Tensor, stop_token: int, active: Tensor | None = None):
         n, device = len(text_len), text_len.device
         self.text_start, self.text_len, self.stop_token = text_start, text_len, stop_token
+        self.width = int(text_len.max()) if n else 0  # text columns of `text_attention` (read once, at admission)
         self.active = torch.ones(n, dtype=torch.bool, device=device) if active is None else active
         self.step_no = torch.zeros(n, dtype=torch.long, device=device)
         self.position = torch.zeros(n, dtype=torch.long, device=device)  # the text position of the speech
@@ -55,6 +56,7 @@ class AlignmentGuard:
         """These sequences, then `other`'s."""
         for name in self._STATE:
             setattr(self, name, torch.cat((getattr(self, name), getattr(other, name))))
+        self.width = max(self.width, other.width)
         return self
 
     def select(self, rows: Tensor) -> AlignmentGuard:
@@ -70,7 +72,7 @@ class AlignmentGuard:
         """The aligned heads' mean attention over each sequence's text, (N, max text_len), zero past its end.
         weights: per head (N, kv_len) attention of the newest position; seq_start: each sequence's first slot."""
         attention = torch.stack(weights).mean(dim=0)  # (N, kv_len)
-        columns = torch.arange(int(self.text_len.max()), device=attention.device)  # (S,)
+        columns = torch.arange(self.width, device=attention.device)  # (S,)
         slots = (self.text_start + seq_start)[:, None] + columns  # (N, S)
         inside = columns < self.text_len[:, None]
         taken = attention.gather(1, slots.clamp(max=attention.shape[1] - 1))

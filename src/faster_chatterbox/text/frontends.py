@@ -26,12 +26,13 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# language -> (module to import, the pip extra of faster-chatterbox that installs it, what it does)
+# language -> (module to import, how to install it, what it does)
 HELPERS = {
-    "zh": ("spacy_pkuseg", "zh", "Chinese word segmentation"),
-    "ja": ("pykakasi", "ja", "Japanese kanji to kana"),
-    "he": ("dicta_onnx", "he", "Hebrew diacritics"),
-    "ru": ("russian_text_stresser.text_stresser", "ru", "Russian stress marks"),
+    "zh": ("spacy_pkuseg", "pip install 'faster-chatterbox[zh]'", "Chinese word segmentation"),
+    "ja": ("pykakasi", "pip install 'faster-chatterbox[ja]'", "Japanese kanji to kana"),
+    "he": ("dicta_onnx", "pip install 'faster-chatterbox[he]'", "Hebrew diacritics"),
+    "ru": ("russian_text_stresser.text_stresser", "pip install russian-text-stresser (not on PyPI: from its "
+           "repository)", "Russian stress marks"),
 }
 
 
@@ -50,15 +51,14 @@ def _helper(language: str, make: Callable[[object], object], strict: bool) -> ob
     with _lock:
         if language in _helpers:
             return _helpers[language]
-        module_name, extra, purpose = HELPERS[language]
+        module_name, install, purpose = HELPERS[language]
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             if strict:
                 raise MissingExtraError(
-                    f"language {language!r} needs {module_name.split('.')[0]} for {purpose}: install it with "
-                    f"pip install 'faster-chatterbox[{extra}]' (or load with strict_text=False to skip it, "
-                    f"as upstream does)") from exc
+                    f"language {language!r} needs {module_name.split('.')[0]} for {purpose}: {install} (or "
+                    "load with strict_text=False to skip it, as upstream does)") from exc
             if language not in _warned:
                 _warned.add(language)
                 log.warning("%s not installed: %s skipped (as upstream does)", module_name, purpose)
