@@ -187,21 +187,31 @@ class RayEndpoint:
 
 def serve_on_ray(config: RayServeConfig, endpoint: RayEndpoint) -> None:
     """`faster-chatterbox serve --ray`: deploy, serve until SIGTERM or Ctrl-C, then drain and shut down."""
+    log.setLevel(logging.INFO)
     ray.init(address=endpoint.address, logging_level=logging.WARNING)
+    # after ray.init, whose handlers would abort: a signal while the replicas load stops right after
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
         serve.run(speech_app(config), name=APP_NAME, route_prefix="/")  # returns once every replica is warm
         log.info("serving http://%s:%d on Ray Serve (%s)", endpoint.host, endpoint.port,
                  "%d to %d replicas, autoscaled" % config.replica_range if config.autoscaled
                  else f"{config.replicas or 1} replica(s)")
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         stop.wait()
         log.info("draining in-flight requests, then stopping the replicas")
-        serve.shutdown()
+        drain(APP_NAME)
     finally:
         ray.shutdown()
+
+
+def drain(name: str) -> None:
+    """Stop Serve after the in-flight requests of application `name` end (each replica waits for them up
+    to its graceful_shutdown_timeout_s). Deleting the application first lets the proxy carry their streams
+    to the end: serve.shutdown() alone stops the proxy at once and cuts them."""
+    serve.delete(name)
+    serve.shutdown()
 
 
 def config_from_args(args) -> RayServeConfig:
