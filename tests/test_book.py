@@ -177,6 +177,8 @@ def test_ray_serve_config_checks_its_scaling():
         config(replicas=0)
     with pytest.raises(ValueError, match="extra"):
         config(unknown=1)
+    with pytest.raises(ValueError, match="either checkpoint or random_weights"):
+        config(checkpoint="/x", random_weights="small")
 
 
 def test_ctrl_c_stops_a_local_book_cleanly(tmp_path):

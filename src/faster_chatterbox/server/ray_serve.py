@@ -48,7 +48,7 @@ except ImportError as exc:  # one clear line, as the server extra's
                       "pip install 'faster-chatterbox[ray]'", name=exc.name) from None
 
 from .app import create_app
-from .main import load_model, server_options, warm_up
+from .main import load_model, random_checkpoint, server_options, warm_up
 
 log = logging.getLogger("faster_chatterbox.server")
 APP_NAME = "faster-chatterbox"
@@ -89,7 +89,9 @@ class RayServeConfig(BaseModel):
     host: str = "0.0.0.0"
 
     @model_validator(mode="after")
-    def _one_scaling(self) -> RayServeConfig:
+    def _one_source_one_scaling(self) -> RayServeConfig:
+        if self.checkpoint is not None and self.random_weights is not None:
+            raise ValueError("give either checkpoint or random_weights, not both")
         if self.replicas is not None and self.autoscaled:
             raise ValueError("give either replicas or min_replicas/max_replicas, not both")
         if self.autoscaled and self.replica_range[0] > self.replica_range[1]:
@@ -168,7 +170,12 @@ def deployment_options(config: RayServeConfig) -> dict:
 
 
 def speech_app(config: RayServeConfig):
-    """The Serve application (bind it with serve.run) of the speech server under `config`."""
+    """The Serve application (bind it with serve.run) of the speech server under `config`. A random-weight
+    checkpoint is written here, once, not by every replica at the same time (one machine's tests only:
+    other nodes don't see this one's cache)."""
+    if config.random_weights is not None:
+        config = config.model_copy(update={"checkpoint": str(random_checkpoint(config.random_weights)),
+                                           "random_weights": None})
     return serve.deployment(SpeechReplica).options(**deployment_options(config)).bind(config)
 
 
