@@ -6,7 +6,7 @@ A local Ray cluster of `--cpus` CPUs (default 2). Serve: the speech app (fast pr
 `--tokens` speech tokens per request: random weights never stop) with 1 replica, then 2 (one CPU each), each
 hit by `--clients` concurrent requests of different seeds; wall time, audio seconds per second, the
 replicas that answered. Book: the same chapter text rendered by `render_book` on Ray (tasks of one CPU,
-so `--cpus` workers) and in this process, fresh output folders: chunks per minute. Without --checkpoint
+so `--cpus` workers) and in this process on one thread, fresh output folders: chunks per minute. Without --checkpoint
 the small random checkpoint is written to a temporary folder. Prints one JSON line per run and a markdown
 table (BENCHMARKS.md section 16).
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import ray
+import torch
 from ray import serve
 
 from faster_chatterbox.book import BookModel, Speech, render_book
@@ -71,9 +72,14 @@ def book_run(checkpoint: Path, tokens: int, use_ray: bool, workdir: Path) -> dic
     book = workdir / "book.txt"
     book.write_text(BOOK)
     out = workdir / ("ray" if use_ray else "local")
-    report = render_book(book, out, model=BookModel(str(checkpoint), device="cpu"),
-                         speech=Speech(max_new_tokens=tokens), seed=1, use_ray=use_ray,
-                         watermark=False, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # in this process as in a Ray task of one CPU (Ray sets OMP_NUM_THREADS=1)
+    try:
+            report = render_book(book, out, model=BookModel(str(checkpoint), device="cpu"),
+                             speech=Speech(max_new_tokens=tokens), seed=1, use_ray=use_ray,
+                             watermark=False, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return {"run": "book", "where": "ray" if use_ray else "in-process", "chunks": report.rendered,
             "wall_s": round(report.seconds, 2), "chunks_per_min": round(report.chunks_per_minute, 2)}
 

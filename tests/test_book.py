@@ -177,6 +177,8 @@ def test_ray_serve_config_checks_its_scaling():
         config(replicas=0)
     with pytest.raises(ValueError, match="extra"):
         config(unknown=1)
+    with pytest.raises(ValueError, match="either checkpoint or random_weights"):
+        config(checkpoint="/x", random_weights="small")
 
 
 def test_ctrl_c_stops_a_local_book_cleanly(tmp_path):
@@ -195,7 +197,9 @@ def test_ctrl_c_stops_a_local_book_cleanly(tmp_path):
     (tmp_path / "b.txt").write_text(BOOK)
     out = tmp_path / "out"
     src = Path(__file__).resolve().parents[1] / "src"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    # one thread: on this shared 2-core machine two OpenMP threads can run 20x slower under load
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "faster_chatterbox.cli", "render-book", str(tmp_path / "b.txt"), "-o", str(out),
                "--checkpoint", str(ckpt), "--device", "cpu", "--max-new-tokens", "10", "--no-watermark"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
@@ -225,3 +229,11 @@ def test_the_documented_serve_config_is_valid(tmp_path):
     assert app_builder(app.args) is not None  # the builder takes the documented arguments
     with pytest.raises(ValueError, match="replicas"):
         app_builder({**app.args, "replicas": 2})
+
+
+@pytest.mark.parametrize("speech, message", [(Speech(temperature=0.0), "temperature"),
+                                             (Speech(max_new_tokens=0), "max_new_tokens"),
+                                             (Speech(exaggeration=-1.0), "exaggeration")])
+def test_bad_settings_are_named_before_any_model_loads(speech, message):
+    with pytest.raises(ValueError, match=message):
+        plan_book([Chapter("One", "Words.")], MODEL, speech, VoiceClip(), seed=1)

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from .audio.io import load_audio, write_audio
 from .pipeline import VOICE_SECONDS, assemble_audio, plan_chunks
-from .settings import DEFAULT_PRESET, call_settings, engine_settings, integer, stream_seed
+from .settings import DEFAULT_PRESET, call_settings, engine_settings, integer, real, stream_seed
 from .tts import ChatterboxTTS
 from .voices import Voice, clip_digest
 
@@ -209,8 +209,11 @@ class Rendered:
 
 def plan_book(chapters: list[Chapter], model: BookModel, speech: Speech, voice: VoiceClip,
               seed: int) -> list[ChunkTask]:
-    """Every chapter's chunks as planned by the engine for `model`'s preset, each with its seed and key."""
-    call = call_settings(engine_settings(model.preset, "cpu", model.decoder), seed=0)
+    """Every chapter's chunks as planned by the engine for `model`'s preset, each with its seed and key;
+    `speech` is checked here, before any model loads (a ValueError naming the argument)."""
+    real("exaggeration", speech.exaggeration, 0.0)
+    call = call_settings(engine_settings(model.preset, "cpu", model.decoder), seed=0, temperature=speech.temperature,
+                         cfg_weight=speech.cfg_weight, max_new_tokens=speech.max_new_tokens)
     settings = {**asdict(speech), "preset": model.preset, "decoder": model.decoder, "voice": voice.digest,
                 "checkpoint": model.checkpoint}
     tasks = []
@@ -438,9 +441,8 @@ def render_book(book: str | Path, out_dir: str | Path, *, model: BookModel, spee
 def _store(out_dir: Path, manifest: Manifest, task: ChunkTask, rendered: Rendered, retried: int) -> None:
     """Write a chunk's audio whole, then record it (a crash between the two re-renders just that chunk)."""
     name = f"chunks/{task.id}.wav"
-    audio = rendered.audio if len(rendered.audio) else np.zeros(1, np.float32)  # a chunk that said nothing
-    write_audio(out_dir / name, audio, SR, float_wav=True)
-    manifest.data["chunks"][task.id] = {"key": task.key, "file": name, "seconds": round(len(audio) / SR, 3),
+    write_audio(out_dir / name, rendered.audio, SR, float_wav=True)  # never empty: synthesize raises NoSpeechError
+    manifest.data["chunks"][task.id] = {"key": task.key, "file": name, "seconds": round(len(rendered.audio) / SR, 3),
                                         "render_s": round(rendered.seconds, 3), "engine_attempts": rendered.attempts,
                                         "job_retries": retried, "worker": rendered.worker}
     manifest.save()
@@ -459,13 +461,13 @@ def _assemble(out_dir: Path, manifest: Manifest, chapter: list[ChunkTask], water
     """A chapter's chunks joined in order with the engine's trims, pauses and crossfades, written whole."""
     audio = [sf.read(out_dir / manifest.data["chunks"][t.id]["file"], dtype="float32")[0] for t in chapter]
     joined, _ = assemble_audio(audio, [t.kind for t in chapter], SR, trim=True)
-    if watermark and len(joined):
+    if watermark:
         from .watermark import Watermarker
 
         joined = Watermarker().apply_watermark(joined, sample_rate=SR)
     name = f"{chapter[0].chapter:03d}.wav"
     path = out_dir / "chapters" / name
-    write_audio(path, joined if len(joined) else np.zeros(1, np.float32), SR)
+    write_audio(path, joined, SR)
     manifest.data["chapters"][name] = _chapter_key(chapter)
     manifest.save()
     return path

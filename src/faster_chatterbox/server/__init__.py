@@ -5,6 +5,7 @@
 
 `faster-chatterbox serve` does this from the command line (main.py): it loads and warms the model, then
 serves HTTP (app.py) and optionally Wyoming (wyoming.py) until SIGTERM, which drains in-flight requests.
+`serve --ray` serves the same app from N replicas on Ray Serve (ray_serve.py, extra [ray]).
 """
 
 from .app import create_app

@@ -48,7 +48,7 @@ except ImportError as exc:  # one clear line, as the server extra's
                       "pip install 'faster-chatterbox[ray]'", name=exc.name) from None
 
 from .app import create_app
-from .main import load_model, server_options, warm_up
+from .main import load_model, random_checkpoint, server_options, warm_up
 
 log = logging.getLogger("faster_chatterbox.server")
 APP_NAME = "faster-chatterbox"
@@ -89,7 +89,9 @@ class RayServeConfig(BaseModel):
     host: str = "0.0.0.0"
 
     @model_validator(mode="after")
-    def _one_scaling(self) -> RayServeConfig:
+    def _one_source_one_scaling(self) -> RayServeConfig:
+        if self.checkpoint is not None and self.random_weights is not None:
+            raise ValueError("give either checkpoint or random_weights, not both")
         if self.replicas is not None and self.autoscaled:
             raise ValueError("give either replicas or min_replicas/max_replicas, not both")
         if self.autoscaled and self.replica_range[0] > self.replica_range[1]:
@@ -168,7 +170,12 @@ def deployment_options(config: RayServeConfig) -> dict:
 
 
 def speech_app(config: RayServeConfig):
-    """The Serve application (bind it with serve.run) of the speech server under `config`."""
+    """The Serve application (bind it with serve.run) of the speech server under `config`. A random-weight
+    checkpoint is written here, once, not by every replica at the same time (one machine's tests only:
+    other nodes don't see this one's cache)."""
+    if config.random_weights is not None:
+        config = config.model_copy(update={"checkpoint": str(random_checkpoint(config.random_weights)),
+                                           "random_weights": None})
     return serve.deployment(SpeechReplica).options(**deployment_options(config)).bind(config)
 
 
@@ -187,21 +194,31 @@ class RayEndpoint:
 
 def serve_on_ray(config: RayServeConfig, endpoint: RayEndpoint) -> None:
     """`faster-chatterbox serve --ray`: deploy, serve until SIGTERM or Ctrl-C, then drain and shut down."""
+    log.setLevel(logging.INFO)
     ray.init(address=endpoint.address, logging_level=logging.WARNING)
+    # after ray.init, whose handlers would abort: a signal while the replicas load stops right after
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
         serve.run(speech_app(config), name=APP_NAME, route_prefix="/")  # returns once every replica is warm
         log.info("serving http://%s:%d on Ray Serve (%s)", endpoint.host, endpoint.port,
                  "%d to %d replicas, autoscaled" % config.replica_range if config.autoscaled
                  else f"{config.replicas or 1} replica(s)")
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         stop.wait()
         log.info("draining in-flight requests, then stopping the replicas")
-        serve.shutdown()
+        drain(APP_NAME)
     finally:
         ray.shutdown()
+
+
+def drain(name: str) -> None:
+    """Stop Serve after the in-flight requests of application `name` end (each replica waits for them up
+    to its graceful_shutdown_timeout_s). Deleting the application first lets the proxy carry their streams
+    to the end: serve.shutdown() alone stops the proxy at once and cuts them."""
+    serve.delete(name)
+    serve.shutdown()
 
 
 def config_from_args(args) -> RayServeConfig:
