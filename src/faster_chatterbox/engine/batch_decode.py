@@ -88,9 +88,8 @@ class BatchDecoder:
         than the batch's history first moves every live row's cache to the right to make room in front.
         If it raises, the live requests are as they were (their cache possibly moved) and go on."""
         t3 = self.t3
-        prefixes = [torch.cat((t3.prefix_embeds(r.cond, r.text_tokens, cfg=r.rows == 2),
-                               self._bos_emb.expand(r.rows, -1, -1)), dim=1) for r in requests]  # (R_j, P_j, D)
-        width, budget = max(p.shape[1] for p in prefixes), max(r.max_new_tokens for r in requests)
+        prefixes = self._prefixes(requests)  # (R_j, P_j, D)
+        width, budget = max(p.shape[1] for p in prefixes), max(self._slots(r) for r in requests)
         old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
         if old_rows:
             if width > self.next_slot:
@@ -110,7 +109,7 @@ class BatchDecoder:
             slots = torch.arange(next_slot - width, next_slot, device=self.device)
             h = t3.tfmr(x, slots, cache, kv_len=next_slot, seq_start=starts,
                         rows=slice(old_rows, old_rows + new_rows))[:, -1]
-            logits = t3.speech_head(h).float()  # (R, V)
+            logits = self._out(h)  # (R, V)
         except BaseException:
             if old_rows:
                 cache.resize(old_rows, needed)  # the joiners' rows leave again
@@ -123,6 +122,19 @@ class BatchDecoder:
         self._set_rows(self._rows + [list(range(f, f + r.rows)) for f, r in zip(first, requests)])
         local = [f - old_rows for f in first]
         return logits[local], logits[[f + r.rows - 1 for f, r in zip(local, requests)]]
+
+    def _prefixes(self, requests: list[DecodeRequest]) -> list[Tensor]:
+        """Each request's prefix rows (R_j, P_j, D): the autoregressive layout, BOS fed twice."""
+        return [torch.cat((self.t3.prefix_embeds(r.cond, r.text_tokens, cfg=r.rows == 2),
+                           self._bos_emb.expand(r.rows, -1, -1)), dim=1) for r in requests]
+
+    def _slots(self, request: DecodeRequest) -> int:
+        """Cache slots a request may fill after its prefix."""
+        return request.max_new_tokens
+
+    def _out(self, h: Tensor) -> Tensor:
+        """What `admit` returns of the prefixes' last hidden states (R, D): the logits for token 0 (R, V)."""
+        return self.t3.speech_head(h).float()
 
     def _shift(self, offset: int) -> None:
         """Move every live row's history `offset` slots to the left (dropping leading slots no row uses) or,
@@ -158,10 +170,10 @@ class BatchDecoder:
         logits = self.t3.speech_head(h).float()  # (B, V)
         return logits[self.cond_rows], logits[self.uncond_rows]
 
-    def keep(self, live: list[int]) -> None:
+    def keep(self, live: list[int]) -> list[int]:
         """Keep only the live requests at positions `live`, in that order. Their rows keep their places
         where they can; rows past the new batch size move into the freed ones (few KV cache copies). An
-        empty batch frees its cache."""
+        empty batch frees its cache. Returns the old row of each new row."""
         kept = sorted(row for j in live for row in self._rows[j])
         n = len(kept)
         holes = iter(sorted(set(range(n)) - set(kept)))
@@ -177,6 +189,7 @@ class BatchDecoder:
         self.positions = self.positions[live]
         new_row = {old: new for new, old in enumerate(rows)}
         self._set_rows([[new_row[row] for row in self._rows[j]] for j in live])
+        return rows
 
 
 @dataclass
@@ -326,6 +339,11 @@ def request_problem(t3: T3, r: DecodeRequest) -> str | None:
             check_range(name, getattr(r, name), *limits)
         except ValueError as exc:
             return str(exc)
+    return input_problem(t3, r)
+
+
+def input_problem(t3: T3, r) -> str | None:
+    """What is wrong with a request's token cap, text, voice or generator (any decoder's request), or None."""
     max_steps = t3.speech_pos_emb.emb.num_embeddings
     if not isinstance(r.max_new_tokens, int) or not 1 <= r.max_new_tokens <= max_steps:
         return f"max_new_tokens must be an integer in [1, {max_steps}], got {r.max_new_tokens!r}"

@@ -276,34 +276,41 @@ class Llama(nn.Module):
         return LlamaCache(self.cfg, batch, max_seq_len, dtype or self.kv_dtype or weight.dtype, weight.device)
 
     def forward(self, x: Tensor, input_pos: Tensor, cache: LlamaCache, kv_len: int | None = None,
-                seq_start: Tensor | None = None, rows: slice = slice(None)) -> Tensor:
+                seq_start: Tensor | None = None, rows: slice = slice(None), visible_until: Tensor | None = None
+                ) -> Tensor:
         """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
         Writes the keys and values of x into `cache` (rows `rows`, slots input_pos); attention covers cache
         slots [0, kv_len) (default: the whole cache), causally masked by position.
         seq_start: (B,) first slot of each row's sequence when rows are left-padded; None: all rows start at 0.
         rows: the cache rows x belongs to (default: all), e.g. the prefill of sequences joining a batch.
+        visible_until: (S,) or per row (B, S), the last slot each new position attends to; default its own
+        (causal). A block decoded in parallel (block diffusion) passes its last slot: its positions see each
+        other, and the cache before them.
         """
         kv_len = kv_len or cache.max_seq_len
+        until = input_pos if visible_until is None else visible_until
         if seq_start is None:
-            mask = torch.arange(kv_len, device=x.device) <= input_pos[:, None]  # (S, kv_len)
+            mask = torch.arange(kv_len, device=x.device) <= until[..., None]  # (S, kv_len) or (B, S, kv_len)
+            mask = mask[:, None] if mask.dim() == 3 else mask
             cos = cache.rope_cos[input_pos].to(x.dtype)  # (S, head_dim)
             sin = cache.rope_sin[input_pos].to(x.dtype)
         else:
-            mask, cos, sin = _left_padded(cache, input_pos, kv_len, seq_start, x.dtype)
+            mask, cos, sin = _left_padded(cache, input_pos, kv_len, seq_start, x.dtype, until)
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer(x, cos, sin, input_pos, mask, layer_cache, rows)
         return self.norm(x)
 
 
 def _left_padded(cache: LlamaCache, input_pos: Tensor, kv_len: int, seq_start: Tensor,
-                 dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """Mask (B, 1, S, kv_len) and RoPE tables (B, 1, S, head_dim) for rows starting at slots seq_start (B,)."""
+                 dtype: torch.dtype, until: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mask (B, 1, S, kv_len) and RoPE tables (B, 1, S, head_dim) for rows starting at slots seq_start (B,),
+    each position seeing the slots up to `until` (S,) or (B, S)."""
     slots = torch.arange(kv_len, device=input_pos.device)  # (kv_len,)
     query = input_pos[:, None]  # (S, 1)
     start = seq_start[:, None, None]  # (B, 1, 1)
     # A padding query sees only itself: a row with every key masked would turn into NaN.
-    mask = (slots <= query) & ((slots >= start) | (slots == query))  # (B, S, kv_len)
+    mask = (slots <= until[..., None]) & ((slots >= start) | (slots == query))  # (B, S, kv_len)
     pos = (input_pos - seq_start[:, None]).clamp_min(0)  # (B, S) each row's own positions
     cos = cache.rope_cos[pos].to(dtype)[:, None]
     sin = cache.rope_sin[pos].to(dtype)[:, None]

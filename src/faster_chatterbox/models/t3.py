@@ -36,6 +36,13 @@ class T3Config:
     perceiver_heads: int = 4
     emotion_adv: bool = True
     llama: LlamaConfig = field(default_factory=LlamaConfig)
+    # Chatterbox-Flash (block diffusion): the speech embedding has one more row, [MASK], id
+    # speech_tokens_dict_size (the head still predicts speech_tokens_dict_size ids)
+    mask_token: bool = False
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.speech_tokens_dict_size
 
 
 @dataclass
@@ -98,7 +105,7 @@ class T3(nn.Module):
         self.tfmr = Llama(cfg.llama)
         self.cond_enc = T3CondEnc(cfg)
         self.text_emb = nn.Embedding(cfg.text_tokens_dict_size, dim)
-        self.speech_emb = nn.Embedding(cfg.speech_tokens_dict_size, dim)
+        self.speech_emb = nn.Embedding(cfg.speech_tokens_dict_size + cfg.mask_token, dim)
         self.text_pos_emb = LearnedPositionEmbedding(cfg.max_text_tokens + 2, dim)
         self.speech_pos_emb = LearnedPositionEmbedding(cfg.max_speech_tokens + 4, dim)
         self.text_head = nn.Linear(dim, cfg.text_tokens_dict_size, bias=False)  # unused at inference
