@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 REPO_ID = "ResembleAI/chatterbox"
 TURBO_REPO_ID = "ResembleAI/chatterbox-turbo"  # holds the meanflow decoder, s3gen_meanflow.safetensors
+FLASH_REPO_ID = "ResembleAI/chatterbox-flash"  # Chatterbox-Flash: t3_flash.safetensors, a meanflow s3gen
 RANDOM_MARKER = "RANDOM-WEIGHTS.txt"  # written by init-random: every load warns that the audio will be noise
 CHECKPOINT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json", "conds.pt")
+FLASH_FILES = ("ve.safetensors", "t3_flash.safetensors", "s3gen.safetensors", "tokenizer.json", "conds.pt")
 
 
 class CheckpointError(ValueError):
@@ -59,20 +61,20 @@ def skip_weight_init():
             setattr(nn.init, name, fn)
 
 
-def check_checkpoint_dir(ckpt_dir: str | Path) -> Path:
+def check_checkpoint_dir(ckpt_dir: str | Path, files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
-    missing = [name for name in CHECKPOINT_FILES if name != "conds.pt" and not (ckpt_dir / name).is_file()]
+    missing = [name for name in files if name != "conds.pt" and not (ckpt_dir / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint directory {ckpt_dir} lacks {', '.join(missing)}")
     return ckpt_dir
 
 
 def download_checkpoint(repo_id: str = REPO_ID, revision: str | None = None,
-                        cache_dir: str | Path | None = None) -> Path:
+                        cache_dir: str | Path | None = None, files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
     """Fetch the checkpoint files through the Hugging Face cache and return their directory (see `_fetch_files`)."""
-    return _fetch_files(CHECKPOINT_FILES, repo_id, revision, cache_dir, optional=("conds.pt",))[0].parent
+    return _fetch_files(files, repo_id, revision, cache_dir, optional=("conds.pt",))[0].parent
 
 
 def download_file(name: str, repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:

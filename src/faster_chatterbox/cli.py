@@ -30,12 +30,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         f"lossy ones (default: {DEFAULT_PRESET})")
     p.add_argument("--decoder", default="cfm", choices=("cfm", "meanflow"),
                    help="S3Gen decoder: cfm (the model's own) or meanflow (Chatterbox-Turbo's 2-step one)")
+    p.add_argument("--model", default="base", choices=("base", "flash"),
+                   help="base: Chatterbox (autoregressive T3); flash: Chatterbox-Flash (block-diffusion T3)")
 
 
 def _load_model(args, watermark: bool = True):
     from .tts import ChatterboxTTS
 
     options = dict(device=args.device, preset=args.preset, watermark=watermark, decoder=args.decoder)
+    if getattr(args, "model", "base") == "flash":
+        from .tts_flash import ChatterboxFlashTTS
+
+        if args.decoder != "cfm":
+            raise ValueError("--decoder does not apply to --model flash (its decoder is its own meanflow one)")
+        del options["decoder"]
+        if args.checkpoint:
+            return ChatterboxFlashTTS.from_local(args.checkpoint, **options)
+        return ChatterboxFlashTTS.from_pretrained(**options)
     if args.checkpoint:
         return ChatterboxTTS.from_local(args.checkpoint, **options)
     return ChatterboxTTS.from_pretrained(**options)
@@ -65,8 +76,9 @@ def cmd_speak(args) -> None:
     # before any work: an output that cannot be written would otherwise fail only after the synthesis
     check_output_path(args.output, min_free_bytes=int(seconds * MIN_BYTES_PER_SECOND.get(suffix, 0)))
     tts = _load_model(args, watermark=not args.no_watermark)  # warns when the weights are random
+    sampling = {} if args.temperature is None else dict(temperature=args.temperature)  # default: the model's
     result = tts.synthesize(text, audio_prompt_path=args.voice, exaggeration=args.exaggeration,
-                            cfg_weight=args.cfg_weight, temperature=args.temperature, seed=args.seed,
+                            cfg_weight=args.cfg_weight, seed=args.seed, **sampling,
                             max_new_tokens=args.max_new_tokens, n_timesteps=args.n_timesteps,
                             optimize_quality=args.optimize_quality, progress=True)
     write_audio(args.output, result.audio, tts.sr)
@@ -78,7 +90,7 @@ def cmd_speak(args) -> None:
 def cmd_init_random(args) -> None:
     from .random_checkpoint import write_random_checkpoint
 
-    write_random_checkpoint(args.dir, seed=args.seed, small=args.small, meanflow=args.meanflow)
+    write_random_checkpoint(args.dir, seed=args.seed, small=args.small, meanflow=args.meanflow, model=args.model)
     size = "small test" if args.small else "full-size"
     print(f"wrote a {size} RANDOM-weight checkpoint to {args.dir}: it speaks noise, for tests and benchmarks only",
           file=sys.stderr)
@@ -121,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="post-process: high-pass, de-click, trim, loudness normalisation, peak limit")
     p.add_argument("--exaggeration", type=float, default=0.5)
     p.add_argument("--cfg-weight", type=float, default=0.5)
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=float, help="default: the model's (0.8; Flash: its preset's, 0.6)")
     p.add_argument("--no-watermark", action="store_true", help="do not watermark the output")
     p.set_defaults(func=cmd_speak)
 
@@ -130,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="tiny model sizes for fast tests (not the official shapes)")
     p.add_argument("--meanflow", action="store_true", help="also write a random s3gen_meanflow.safetensors")
+    p.add_argument("--model", default="base", choices=("base", "flash"),
+                   help="flash: Chatterbox-Flash's files (t3_flash.safetensors, a meanflow s3gen.safetensors)")
     p.set_defaults(func=cmd_init_random)
 
     p = sub.add_parser("bench", help="time one fixed job stage by stage")

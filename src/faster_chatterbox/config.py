@@ -17,7 +17,7 @@ from .models.flow_encoder import FlowEncoderConfig
 from .models.hift import HiFTConfig
 from .models.llama import LlamaConfig
 from .models.s3_tokenizer import S3TokenizerConfig
-from .models.s3gen import S3Gen, S3GenConfig
+from .models.s3gen import S3Gen, S3GenConfig, meanflow_config
 from .models.t3 import T3, T3Config
 from .models.voice_encoder import VoiceEncoder, VoiceEncoderConfig
 
@@ -27,11 +27,18 @@ class ChatterboxConfig:
     t3: T3Config = field(default_factory=T3Config)
     s3gen: S3GenConfig = field(default_factory=S3GenConfig)
     ve: VoiceEncoderConfig = field(default_factory=VoiceEncoderConfig)
+    # Chatterbox-Flash's layout: t3_flash.safetensors (T3 with the [MASK] row), s3gen.safetensors a meanflow one
+    flash: bool = False
+
+    @property
+    def t3_file(self) -> str:
+        return "t3_flash.safetensors" if self.flash else "t3_cfg.safetensors"
 
     def build_modules(self) -> dict[str, nn.Module]:
         """The modules of each checkpoint file, freshly initialised."""
-        return {"ve.safetensors": VoiceEncoder(self.ve), "t3_cfg.safetensors": T3(self.t3),
-                "s3gen.safetensors": S3Gen(self.s3gen)}
+        t3 = T3(dataclasses.replace(self.t3, mask_token=True) if self.flash else self.t3)
+        s3gen = S3Gen(meanflow_config(self.s3gen) if self.flash else self.s3gen)
+        return {"ve.safetensors": VoiceEncoder(self.ve), self.t3_file: t3, "s3gen.safetensors": s3gen}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")

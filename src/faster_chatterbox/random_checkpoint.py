@@ -5,6 +5,8 @@ repository (tests, benchmarks, the main job) can run on one of these. The archit
 file layout are the real ones; the audio is noise.
 
   --small  writes tiny model sizes plus a `config.json` that `from_local` reads, for fast tests.
+  --model flash  Chatterbox-Flash's layout: t3_flash.safetensors (T3 with the [MASK] row) and a meanflow
+           s3gen.safetensors, for ChatterboxFlashTTS.
            The official checkpoint has no config.json: the official sizes are the defaults.
 A `RANDOM-WEIGHTS.txt` file marks the directory so every load can warn about it.
 """
@@ -12,6 +14,7 @@ A `RANDOM-WEIGHTS.txt` file marks the directory so every load can warn about it.
 from __future__ import annotations
 
 import string
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ from .models.s3gen import MEANFLOW_FILE, S3Gen, meanflow_config
 
 _SPECIALS = ["[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]"]  # ids 0..6, as the official file
 _START_ID = 255
+MODELS = ("base", "flash")
 _VOCAB_SIZE = 704
 
 
@@ -78,13 +82,17 @@ def _meanflow_s3gen(config: ChatterboxConfig, s3gen: S3Gen, generator: torch.Gen
 
 
 def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False,
-                            meanflow: bool = False) -> Path:
-    """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors."""
+                            meanflow: bool = False, model: str = "base") -> Path:
+    """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors;
+    model "flash": Chatterbox-Flash's files instead."""
     from .tts import ChatterboxTTS
+    from .tts_flash import ChatterboxFlashTTS
 
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = small_config() if small else ChatterboxConfig()
+    config = replace(small_config() if small else ChatterboxConfig(), flash=model == "flash")
     generator = torch.Generator().manual_seed(seed)
     modules = config.build_modules()
     for name, module in modules.items():
@@ -100,6 +108,6 @@ def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = 
     (directory / RANDOM_MARKER).write_text("These weights are random: faster-chatterbox init-random wrote them for "
                                            "tests and benchmarks. The audio they make is noise.\n")
     # The built-in voice: the conditionals of a synthetic clip, computed by this very checkpoint.
-    tts = ChatterboxTTS.from_local(directory, device="cpu", watermark=False)
+    tts = (ChatterboxFlashTTS if config.flash else ChatterboxTTS).from_local(directory, device="cpu", watermark=False)
     tts.conditionals_from_wav(synthetic_voice(10.0, 24000, seed=seed), 24000).save(directory / "conds.pt")
     return directory

@@ -21,6 +21,9 @@ The presets, measured on this project's 2-core AVX512-BF16 CPU (BENCHMARKS.md):
            weights), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the decoder prompt cut to the
            voice's first 5 s (target mel moves 3.5e-3 relative; CFM ~1.9x faster), the S3 tokenizer run once
            per voice (6.5% of T3's prompt tokens change on random weights, benchmarks/voice_tokenize_once.py).
+Chatterbox-Flash (block-diffusion T3, `flash_engine_settings`, `flash_call_settings`): exact is the reference
+package's decoding step for step (10 steps per block, its defaults, T3 in float32); fast and fastest take
+fewer denoising steps per block (FLASH_PRESETS, BENCHMARKS.md); the rest as above.
 On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
 more: 32 requests per T3 batch, two S3Gen renders at a time, 8 chunks per render, T3 decoded a window ahead.
 """
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 
 from .checks import CheckLimits
+from .engine.block_diffusion import FlashParams, params_problem
 from .engine.sampling import SAMPLING_RANGES, SamplingParams, check_range
 
 PRESET_NAMES = ("exact", "fast", "fastest")
@@ -58,6 +62,7 @@ class EngineSettings:
     render_batch: int  # chunks per S3Gen batch (batching does not pay on CPU: benchmarks/s3gen_speed.md)
     decode_ahead: bool  # submit the next window's T3 while this window renders
     decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
+    block_size: int | None = None  # Chatterbox-Flash: T3 decodes blocks of this many tokens; None: autoregressive
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class CallSettings:
     first_chunk_chars: int  # generate_stream: the first chunk, decoded alone, is at most this long
     watermark: bool
     optimize_quality: bool
+    flash: FlashParams | None = None  # Chatterbox-Flash's block-diffusion decoding (None: autoregressive T3)
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,11 @@ def _preset(name: str) -> _Preset:
     if name not in _PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}")
     return _PRESETS[name]
+
+
+# Chatterbox-Flash's decoding per preset: exact the reference's defaults; fewer steps per block in the others
+# (T3 work per token ~ (steps + 1) / block size forwards: BENCHMARKS.md section 17)
+FLASH_PRESETS = {"exact": FlashParams(), "fast": FlashParams(num_steps=5), "fastest": FlashParams(num_steps=3)}
 
 
 def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm") -> EngineSettings:
@@ -195,6 +206,36 @@ def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temper
         row.seeded_streams, seed, rng_state, integer("max_retries", max_retries, 0, MAX_RETRIES),
         token_budget_factor, CheckLimits(), row.token_streaming if token_streaming else None,
         first_chunk_chars=integer("first_chunk_chars", first_chunk_chars, 20, 10_000), watermark=bool(watermark), optimize_quality=bool(optimize_quality))
+
+
+def flash_engine_settings(preset: str, device: torch.device | str, block_size: int = 16) -> EngineSettings:
+    """Chatterbox-Flash's load-time settings: `preset`'s, S3Gen its meanflow decoder, T3 in blocks."""
+    block_size = integer("drf_block_size", block_size, 1, 64)
+    return replace(engine_settings(preset, device, "meanflow"), block_size=block_size)
+
+
+def flash_call_settings(engine: EngineSettings, *, num_steps=None, temperature=None, time_shift_tau=None,
+                        omnivoice_schedule_t_shift=None, cfg_scale=None, position_temperature=None,
+                        pmi_uncond_prior_precompute=None, normalize_text=None, **kwargs) -> CallSettings:
+    """One Chatterbox-Flash call's settings: its decoding parameters (None: the preset's, FLASH_PRESETS; the
+    reference's names) on top of `call_settings(engine, **kwargs)`."""
+    call = call_settings(engine, **kwargs)
+    given = dict(temperature=temperature, time_shift_tau=time_shift_tau, schedule_shift=omnivoice_schedule_t_shift,
+                 cfg_scale=cfg_scale, position_temperature=position_temperature)
+    names = dict(schedule_shift="omnivoice_schedule_t_shift")
+    values = {k: real(names.get(k, k), v, 0.0, 100.0) for k, v in given.items() if v is not None}
+    if num_steps is not None:
+        values["num_steps"] = integer("num_steps", num_steps, 1, 64)
+    if pmi_uncond_prior_precompute is not None:
+        if not isinstance(pmi_uncond_prior_precompute, (bool, np.bool_)):
+            raise TypeError(f"pmi_uncond_prior_precompute must be a bool, got {pmi_uncond_prior_precompute!r}")
+        values["uncond_prior"] = bool(pmi_uncond_prior_precompute)
+    params = replace(FLASH_PRESETS[call.preset], **values)
+    problem = params_problem(params)
+    if problem:
+        raise ValueError(problem)
+    text = call.normalize_text if normalize_text is None else bool(normalize_text)
+    return replace(call, flash=params, normalize_text=text)
 
 
 def real(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .audio.io import check_reference_clip
-from .checkpoint import (RANDOM_MARKER, REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir,
+from .checkpoint import (CHECKPOINT_FILES, RANDOM_MARKER, REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir,
                          download_checkpoint, download_file, load_weights, read_safetensors, skip_weight_init)
 from .config import ChatterboxConfig
 from .devices import resolve_device
@@ -42,6 +42,7 @@ Conditionals = Voice  # upstream's name for a voice
 
 class ChatterboxTTS:
     MAX_CHARS = MAX_CHARS  # longest chunk of text one T3 call speaks
+    FILES = CHECKPOINT_FILES  # a checkpoint directory's files (conds.pt optional)
 
     def __init__(self, t3, s3gen, ve, tokenizer: EnglishTokenizer, device, conds: Voice | None = None,
                  preset: str = DEFAULT_PRESET, watermark: bool = True, settings: EngineSettings | None = None):
@@ -100,13 +101,13 @@ class ChatterboxTTS:
             settings = engine_settings(preset, resolved, decoder)
         elif not isinstance(settings, EngineSettings):
             raise TypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
-        ckpt_dir = check_checkpoint_dir(ckpt_dir)
+        ckpt_dir = check_checkpoint_dir(ckpt_dir, cls.FILES)
         random_weights = (ckpt_dir / RANDOM_MARKER).is_file()
         if random_weights:
             log.warning("%s holds RANDOM weights (faster-chatterbox init-random): the audio will be noise", ckpt_dir)
         # The official checkpoint has no config.json (its sizes are the defaults); init-random --small writes one.
         config_path = ckpt_dir / "config.json"
-        config = ChatterboxConfig.load(config_path) if config_path.is_file() else ChatterboxConfig()
+        config = ChatterboxConfig.load(config_path) if config_path.is_file() else cls._official_config()
         tokenizer = EnglishTokenizer(ckpt_dir / "tokenizer.json")
 
         with skip_weight_init():
@@ -114,7 +115,7 @@ class ChatterboxTTS:
         for name, module in modules.items():
             load_weights(module, read_safetensors(ckpt_dir / name), ckpt_dir / name,
                          ignore_unexpected=name == "s3gen.safetensors")  # upstream loads it non-strictly
-        ve, t3, s3gen = modules["ve.safetensors"], modules["t3_cfg.safetensors"], modules["s3gen.safetensors"]
+        ve, t3, s3gen = modules["ve.safetensors"], modules[config.t3_file], modules["s3gen.safetensors"]
         if tokenizer.vocab_size > t3.cfg.text_tokens_dict_size:
             raise CheckpointError(f"{ckpt_dir / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but T3 "
                                   f"embeds only {t3.cfg.text_tokens_dict_size}")
@@ -147,6 +148,11 @@ class ChatterboxTTS:
         meanflow = download_file(MEANFLOW_FILE, TURBO_REPO_ID, cache_dir=cache_dir) if decoder == "meanflow" else None
         return cls.from_local(ckpt_dir, device=device, preset=preset, watermark=watermark, decoder=decoder,
                               meanflow_file=meanflow)
+
+    @classmethod
+    def _official_config(cls) -> ChatterboxConfig:
+        """The sizes of a checkpoint without config.json (the official one)."""
+        return ChatterboxConfig()
 
     # ---- voices ---------------------------------------------------------------------------
     def prepare_conditionals(self, wav_fpath: str | Path, exaggeration: float = 0.5) -> None:
@@ -253,9 +259,10 @@ class ChatterboxTTS:
                 raise TypeError(f"settings must be a CallSettings (a result's .settings), got {type(settings).__name__}")
             call = settings
         else:
-            call = call_settings(self.engine.settings, watermark=self.watermark if watermark is None else watermark,
-                                 random_weights=self.random_weights, max_speech_tokens=self.t3.cfg.max_speech_tokens,
-                                 token_streaming=token_streaming, **kwargs)
+            call = self._call_settings(watermark=self.watermark if watermark is None else watermark,
+                                       random_weights=self.random_weights,
+                                       max_speech_tokens=self.t3.cfg.max_speech_tokens,
+                                       token_streaming=token_streaming, **kwargs)
         if voice is not None:
             chosen = self._resolve_voice(voice)
         elif audio_prompt_path:  # upstream: a falsy path means no prompt
@@ -269,6 +276,9 @@ class ChatterboxTTS:
         if settings is None:
             chosen = chosen.with_exaggeration(exaggeration)
         return chosen, call
+
+    def _call_settings(self, **kwargs) -> CallSettings:
+        return call_settings(self.engine.settings, **kwargs)
 
     def _resolve_voice(self, voice: Voice | str | Path) -> Voice:
         if isinstance(voice, Voice):
