@@ -78,3 +78,17 @@ def test_base_checkpoint_is_not_flash(tmp_path):
     ckpt = write_random_checkpoint(tmp_path / "base", small=True)
     with pytest.raises(CheckpointError, match="t3_flash.safetensors"):
         ChatterboxFlashTTS.from_local(ckpt, "cpu")
+
+
+@pytest.mark.parametrize("text, spoken", [
+    ("The CEO of an AI startup.", "The c e o of an a i startup."),
+    ("A well-known e-mail.", "A well known e mail."),
+    ("If 5 > 3 then 2 < 4.", "If five is greater than three then two is less than four."),
+    ("It was late \u2014 very late.", "It was late, very late."),
+    ("\uff26ull width \u2460.", "Full width one."),
+])
+def test_flash_text_forms(text, spoken):
+    from faster_chatterbox.text.english import normalize_english
+
+    assert normalize_english(text, flash=True) == spoken
+    assert normalize_english(text) != spoken  # the base model's normalisation leaves these as they are

@@ -310,7 +310,7 @@ def plan_chunks(text: str, call: CallSettings, tokenizer: EnglishTokenizer | Non
     `tokenizer`, also for letters it has no token for; symbols it lacks are dropped with a warning)."""
     check_text(text)
     if call.normalize_text:
-        text = normalize_english(text)
+        text = normalize_english(text, flash=call.flash is not None)
     if tokenizer is not None:
         text = check_speakable(tokenizer, text)
     if not call.chunk_short_text and len(text) <= call.max_chars:
