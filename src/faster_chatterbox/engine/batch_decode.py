@@ -303,8 +303,12 @@ def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check
     on_tokens: called at every such sync as on_tokens(j, tokens of request j so far) for each request that
     got new tokens (token-level streaming); the list must not be modified.
     """
-    _validate(t3, requests)
-    batch = DecodeBatch(t3, check_every)
+    validate_requests(t3, requests, request_problem, "DecodeRequest")
+    return decode_all(DecodeBatch(t3, check_every), requests, on_tokens)
+
+
+def decode_all(batch, requests: list, on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Tensor]:
+    """Run `requests` on a fresh `batch` (DecodeBatch's interface) to the end; each request's tokens (N_j,)."""
     batch.admit(list(range(len(requests))), list(requests))
     out: list[list[int]] = [[] for _ in requests]
     reported = [0] * len(requests)
@@ -313,7 +317,7 @@ def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check
             if on_tokens is not None and len(tokens) > reported[j]:
                 on_tokens(j, tokens)
             out[j], reported[j] = tokens, len(tokens)
-    device = t3.speech_emb.weight.device
+    device = batch.t3.speech_emb.weight.device
     return [torch.tensor(tokens, dtype=torch.long, device=device) for tokens in out]
 
 
@@ -322,13 +326,14 @@ def _generator_from_global_rng(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _validate(t3: T3, requests: list[DecodeRequest]) -> None:
+def validate_requests(t3: T3, requests: list, problem: Callable[[T3, object], str | None], kind: str) -> None:
+    """A ValueError naming the first bad request (`problem` says what is wrong with one)."""
     if not isinstance(requests, (list, tuple)) or not requests:
-        raise ValueError("requests must be a non-empty list of DecodeRequest")
+        raise ValueError(f"requests must be a non-empty list of {kind}")
     for n, r in enumerate(requests):
-        problem = request_problem(t3, r)
-        if problem:
-            raise ValueError(f"request {n}: {problem}")
+        wrong = problem(t3, r)
+        if wrong:
+            raise ValueError(f"request {n}: {wrong}")
 
 
 def request_problem(t3: T3, r: DecodeRequest) -> str | None:

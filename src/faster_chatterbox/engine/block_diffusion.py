@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.t3 import T3, T3Cond
-from .batch_decode import BatchDecoder, input_problem
+from .batch_decode import BatchDecoder, decode_all, input_problem, validate_requests
 from .sampling import check_range
 
 MAX_STEPS = 64  # denoising steps per block at most
@@ -372,19 +372,6 @@ def generate_block_diffusion(t3: T3, requests: list[FlashRequest], *, block_size
 
     prior: `uncond_block_prior(t3, block_size)`, computed here if None. on_tokens(j, tokens so far) after
     every block (the list must not be modified)."""
-    if not isinstance(requests, (list, tuple)) or not requests:
-        raise ValueError("requests must be a non-empty list of FlashRequest")
-    for n, r in enumerate(requests):
-        problem = request_problem(t3, r)
-        if problem:
-            raise ValueError(f"request {n}: {problem}")
-    batch = FlashBatch(t3, uncond_block_prior(t3, block_size) if prior is None else prior, block_size)
-    batch.admit(list(range(len(requests))), list(requests))
-    out: list[list[int]] = [[] for _ in requests]
-    while not batch.empty:
-        for j, tokens, _ in batch.advance():
-            if on_tokens is not None:
-                on_tokens(j, tokens)
-            out[j] = tokens
-    device = t3.speech_emb.weight.device
-    return [torch.tensor(tokens, dtype=torch.long, device=device) for tokens in out]
+    validate_requests(t3, requests, request_problem, "FlashRequest")
+    prior = uncond_block_prior(t3, block_size) if prior is None else prior
+    return decode_all(FlashBatch(t3, prior, block_size), requests, on_tokens)
