@@ -34,7 +34,7 @@ from faster_chatterbox.tts_flash import ChatterboxFlashTTS
 
 TEXT = ("The old lighthouse keeper climbed the spiral stairs every evening, counting each of the one hundred "
         "and twelve steps. At the top, he wiped the salt from the great lens and lit the lamp. Ships far out "
-        "at sea saw the beam sweep across the dark water, and they knew the rocks were near. He liked that.")
+        "at sea saw the beam sweep across the dark water, and they knew the rocks were near. He liked it all.")
 assert len(TEXT) == 300, len(TEXT)
 
 

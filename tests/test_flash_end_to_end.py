@@ -27,13 +27,13 @@ def test_cloned_voice_waveform_matches_reference(oracle, full_checkpoint, tmp_pa
     sf.write(clip, synthetic_voice(7.0, 22050, seed=3), 22050)  # not 24 kHz: exercises the resamplers
     params = dict(num_steps=3, time_shift_tau=0.3, exaggeration=0.6, max_speech_tokens=TOKENS)
     text = "Hello there, how are you today."  # unchanged by either side's text normalisation
-    reference = Reference.from_local(full_checkpoint, "cpu", dtype=torch.float32)
-    torch.manual_seed(21)
-    expected = reference.generate(text, audio_prompt_path=str(clip), backend="torch", use_cuda_graph=False, **params)
-    del reference
     ours = ChatterboxFlashTTS.from_local(full_checkpoint, "cpu", preset="exact", watermark=False)
     torch.manual_seed(21)
     wav = ours.generate(text, audio_prompt_path=clip, **params)
+    del ours
+    reference = Reference.from_local(full_checkpoint, "cpu", dtype=torch.float32)
+    torch.manual_seed(21)
+    expected = reference.generate(text, audio_prompt_path=str(clip), backend="torch", use_cuda_graph=False, **params)
     assert wav.shape == expected.shape and wav.dtype == torch.float32
     assert (wav - expected).abs().max() <= 1e-3, "waveform differs from the reference's"
 

@@ -149,7 +149,7 @@ def _preset(name: str) -> _Preset:
 
 
 # Chatterbox-Flash's decoding per preset: exact the reference's defaults; fewer steps per block in the others
-# (T3 work per token ~ (steps + 1) / block size forwards: BENCHMARKS.md section 17)
+# (T3 work per token ~ (steps + 1) / block size forwards: BENCHMARKS.md section 16)
 FLASH_PRESETS = {"exact": FlashParams(), "fast": FlashParams(num_steps=5), "fastest": FlashParams(num_steps=3)}
 
 
