@@ -34,8 +34,11 @@ pip_install --no-deps chatterbox-tts==0.1.7 s3tokenizer==0.3.0 resemble-perth==1
 # What upstream imports, at versions shown to work with torch 2.13 on CPU.
 pip_install transformers==5.2.0 diffusers==0.29.0 librosa==0.11.0 conformer==0.3.2 \
     omegaconf pyloudnorm einops onnx "setuptools<81" pykakasi==2.3.0
+# Chatterbox-Flash's reference (block-diffusion T3 over chatterbox-tts; its torch SDPA engine needs nothing
+# more, its text normalisation is pure stdlib).
+pip_install --no-deps chatterbox-flash==0.1.0
 # torchaudio has no CPU build for this torch: install it without its compiled libraries;
 # the pure-Python parts upstream uses (kaldi fbank, Resample) then import and work.
 pip_install --no-deps torchaudio==2.11.0
 rm -f "$site"/torchaudio/lib/*.so
-$OPY -c "import chatterbox.tts, perth, torchaudio; print('oracle ready in $venv: chatterbox-tts', __import__('importlib.metadata').metadata.version('chatterbox-tts'))"
+$OPY -c "import chatterbox.tts, chatterbox_flash.tts, perth, torchaudio; print('oracle ready in $venv: chatterbox-tts', __import__('importlib.metadata').metadata.version('chatterbox-tts'))"

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 REPO_ID = "ResembleAI/chatterbox"
 TURBO_REPO_ID = "ResembleAI/chatterbox-turbo"  # holds the meanflow decoder, s3gen_meanflow.safetensors
+FLASH_REPO_ID = "ResembleAI/chatterbox-flash"  # Chatterbox-Flash: t3_flash.safetensors, a meanflow s3gen
 RANDOM_MARKER = "RANDOM-WEIGHTS.txt"  # written by init-random: every load warns that the audio will be noise
 CHECKPOINT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json", "conds.pt")
 NANO_REPO_ID = "ResembleAI/chatterbox-nano"
@@ -48,6 +49,7 @@ MTL_FILES = ("ve.pt", "s3gen.pt", "grapheme_mtl_merged_expanded_v1.json", "Cangj
 # upstream HEAD's single-language v3 fine-tunes (their file layout is assumed to be the multilingual one)
 MTL_LANGUAGE_PACKS = {pack: f"ResembleAI/Chatterbox-Multilingual-{pack}"
                       for pack in ("zh-cmn", "es-mx-latam", "pt-br", "es-es", "pt-pt", "hi")}
+FLASH_FILES = ("ve.safetensors", "t3_flash.safetensors", "s3gen.safetensors", "tokenizer.json", "conds.pt")
 
 
 class CheckpointError(ValueError):

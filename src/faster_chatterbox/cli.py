@@ -33,11 +33,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="S3Gen decoder: cfm (the model's own) or meanflow (Chatterbox-Turbo's 2-step one)")
     p.add_argument("--model", default="chatterbox", choices=MODELS,
                    help="chatterbox (English), turbo or nano (GPT-2 T3, paralinguistic tags such as [laugh]; "
-                        "meanflow decoder whatever --decoder says), multilingual (23 languages: give --language) "
-                        "(default: %(default)s)")
+                        "meanflow decoder whatever --decoder says), multilingual (23 languages: give --language), "
+                        "flash (Chatterbox-Flash, block-diffusion T3) (default: %(default)s)")
 
 
-MODELS = ("chatterbox", "turbo", "nano", "multilingual")
+MODELS = ("chatterbox", "turbo", "nano", "multilingual", "flash")
 
 
 def _load_model(args, watermark: bool = True):
@@ -60,6 +60,15 @@ def _load_model(args, watermark: bool = True):
             return ChatterboxMultilingualTTS.from_local(args.checkpoint, **options)
         return ChatterboxMultilingualTTS.from_pretrained(**options)
     options = dict(device=args.device, preset=args.preset, watermark=watermark, decoder=args.decoder)
+    if args.model == "flash":
+        from .tts_flash import ChatterboxFlashTTS
+
+        if args.decoder != "cfm":
+            raise ValueError("--decoder does not apply to --model flash (its decoder is its own meanflow one)")
+        del options["decoder"]
+        if args.checkpoint:
+            return ChatterboxFlashTTS.from_local(args.checkpoint, **options)
+        return ChatterboxFlashTTS.from_pretrained(**options)
     if args.checkpoint:
         return ChatterboxTTS.from_local(args.checkpoint, **options)
     return ChatterboxTTS.from_pretrained(**options)
@@ -90,9 +99,9 @@ def cmd_speak(args) -> None:
     check_output_path(args.output, min_free_bytes=int(seconds * MIN_BYTES_PER_SECOND.get(suffix, 0)))
     language = _language_args(args)
     tts = _load_model(args, watermark=not args.no_watermark)  # warns when the weights are random
-    given = {name: getattr(args, name) for name in ("exaggeration", "cfg_weight") if getattr(args, name) is not None}
-    result = tts.synthesize(text, **language, audio_prompt_path=args.voice, **given, temperature=args.temperature,
-                            seed=args.seed,
+    given = {name: getattr(args, name) for name in ("exaggeration", "cfg_weight", "temperature")
+             if getattr(args, name) is not None}  # default: the model's
+    result = tts.synthesize(text, **language, audio_prompt_path=args.voice, **given, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, n_timesteps=args.n_timesteps,
                             optimize_quality=args.optimize_quality, progress=True)
     write_audio(args.output, result.audio, tts.sr)
@@ -197,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="post-process: high-pass, de-click, trim, loudness normalisation, peak limit")
     p.add_argument("--exaggeration", type=float, help="default: the model's (0.5; Turbo/Nano ignore it)")
     p.add_argument("--cfg-weight", type=float, help="default: the model's (0.5; Turbo/Nano ignore it)")
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=float, help="default: the model's (0.8; Flash: its preset's, 0.6)")
     p.add_argument("--no-watermark", action="store_true", help="do not watermark the output")
     p.add_argument("--language", metavar="XX", help="the multilingual model's language id (ar da de el en es fi fr "
                                                     "he hi it ja ko ms nl no pl pt ru sv sw tr zh)")

@@ -94,3 +94,11 @@ def turbo_config(nano: bool = False, small: bool = False) -> ChatterboxConfig:
     return ChatterboxConfig(t3=t3, s3gen=meanflow_config(base.s3gen), ve=base.ve,
                             t3_file="t3_nano_v1.safetensors" if nano else "t3_turbo_v1.safetensors",
                             s3gen_file=MEANFLOW_FILE)
+
+
+def flash_config(small: bool = False) -> ChatterboxConfig:
+    """Chatterbox-Flash's files: the Llama T3 with the [MASK] row of its speech embedding in
+    t3_flash.safetensors, a meanflow S3Gen in s3gen.safetensors; `small`: tiny sizes as `small_config`."""
+    base = small_config() if small else ChatterboxConfig()
+    return ChatterboxConfig(t3=dataclasses.replace(base.t3, mask_token=True), s3gen=meanflow_config(base.s3gen),
+                            ve=base.ve, t3_file="t3_flash.safetensors")

@@ -42,6 +42,8 @@ from .audio.sinc_resample import sinc_resample
 from .checks import Failure, audio_failure, speaker_similarity, token_budget, token_failure
 from .engine.batch_decode import DecodeRequest
 from .engine.render_slots import RenderSlots
+from .engine.block_diffusion import FlashBatch, FlashRequest, generate_block_diffusion, request_problem, \
+    uncond_block_prior
 from .engine.scheduler import T3Scheduler
 from .engine.t3_decode import generate_speech_tokens
 from .models.hift import F0Smoothing
@@ -151,7 +153,9 @@ class Engine:
         self.t3, self.s3gen, self.ve, self.tokenizer, self.settings = t3, s3gen, ve, tokenizer, settings
         self.device = torch.device(settings.device)
         self.sr = S3GEN_SR
-        self.scheduler = T3Scheduler(t3, settings.max_batch, urgent_rows=settings.urgent_rows)
+        # Chatterbox-Flash decodes T3 by blocks: its batches, and PMI's prior computed once here
+        self.flash_prior = uncond_block_prior(t3, settings.block_size) if settings.block_size else None
+        self.scheduler = T3Scheduler(t3, settings.max_batch, urgent_rows=settings.urgent_rows, **self._flash_batches())
         # Calls on the global RNG decode one at a time, so each consumes the stream in one piece (as sequential
         # upstream calls do); they run beside the scheduler's batches (the model holds no cache).
         self._global_rng_lock = threading.Lock()
@@ -160,6 +164,14 @@ class Engine:
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
         self._voice_lock = threading.Lock()
         weakref.finalize(self, self.scheduler.close)
+
+    def _flash_batches(self) -> dict:
+        """The scheduler's batches for block diffusion (none of the engine itself: the scheduler outlives no
+        engine, and holds none)."""
+        if self.flash_prior is None:
+            return {}
+        t3, prior, block_size = self.t3, self.flash_prior, self.settings.block_size
+        return dict(new_batch=lambda: FlashBatch(t3, prior, block_size), problem=lambda r: request_problem(t3, r))
 
     def close(self) -> None:
         """Stop the scheduler thread and drop its batch; later calls raise."""
@@ -330,7 +342,7 @@ def plan_chunks(text: str, call: CallSettings, tokenizer: EnglishTokenizer | Non
     `tokenizer`, also for letters it has no token for; symbols it lacks are dropped with a warning)."""
     check_text(text)
     if call.normalize_text and call.language in (None, "en"):
-        text = normalize_english(text)
+        text = normalize_english(text, flash=call.flash is not None)
     if tokenizer is not None:
         text = check_speakable(tokenizer, text)
     if not call.chunk_short_text and len(text) <= call.max_chars:
@@ -369,9 +381,14 @@ def _budget(job: Job, text: str) -> int:
     return token_budget(text, job.call.max_new_tokens, job.call.budget_factor)
 
 
-def _request(engine: Engine, job: Job, index: int, attempt: int) -> DecodeRequest:
+def _request(engine: Engine, job: Job, index: int, attempt: int) -> DecodeRequest | FlashRequest:
     text = job.chunks[index].text
     s = job.call.sampling
+    if job.call.flash is not None:  # the reference's budget: 6 speech tokens per text token, at least 300
+        tokens = engine.text_tokens(text)
+        budget = min(_budget(job, text), max(6 * len(tokens), 300))
+        return FlashRequest(job.voice.t3, tokens, job.call.flash, max_new_tokens=budget,
+                            generator=_generator(job, index, attempt, engine.device, "t3"))
     return DecodeRequest(job.voice.t3, engine.text_tokens(text, job.call.language), temperature=s.temperature,
                          cfg_weight=s.cfg_weight, repetition_penalty=s.repetition_penalty, min_p=s.min_p,
                          top_p=s.top_p, top_k=s.top_k, processors=s.processors, max_new_tokens=_budget(job, text),
@@ -395,11 +412,7 @@ class T3Work:
                 self.futures[i] = engine.scheduler.submit(request, urgent=i == 0)
                 self.futures[i].add_done_callback(self._stamp)
         else:
-            self.outputs = {i: generate_speech_tokens(
-                engine.t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                cfg_weight=r.cfg_weight, repetition_penalty=r.repetition_penalty, min_p=r.min_p, top_p=r.top_p,
-                top_k=r.top_k, processors=r.processors, generator=r.generator, alignment_guard=r.alignment_guard)
-            for i, r in requests.items()}
+            self.outputs = {i: _decode_alone(engine, r) for i, r in requests.items()}
             self.finished = time.perf_counter()
 
     def _stamp(self, _future: Future) -> None:
@@ -418,6 +431,18 @@ class T3Work:
     def cancel(self) -> None:
         for future in self.futures.values():
             future.cancel()
+
+
+def _decode_alone(engine: Engine, r: DecodeRequest | FlashRequest) -> torch.Tensor:
+    """One request's tokens decoded here (on its generator, else the global RNG, as upstream)."""
+    if isinstance(r, FlashRequest):
+        return generate_block_diffusion(engine.t3, [r], block_size=engine.settings.block_size,
+                                        prior=engine.flash_prior)[0]
+    return generate_speech_tokens(engine.t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens,
+                                  temperature=r.temperature, cfg_weight=r.cfg_weight,
+                                  repetition_penalty=r.repetition_penalty, min_p=r.min_p, top_p=r.top_p,
+                                  top_k=r.top_k, processors=r.processors, generator=r.generator,
+                                  alignment_guard=r.alignment_guard)
 
 
 def _decoded(engine: Engine, tokens: list[int]) -> Decoded:

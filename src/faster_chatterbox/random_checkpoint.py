@@ -6,6 +6,10 @@ file layout are the real ones; the audio is noise.
 
   --small  writes tiny model sizes plus a `config.json` that `from_local` reads, for fast tests.
            The official checkpoint has no config.json: the official sizes are the defaults.
+  --model turbo | nano   Chatterbox-Turbo's / -Nano's layout: the GPT-2 T3, s3gen_meanflow.safetensors and
+           the GPT-2 tokenizer files (the 19 paralinguistic tags at their official ids).
+  --model flash  Chatterbox-Flash's layout: t3_flash.safetensors (T3 with the [MASK] row) and a meanflow
+           s3gen.safetensors, for ChatterboxFlashTTS.
   --model multilingual   Chatterbox Multilingual's layout: ve.pt and s3gen.pt (pickled state dicts), T3 v2 and
            v3 (text vocabulary 2454), a grapheme tokenizer of every script with the 23 language tags and the
            Cangjie code tokens, and a random Cangjie5_TC.json table.
@@ -25,7 +29,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from .audio.synthetic import synthetic_voice
 from .checkpoint import RANDOM_MARKER
-from .config import ChatterboxConfig, small_config, turbo_config
+from .config import ChatterboxConfig, flash_config, small_config, turbo_config
 from .models.s3gen import MEANFLOW_FILE, S3Gen, meanflow_config
 from .text.gpt2_tokenizer import END_OF_TEXT, FIRST_TAG_ID, PARALINGUISTIC_TAGS
 
@@ -81,7 +85,6 @@ def write_gpt2_tokenizer(directory: Path) -> None:
         (directory / name).write_text(text, encoding="utf-8")
 
 
-MODELS = ("chatterbox", "multilingual")
 _MTL_VOCAB_SIZE = 2454
 _CANGJIE_LETTERS = "abcdefghijklmnopqrstuvwxy"
 # lower-case letters of the 23 languages after NFKD (accents are combining marks), kana, conjoining jamo
@@ -160,7 +163,7 @@ def _meanflow_s3gen(config: ChatterboxConfig, s3gen: S3Gen, generator: torch.Gen
     return meanflow
 
 
-MODELS = ("chatterbox", "turbo", "nano", "multilingual")
+MODELS = ("chatterbox", "turbo", "nano", "multilingual", "flash")
 
 
 def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = False,
@@ -169,26 +172,28 @@ def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = 
     """Write the official files with random weights; `meanflow` adds Turbo's s3gen_meanflow.safetensors.
     model "turbo" / "nano": Chatterbox-Turbo's or -Nano's layout instead (checkpoint.TURBO_FILES: the GPT-2
     T3 with the token table upstream's strict load wants, the meanflow S3Gen, the GPT-2 tokenizer files);
-    "multilingual": Chatterbox Multilingual's. config: other sizes than the official or small ones (written
+    "multilingual": Chatterbox Multilingual's; "flash": Chatterbox-Flash's. config: other sizes than the official or small ones (written
     to config.json; the multilingual text vocabulary is set in any case)."""
     from .tts import ChatterboxTTS
+    from .tts_flash import ChatterboxFlashTTS
     from .tts_turbo import UNUSED_T3_KEYS, ChatterboxTurboTTS
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
     if model == "multilingual":
         return _write_multilingual(Path(directory), seed, small, config)
-    turbo = model != "chatterbox"
+    turbo, flash = model in ("turbo", "nano"), model == "flash"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    official = turbo_config(nano=model == "nano") if turbo else ChatterboxConfig()
+    official = turbo_config(nano=model == "nano") if turbo else flash_config() if flash else ChatterboxConfig()
     if config is None:
-        config = turbo_config(nano=model == "nano", small=small) if turbo else (small_config() if small else official)
+        config = (turbo_config(nano=model == "nano", small=small) if turbo else flash_config(small) if flash
+                  else small_config() if small else official)
     generator = torch.Generator().manual_seed(seed)
     modules = config.build_modules()
     for name, module in modules.items():
         _randomize_(module, generator)
-    if meanflow and not turbo:  # drawn after the others, so that the other files do not depend on `meanflow`
+    if meanflow and model == "chatterbox":  # drawn after the others, so that the other files do not depend on `meanflow`
         modules[MEANFLOW_FILE] = _meanflow_s3gen(config, modules["s3gen.safetensors"], generator)
     for name, module in modules.items():
         state = _s3gen_state(module) if isinstance(module, S3Gen) else dict(module.state_dict())
@@ -205,7 +210,7 @@ def write_random_checkpoint(directory: str | Path, seed: int = 0, small: bool = 
     if turbo:
         tts = ChatterboxTurboTTS.from_local(directory, device="cpu", nano=model == "nano", watermark=False)
     else:
-        tts = ChatterboxTTS.from_local(directory, device="cpu", watermark=False)
+        tts = (ChatterboxFlashTTS if flash else ChatterboxTTS).from_local(directory, device="cpu", watermark=False)
     _finish(directory, tts, seed)
     return directory
 

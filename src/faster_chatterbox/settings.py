@@ -21,6 +21,9 @@ The presets, measured on this project's 2-core AVX512-BF16 CPU (BENCHMARKS.md):
            weights), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the decoder prompt cut to the
            voice's first 5 s (target mel moves 3.5e-3 relative; CFM ~1.9x faster), the S3 tokenizer run once
            per voice (6.5% of T3's prompt tokens change on random weights, benchmarks/voice_tokenize_once.py).
+Chatterbox-Flash (block-diffusion T3, `flash_engine_settings`, `flash_call_settings`): exact is the reference
+package's decoding step for step (10 steps per block, its defaults, T3 in float32); fast and fastest take
+fewer denoising steps per block (FLASH_PRESETS, BENCHMARKS.md); the rest as above.
 Turbo and Nano (model="turbo" | "nano") resolve the same rows onto their own model: the meanflow decoder
 with its 2 steps (no solver settings), Turbo's processor order with top_k, and no int8 (the GPT-2 backbone's
 fused Conv1D layers have no int8 path: fastest keeps T3 in bf16). exact = upstream's `inference_turbo` loop
@@ -41,12 +44,13 @@ import numpy as np
 import torch
 
 from .checks import CheckLimits
+from .engine.block_diffusion import FlashParams, params_problem
 from .engine.sampling import LLAMA_ORDER, SAMPLING_RANGES, TOP_K_MAX, TURBO_ORDER, SamplingParams, check_range
 from .text.multilingual import check_language
 
 PRESET_NAMES = ("exact", "fast", "fastest")
 TURBO_MODELS = ("turbo", "nano")  # the GPT-2 T3s (tts_turbo.ChatterboxTurboTTS)
-MODEL_NAMES = ("chatterbox", *TURBO_MODELS, "multilingual")  # the family (EngineSettings.model)
+MODEL_NAMES = ("chatterbox", *TURBO_MODELS, "multilingual", "flash")  # the family (EngineSettings.model)
 DEFAULT_PRESET = "fast"
 MAX_RETRIES = 10  # a chunk's regenerations at most: each costs a whole chunk
 MAX_CHARS = 300  # longest chunk of text one T3 call speaks
@@ -69,6 +73,7 @@ class EngineSettings:
     model: str = "chatterbox"  # one of MODEL_NAMES
     sampling_order: tuple[str, ...] = LLAMA_ORDER  # the T3 logits processors' order (engine.sampling)
     alignment_guard: bool = False  # T3's stop token steered by its text alignment (Multilingual v2, as upstream 0.1.7)
+    block_size: int | None = None  # Chatterbox-Flash: T3 decodes blocks of this many tokens; None: autoregressive
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class CallSettings:
     watermark: bool
     optimize_quality: bool
     language: str | None = None  # Multilingual's language id (text front-end, tag, sentences); None: the English model
+    flash: FlashParams | None = None  # Chatterbox-Flash's block-diffusion decoding (None: autoregressive T3)
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,11 @@ def _preset(name: str) -> _Preset:
     if name not in _PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}")
     return _PRESETS[name]
+
+
+# Chatterbox-Flash's decoding per preset: exact the reference's defaults; fewer steps per block in the others
+# (T3 work per token ~ (steps + 1) / block size forwards: BENCHMARKS.md section 16)
+FLASH_PRESETS = {"exact": FlashParams(), "fast": FlashParams(num_steps=5), "fastest": FlashParams(num_steps=3)}
 
 
 def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm",
@@ -220,6 +231,36 @@ def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temper
         token_budget_factor, CheckLimits(), row.token_streaming if token_streaming else None,
         first_chunk_chars=integer("first_chunk_chars", first_chunk_chars, 20, 10_000), watermark=bool(watermark), optimize_quality=bool(optimize_quality),
         language=None if language is None else check_language(language))
+
+
+def flash_engine_settings(preset: str, device: torch.device | str, block_size: int = 16) -> EngineSettings:
+    """Chatterbox-Flash's load-time settings: `preset`'s, S3Gen its meanflow decoder, T3 in blocks."""
+    block_size = integer("drf_block_size", block_size, 1, 64)
+    return replace(engine_settings(preset, device, "meanflow", model="flash"), block_size=block_size)
+
+
+def flash_call_settings(engine: EngineSettings, *, num_steps=None, temperature=None, time_shift_tau=None,
+                        omnivoice_schedule_t_shift=None, cfg_scale=None, position_temperature=None,
+                        pmi_uncond_prior_precompute=None, normalize_text=None, **kwargs) -> CallSettings:
+    """One Chatterbox-Flash call's settings: its decoding parameters (None: the preset's, FLASH_PRESETS; the
+    reference's names) on top of `call_settings(engine, **kwargs)`."""
+    call = call_settings(engine, **kwargs)
+    given = dict(temperature=temperature, time_shift_tau=time_shift_tau, schedule_shift=omnivoice_schedule_t_shift,
+                 cfg_scale=cfg_scale, position_temperature=position_temperature)
+    names = dict(schedule_shift="omnivoice_schedule_t_shift")
+    values = {k: real(names.get(k, k), v, 0.0, 100.0) for k, v in given.items() if v is not None}
+    if num_steps is not None:
+        values["num_steps"] = integer("num_steps", num_steps, 1, 64)
+    if pmi_uncond_prior_precompute is not None:
+        if not isinstance(pmi_uncond_prior_precompute, (bool, np.bool_)):
+            raise TypeError(f"pmi_uncond_prior_precompute must be a bool, got {pmi_uncond_prior_precompute!r}")
+        values["uncond_prior"] = bool(pmi_uncond_prior_precompute)
+    params = replace(FLASH_PRESETS[call.preset], **values)
+    problem = params_problem(params)
+    if problem:
+        raise ValueError(problem)
+    text = call.normalize_text if normalize_text is None else bool(normalize_text)
+    return replace(call, flash=params, normalize_text=text)
 
 
 def real(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> float:

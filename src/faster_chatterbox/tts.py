@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from .audio.io import check_reference_clip
-from .checkpoint import (RANDOM_MARKER, REPO_ID, TURBO_REPO_ID, CheckpointError, check_checkpoint_dir,
-                         download_checkpoint, download_file, load_weights, read_pickled_state, read_safetensors,
-                         skip_weight_init)
+from .checkpoint import (CHECKPOINT_FILES, RANDOM_MARKER, REPO_ID, TURBO_REPO_ID, CheckpointError,
+                         check_checkpoint_dir, download_checkpoint, download_file, load_weights, read_pickled_state,
+                         read_safetensors, skip_weight_init)
 from .config import ChatterboxConfig
 from .devices import resolve_device
 from .engine.quantize import reduce_precision_
@@ -47,6 +47,7 @@ class ChatterboxTTS:
     MAX_CHARS = MAX_CHARS  # longest chunk of text one T3 call speaks
     MODEL = "chatterbox"  # the engine settings' model (tts_turbo: "turbo")
     LANGUAGES: tuple[str, ...] = ()  # the language ids a call may name (the English model: none)
+    FILES = CHECKPOINT_FILES  # a checkpoint directory's files (conds.pt optional)
 
     def __init__(self, t3, s3gen, ve, tokenizer: EnglishTokenizer, device, conds: Voice | None = None,
                  preset: str = DEFAULT_PRESET, watermark: bool = True, settings: EngineSettings | None = None):
@@ -99,8 +100,8 @@ class ChatterboxTTS:
         default ckpt_dir/s3gen_meanflow.safetensors. The presets' solver settings apply to "cfm" only.
         """
         settings = _load_settings(preset, device, decoder, settings)
-        ckpt_dir = check_checkpoint_dir(ckpt_dir)
-        config = read_config(ckpt_dir, ChatterboxConfig())
+        ckpt_dir = check_checkpoint_dir(ckpt_dir, cls.FILES)
+        config = read_config(ckpt_dir, cls._official_config())
         tokenizer = EnglishTokenizer(ckpt_dir / "tokenizer.json")
         ve, t3, s3gen = load_modules(ckpt_dir, config)
         if decoder == "meanflow":
@@ -141,6 +142,11 @@ class ChatterboxTTS:
         meanflow = download_file(MEANFLOW_FILE, TURBO_REPO_ID, cache_dir=cache_dir) if decoder == "meanflow" else None
         return cls.from_local(ckpt_dir, device=device, preset=preset, watermark=watermark, decoder=decoder,
                               meanflow_file=meanflow)
+
+    @classmethod
+    def _official_config(cls) -> ChatterboxConfig:
+        """The sizes of a checkpoint without config.json (the official one)."""
+        return ChatterboxConfig()
 
     # ---- voices ---------------------------------------------------------------------------
     def prepare_conditionals(self, wav_fpath: str | Path, exaggeration: float = 0.5) -> None:
@@ -249,9 +255,10 @@ class ChatterboxTTS:
                 raise TypeError(f"settings must be a CallSettings (a result's .settings), got {type(settings).__name__}")
             call = settings
         else:
-            call = call_settings(self.engine.settings, watermark=self.watermark if watermark is None else watermark,
-                                 random_weights=self.random_weights, max_speech_tokens=self.t3.cfg.max_speech_tokens,
-                                 token_streaming=token_streaming, **kwargs)
+            call = self._call_settings(watermark=self.watermark if watermark is None else watermark,
+                                       random_weights=self.random_weights,
+                                       max_speech_tokens=self.t3.cfg.max_speech_tokens,
+                                       token_streaming=token_streaming, **kwargs)
         if voice is not None:
             chosen = self._resolve_voice(voice)
         elif audio_prompt_path:  # upstream: a falsy path means no prompt
@@ -265,6 +272,9 @@ class ChatterboxTTS:
         if settings is None:
             chosen = chosen.with_exaggeration(exaggeration)
         return chosen, call
+
+    def _call_settings(self, **kwargs) -> CallSettings:
+        return call_settings(self.engine.settings, **kwargs)
 
     def _resolve_voice(self, voice: Voice | str | Path) -> Voice:
         if isinstance(voice, Voice):

@@ -96,8 +96,8 @@ class BatchDecoder:
         than the batch's history first moves every live row's cache to the right to make room in front.
         If it raises, the live requests are as they were (their cache possibly moved) and go on."""
         t3 = self.t3
-        prefixes = [t3.decode_prefix(r.cond, r.text_tokens, cfg=r.rows == 2) for r in requests]  # (R_j, P_j, D)
-        width, budget = max(p.shape[1] for p in prefixes), max(r.max_new_tokens for r in requests)
+        prefixes = self._prefixes(requests)  # (R_j, P_j, D)
+        width, budget = max(p.shape[1] for p in prefixes), max(self._slots(r) for r in requests)
         old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
         if old_rows:
             if width > self.next_slot:
@@ -117,7 +117,7 @@ class BatchDecoder:
             slots = torch.arange(next_slot - width, next_slot, device=self.device)
             h = t3.tfmr(x, slots, cache, kv_len=next_slot, seq_start=starts,
                         rows=slice(old_rows, old_rows + new_rows), probe=self.probe if watch else None)[:, -1]
-            logits = t3.speech_head(h).float()  # (R, V)
+            logits = self._out(h)  # (R, V)
         except BaseException:
             if old_rows:
                 cache.resize(old_rows, needed)  # the joiners' rows leave again
@@ -137,6 +137,18 @@ class BatchDecoder:
     def _watched(self, watch: bool, rows, starts: Tensor) -> None:
         self.attention = [w[rows] for w in self.probe.weights] if watch else []
         self.attention_start = starts
+
+    def _prefixes(self, requests: list[DecodeRequest]) -> list[Tensor]:
+        """Each request's prefix rows (R_j, P_j, D): the autoregressive layout of the model (`T3.decode_prefix`)."""
+        return [self.t3.decode_prefix(r.cond, r.text_tokens, cfg=r.rows == 2) for r in requests]
+
+    def _slots(self, request: DecodeRequest) -> int:
+        """Cache slots a request may fill after its prefix."""
+        return request.max_new_tokens
+
+    def _out(self, h: Tensor) -> Tensor:
+        """What `admit` returns of the prefixes' last hidden states (R, D): the logits for token 0 (R, V)."""
+        return self.t3.speech_head(h).float()
 
     def _shift(self, offset: int) -> None:
         """Move every live row's history `offset` slots to the left (dropping leading slots no row uses) or,
@@ -175,10 +187,10 @@ class BatchDecoder:
         logits = self.t3.speech_head(h).float()  # (B, V)
         return logits[self.cond_rows], logits[self.uncond_rows]
 
-    def keep(self, live: list[int]) -> None:
+    def keep(self, live: list[int]) -> list[int]:
         """Keep only the live requests at positions `live`, in that order. Their rows keep their places
         where they can; rows past the new batch size move into the freed ones (few KV cache copies). An
-        empty batch frees its cache."""
+        empty batch frees its cache. Returns the old row of each new row."""
         kept = sorted(row for j in live for row in self._rows[j])
         n = len(kept)
         holes = iter(sorted(set(range(n)) - set(kept)))
@@ -195,6 +207,7 @@ class BatchDecoder:
         self.text_start = self.text_start[live]
         new_row = {old: new for new, old in enumerate(rows)}
         self._set_rows([[new_row[row] for row in self._rows[j]] for j in live])
+        return rows
 
 
 @dataclass
@@ -331,8 +344,12 @@ def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check
     on_tokens: called at every such sync as on_tokens(j, tokens of request j so far) for each request that
     got new tokens (token-level streaming); the list must not be modified.
     """
-    _validate(t3, requests)
-    batch = DecodeBatch(t3, check_every)
+    validate_requests(t3, requests, request_problem, "DecodeRequest")
+    return decode_all(DecodeBatch(t3, check_every), requests, on_tokens)
+
+
+def decode_all(batch, requests: list, on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Tensor]:
+    """Run `requests` on a fresh `batch` (DecodeBatch's interface) to the end; each request's tokens (N_j,)."""
     batch.admit(list(range(len(requests))), list(requests))
     out: list[list[int]] = [[] for _ in requests]
     reported = [0] * len(requests)
@@ -341,7 +358,7 @@ def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check
             if on_tokens is not None and len(tokens) > reported[j]:
                 on_tokens(j, tokens)
             out[j], reported[j] = tokens, len(tokens)
-    device = t3.speech_emb.weight.device
+    device = batch.t3.speech_emb.weight.device
     return [torch.tensor(tokens, dtype=torch.long, device=device) for tokens in out]
 
 
@@ -350,13 +367,14 @@ def _generator_from_global_rng(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _validate(t3: T3, requests: list[DecodeRequest]) -> None:
+def validate_requests(t3: T3, requests: list, problem: Callable[[T3, object], str | None], kind: str) -> None:
+    """A ValueError naming the first bad request (`problem` says what is wrong with one)."""
     if not isinstance(requests, (list, tuple)) or not requests:
-        raise ValueError("requests must be a non-empty list of DecodeRequest")
+        raise ValueError(f"requests must be a non-empty list of {kind}")
     for n, r in enumerate(requests):
-        problem = request_problem(t3, r)
-        if problem:
-            raise ValueError(f"request {n}: {problem}")
+        wrong = problem(t3, r)
+        if wrong:
+            raise ValueError(f"request {n}: {wrong}")
 
 
 def request_problem(t3: T3, r: DecodeRequest) -> str | None:
@@ -371,6 +389,11 @@ def request_problem(t3: T3, r: DecodeRequest) -> str | None:
         return f"top_k must be an integer in [0, {TOP_K_MAX}], got {r.top_k!r}"
     if not isinstance(r.processors, tuple) or not set(r.processors) <= set(PROCESSORS):
         return f"processors must be a tuple of names from {PROCESSORS}, got {r.processors!r}"
+    return input_problem(t3, r)
+
+
+def input_problem(t3: T3, r) -> str | None:
+    """What is wrong with a request's token cap, text, voice or generator (any decoder's request), or None."""
     max_steps = t3.max_speech_steps
     if not isinstance(r.max_new_tokens, int) or not 1 <= r.max_new_tokens <= max_steps:
         return f"max_new_tokens must be an integer in [1, {max_steps}], got {r.max_new_tokens!r}"

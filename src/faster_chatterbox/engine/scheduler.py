@@ -65,7 +65,11 @@ class T3Scheduler:
     urgent_rows: requests beyond `max_batch` that only urgent requests (`submit(..., urgent=True)`) may take.
     """
 
-    def __init__(self, t3: T3, max_batch: int, check_every: int = 4, urgent_rows: int = 0):
+    def __init__(self, t3: T3, max_batch: int, check_every: int = 4, urgent_rows: int = 0, *,
+                 new_batch: Callable[[], DecodeBatch] | None = None,
+                 problem: Callable[[object], str | None] | None = None):
+        """new_batch, problem: another decoder's batch (DecodeBatch's interface: admit, advance, remove, empty;
+        e.g. block diffusion's FlashBatch) and its request check; default the autoregressive DecodeBatch."""
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         if not isinstance(urgent_rows, int) or urgent_rows < 0:
@@ -73,6 +77,8 @@ class T3Scheduler:
         if not isinstance(check_every, int) or check_every < 1:  # here, not on the thread
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         self.t3, self.max_batch, self.check_every, self.urgent_rows = t3, max_batch, check_every, urgent_rows
+        self._new_batch = new_batch or (lambda: DecodeBatch(t3, check_every))
+        self._problem = problem or (lambda request: request_problem(t3, request))
         self._waiting: list[_Ticket] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None  # running while there are requests
@@ -84,7 +90,7 @@ class T3Scheduler:
                urgent: bool = False) -> Future:
         """Queue `request`; urgent: it joins before every waiting non-urgent request, in `urgent_rows` if
         the batch is full."""
-        problem = request_problem(self.t3, request)
+        problem = self._problem(request)
         if problem:
             raise ValueError(problem)
         ticket = _Ticket(request, on_tokens, bool(urgent))
@@ -199,7 +205,7 @@ class T3Scheduler:
         that fail alone fail (the batch and its running requests stay as they were)."""
         if batch is None:
             try:
-                batch = DecodeBatch(self.t3, self.check_every)
+                batch = self._new_batch()
             except BaseException as exc:
                 for ticket in joining:
                     _settle(ticket.future, exc=exc)

@@ -305,7 +305,7 @@ class Llama(nn.Module):
 
     def forward(self, x: Tensor, input_pos: Tensor, cache: LlamaCache, kv_len: int | None = None,
                 seq_start: Tensor | None = None, rows: slice = slice(None),
-                probe: AttentionProbe | None = None) -> Tensor:
+                probe: AttentionProbe | None = None, visible_until: Tensor | None = None) -> Tensor:
         """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
         Writes the keys and values of x into `cache` (rows `rows`, slots input_pos); attention covers cache
@@ -313,8 +313,11 @@ class Llama(nn.Module):
         seq_start: (B,) first slot of each row's sequence when rows are left-padded; None: all rows start at 0.
         rows: the cache rows x belongs to (default: all), e.g. the prefill of sequences joining a batch.
         probe: collects the attention weights of a few heads at the last position (`AttentionProbe`).
+        visible_until: (S,) or per row (B, S), the last slot each new position attends to; default its own
+        (causal). A block decoded in parallel (block diffusion) passes its last slot: its positions see each
+        other, and the cache before them.
         """
-        pos, mask = positions_and_mask(input_pos, kv_len or cache.max_seq_len, seq_start)
+        pos, mask = positions_and_mask(input_pos, kv_len or cache.max_seq_len, seq_start, visible_until)
         cos, sin = cache.rope_cos[pos].to(x.dtype), cache.rope_sin[pos].to(x.dtype)  # (S | B, S, head_dim)
         if seq_start is not None:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
@@ -325,18 +328,23 @@ class Llama(nn.Module):
         return self.norm(x)
 
 
-def positions_and_mask(input_pos: Tensor, kv_len: int, seq_start: Tensor | None) -> tuple[Tensor, Tensor]:
+def positions_and_mask(input_pos: Tensor, kv_len: int, seq_start: Tensor | None,
+                       visible_until: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Each query's position in its own sequence and the attention mask over cache slots [0, kv_len).
 
     input_pos: (S,) cache slots of the queries. seq_start None: every row starts at slot 0, positions (S,)
-    and a causal mask (S, kv_len). seq_start (B,): rows left-padded, each row's positions (B, S) counted
-    from its own first slot and a mask (B, 1, S, kv_len) that also hides the slots before it.
+    and a causal mask (S, kv_len) ((B, 1, S, kv_len) with per-row `visible_until`). seq_start (B,): rows
+    left-padded, each row's positions (B, S) counted from its own first slot and a mask (B, 1, S, kv_len)
+    that also hides the slots before it. visible_until: (S,) or (B, S), the last slot each query sees
+    (default: its own).
     """
     slots = torch.arange(kv_len, device=input_pos.device)  # (kv_len,)
     query = input_pos[:, None]  # (S, 1)
+    until = query if visible_until is None else visible_until[..., None]  # (S, 1) or (B, S, 1)
     if seq_start is None:
-        return input_pos, slots <= query
+        mask = slots <= until  # (S, kv_len) or (B, S, kv_len)
+        return input_pos, mask[:, None] if mask.dim() == 3 else mask
     start = seq_start[:, None, None]  # (B, 1, 1)
     # A padding query sees only itself: a row with every key masked would turn into NaN.
-    mask = (slots <= query) & ((slots >= start) | (slots == query))  # (B, S, kv_len)
+    mask = (slots <= until) & ((slots >= start) | (slots == query))  # (B, S, kv_len)
     return (input_pos - seq_start[:, None]).clamp_min(0), mask[:, None]

@@ -49,6 +49,9 @@ class T3Config:
     bos_twice: bool = True  # the decode feeds BOS again after the prefix's (upstream's Llama loop)
     # the repetition penalty's history holds BOS at every step (False: for token 0 only, as Turbo's loop)
     penalize_bos: bool = True
+    # Chatterbox-Flash (block diffusion): the speech embedding has one more row, [MASK], id
+    # speech_tokens_dict_size (the head still predicts speech_tokens_dict_size ids)
+    mask_token: bool = False
 
     @classmethod
     def turbo(cls, gpt2: GPT2Config | None = None) -> T3Config:
@@ -65,6 +68,10 @@ class T3Config:
     @property
     def dim(self) -> int:
         return self.gpt2.dim if self.backbone == "gpt2" else self.llama.dim
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.speech_tokens_dict_size
 
 
 @dataclass
@@ -129,7 +136,7 @@ class T3(nn.Module):
         self.tfmr = GPT2(cfg.gpt2) if gpt2 else Llama(cfg.llama)
         self.cond_enc = T3CondEnc(cfg)
         self.text_emb = nn.Embedding(cfg.text_tokens_dict_size, dim)
-        self.speech_emb = nn.Embedding(cfg.speech_tokens_dict_size, dim)
+        self.speech_emb = nn.Embedding(cfg.speech_tokens_dict_size + cfg.mask_token, dim)
         self.text_pos_emb = self.speech_pos_emb = None
         if cfg.learned_positions:
             self.text_pos_emb = LearnedPositionEmbedding(cfg.max_text_tokens + 2, dim)

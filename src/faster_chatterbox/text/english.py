@@ -28,6 +28,7 @@ Supported forms (`normalize_english` docstring has examples):
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 
 from num2words import num2words
@@ -260,16 +261,34 @@ def _rules(day_first: bool) -> list[tuple[re.Pattern[str], str | Callable[[re.Ma
 
 _RULES = {flag: _rules(flag) for flag in (False, True)}
 
+# Chatterbox-Flash's training text (its reference's `en_us_cleaner`) also had these forms, applied first:
+# compatibility characters folded (NFKC), dashes as pauses, hyphenated words split, comparison signs between
+# numbers read, and a few acronyms spelled out.
+_FLASH_RULES = [
+    (re.compile("[\u2013\u2014]"), "-"),
+    (re.compile(r"(?<=\d\s)>(?=\s\d)"), "is greater than"),
+    (re.compile(r"(?<=\d\s)<(?=\s\d)"), "is less than"),
+    (re.compile(r"(?<=\D)\s*-\s+(?=\D)|(?<=\D)\s+-\s*(?=\D)"), ", "),
+    (re.compile(r"(?<=[a-z])-(?=[a-z])", re.IGNORECASE), " "),
+    (re.compile(r"\b(ai|ceo|tts|cms|cdn)\b\.?", re.IGNORECASE), lambda m: " ".join(m[1].lower())),
+]
 
-def normalize_english(text: str, *, day_first: bool = False) -> str:
+
+def normalize_english(text: str, *, day_first: bool = False, flash: bool = False) -> str:
     """Rewrite numbers, money, dates, times, units and abbreviations as spoken English words.
 
-    `day_first` reads ambiguous numeric dates (3/4/2025) as day/month/year. Raises ValueError for
-    control characters (see `check_text`). Examples:
+    `day_first` reads ambiguous numeric dates (3/4/2025) as day/month/year. `flash`: first the forms of
+    Chatterbox-Flash's training text (NFKC; "a - b", "late — very" -> "a, b", "late, very"; "well-known" ->
+    "well known"; "5 > 3" -> "5 is greater than 3"; "AI", "CEO", "TTS" -> "a i", "c e o", "t t s").
+    Raises ValueError for control characters (see `check_text`). Examples:
     "$3.50" -> "three dollars and fifty cents"; "March 3, 2024" -> "March third, twenty twenty-four";
     "at 7:05 pm" -> "at seven oh five PM"; "Dr. Smith ran 5 km" -> "Doctor Smith ran five kilometers".
     """
     check_text(text)
-    for pattern, replacement in _RULES[day_first]:
+    rules = _RULES[day_first]
+    if flash:
+        text = unicodedata.normalize("NFKC", text)
+        rules = _FLASH_RULES + rules
+    for pattern, replacement in rules:
         text = pattern.sub(replacement, text)
     return text
