@@ -113,6 +113,7 @@ def main() -> None:
             upstream.stdin.write("go\n")
             upstream.stdin.flush()
             rows.setdefault("upstream end to end", []).append(json.loads(_reply(upstream, "{")))
+        print("round:", json.dumps({name: runs[-1] for name, runs in rows.items()}), flush=True)
     if upstream is not None:
         upstream.stdin.close()
         upstream.wait()
