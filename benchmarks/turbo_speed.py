@@ -34,7 +34,7 @@ from faster_chatterbox.tts_turbo import ChatterboxTurboTTS
 
 TEXT = ("Oh, hello there [chuckle]. I was just thinking about the trip we took last summer, up the coast and into "
         "the hills. Do you remember the little bakery by the harbour? They had the best bread I have ever eaten, "
-        "and the owner told us stories about the storms of nineteen eighty seven until it got dark outside.")
+        "and the owner told us stories about the storms of nineteen eighty seven until dark.")
 
 UPSTREAM = r"""
 import sys, time, json, torch
