@@ -34,7 +34,7 @@ from faster_chatterbox.tts_turbo import ChatterboxTurboTTS
 
 TEXT = ("Oh, hello there [chuckle]. I was just thinking about the trip we took last summer, up the coast and into "
         "the hills. Do you remember the little bakery by the harbour? They had the best bread I have ever eaten, "
-        "and the owner told us stories about the storms of nineteen eighty seven until it got dark outside.")
+        "and the owner told us stories about the storms of nineteen eighty seven until dark.")
 
 UPSTREAM = r"""
 import sys, time, json, torch
@@ -113,6 +113,7 @@ def main() -> None:
             upstream.stdin.write("go\n")
             upstream.stdin.flush()
             rows.setdefault("upstream end to end", []).append(json.loads(_reply(upstream, "{")))
+        print("round:", json.dumps({name: runs[-1] for name, runs in rows.items()}), flush=True)
     if upstream is not None:
         upstream.stdin.close()
         upstream.wait()
