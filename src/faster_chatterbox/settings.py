@@ -161,7 +161,7 @@ def _preset(name: str) -> _Preset:
 
 
 # Chatterbox-Flash's decoding per preset: exact the reference's defaults; fewer steps per block in the others
-# (T3 work per token ~ (steps + 1) / block size forwards: BENCHMARKS.md section 16)
+# (T3 work per token ~ (steps + 1) / block size forwards: BENCHMARKS.md section 18)
 FLASH_PRESETS = {"exact": FlashParams(), "fast": FlashParams(num_steps=5), "fastest": FlashParams(num_steps=3)}
 
 
