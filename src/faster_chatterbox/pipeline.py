@@ -150,7 +150,7 @@ class Engine:
         self.t3, self.s3gen, self.ve, self.tokenizer, self.settings = t3, s3gen, ve, tokenizer, settings
         self.device = torch.device(settings.device)
         self.sr = S3GEN_SR
-        self.scheduler = T3Scheduler(t3, settings.max_batch)
+        self.scheduler = T3Scheduler(t3, settings.max_batch, sampler=settings.t3_sampler)
         # Calls on the global RNG decode one at a time, so each consumes the stream in one piece (as sequential
         # upstream calls do); they run beside the scheduler's batches (the model holds no cache).
         self._global_rng_lock = threading.Lock()

@@ -58,6 +58,9 @@ class EngineSettings:
     render_batch: int  # chunks per S3Gen batch (batching does not pay on CPU: benchmarks/s3gen_speed.md)
     decode_ahead: bool  # submit the next window's T3 while this window renders
     decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
+    # the scheduler's batches draw with "multinomial" (a generator per row, upstream's draws) or "keyed"
+    # (engine.sampling.keyed_sample_rows: counter-based noise, one launch per step, batch-independent)
+    t3_sampler: str = "multinomial"
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class _Preset:
     t3_precision: str = "fp32"
     s3gen_dtype: torch.dtype = torch.float32
     tokenize_voice_once: bool = False
+    t3_sampler: str = "multinomial"
     solve: SolveSettings = field(default_factory=SolveSettings)
     normalize_text: bool = False
     chunk_short_text: bool = False
@@ -130,7 +134,7 @@ class _Preset:
 _EXACT = _Preset()
 _FAST = _Preset("bf16", torch.bfloat16, solve=SolveSettings(8, "ab2", "sway", -0.6), normalize_text=True,
                 chunk_short_text=True, continuous_batching=True, seeded_streams=True, max_retries=2,
-                budget_factor=2.5, token_streaming=TokenStreaming())
+                budget_factor=2.5, token_streaming=TokenStreaming(), t3_sampler="keyed")
 _FASTEST = replace(_FAST, t3_precision="int8", tokenize_voice_once=True,
                    solve=SolveSettings(6, "ab2", "sway", -0.6, prompt_seconds=5.0))
 _PRESETS = {"exact": _EXACT, "fast": _FAST, "fastest": _FASTEST}
@@ -151,7 +155,7 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
                           max_batch=32 if cuda else 8, render_slots=2 if cuda else 1, render_batch=8 if cuda else 1,
-                          decode_ahead=cuda, decoder=decoder)
+                          decode_ahead=cuda, decoder=decoder, t3_sampler=row.t3_sampler)
 
 
 def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,
