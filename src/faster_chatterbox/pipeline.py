@@ -41,6 +41,7 @@ from .audio.sinc_resample import sinc_resample
 from .checks import Failure, audio_failure, speaker_similarity, token_budget, token_failure
 from .engine.batch_decode import DecodeRequest
 from .engine.scheduler import T3Scheduler
+from .engine.static_batch import new_decode_batch
 from .engine.t3_decode import generate_speech_tokens
 from .models.hift import F0Smoothing
 from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
@@ -150,7 +151,8 @@ class Engine:
         self.t3, self.s3gen, self.ve, self.tokenizer, self.settings = t3, s3gen, ve, tokenizer, settings
         self.device = torch.device(settings.device)
         self.sr = S3GEN_SR
-        self.scheduler = T3Scheduler(t3, settings.max_batch, sampler=settings.t3_sampler)
+        self.scheduler = T3Scheduler(t3, settings.max_batch,
+                                     new_batch=new_decode_batch(settings.t3_step, settings.t3_sampler))
         # Calls on the global RNG decode one at a time, so each consumes the stream in one piece (as sequential
         # upstream calls do); they run beside the scheduler's batches (the model holds no cache).
         self._global_rng_lock = threading.Lock()

@@ -61,6 +61,9 @@ class EngineSettings:
     # the scheduler's batches draw with "multinomial" (a generator per row, upstream's draws) or "keyed"
     # (engine.sampling.keyed_sample_rows: counter-based noise, one launch per step, batch-independent)
     t3_sampler: str = "multinomial"
+    # how the scheduler's batches decode (engine.static_batch.STEPS): "dynamic" (DecodeBatch, a resized cache),
+    # "static" (a static cache, eager step), "inductor" (the step compiled), "cuda_graph" (captured)
+    t3_step: str = "dynamic"
 
 
 @dataclass(frozen=True)

@@ -60,13 +60,13 @@ class T3Scheduler:
     close(cancel=True) cancels it instead.
     """
 
-    def __init__(self, t3: T3, max_batch: int, check_every: int = 4, sampler: str = "multinomial"):
+    def __init__(self, t3: T3, max_batch: int, check_every: int = 4, new_batch: Callable | None = None):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         if not isinstance(check_every, int) or check_every < 1:  # here, not on the thread
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         self.t3, self.max_batch, self.check_every = t3, max_batch, check_every
-        self.sampler = sampler  # the batches' (DecodeBatch)
+        self.new_batch = new_batch or DecodeBatch  # (t3, check_every) -> a batch (static_batch.new_decode_batch)
         self._waiting: list[_Ticket] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None  # running while there are requests
@@ -185,7 +185,7 @@ class T3Scheduler:
         that fail alone fail (the batch and its running requests stay as they were)."""
         if batch is None:
             try:
-                batch = DecodeBatch(self.t3, self.check_every, self.sampler)
+                batch = self.new_batch(self.t3, self.check_every)
             except BaseException as exc:
                 for ticket in joining:
                     _settle(ticket.future, exc=exc)
