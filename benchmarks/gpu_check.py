@@ -38,7 +38,6 @@ import tempfile
 import threading
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 

@@ -158,7 +158,10 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
                           max_batch=32 if cuda else 8, render_slots=2 if cuda else 1, render_batch=8 if cuda else 1,
-                          decode_ahead=cuda, decoder=decoder, t3_sampler=row.t3_sampler)
+                          decode_ahead=cuda, decoder=decoder, t3_sampler=row.t3_sampler,
+                          # the static cache's eager step measured no faster on CPU (BENCHMARKS.md 16); the
+                          # compiled and captured steps await their measurement (gpu-check's t3_static section)
+                          t3_step="dynamic")
 
 
 def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,
