@@ -64,8 +64,9 @@ def test_joining_takes_free_slots_and_grows_by_buckets_only(t3, monkeypatch):
                                                                             write_rows(self, rows, src))[1])
     batch = StaticDecodeBatch(t3, 4)
     assert _run(batch, requests, join_late={1: 1, 2: 2, 3: 3}) == ref
-    # 4 prefills into their slots and 2 bucket moves (slots 1 -> 2 -> 4; request 3's 300 tokens: 256 -> 512 slots)
-    print("WRITES", writes)
+    # rows copied: prefills into their slots (2 rows each) and 3 bucket moves (slots 1 -> 2 -> 4, then request
+    # 3's 300 tokens: 256 -> 512 cache slots, all 8 rows); nothing else moves
+    assert writes == [2, 2, 2, 4, 2, 8, 2]
     assert batch.cache is None and len(batch.slots) == 4  # an empty batch holds no cache
 
 
