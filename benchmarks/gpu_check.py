@@ -13,6 +13,8 @@ limit still leaves what it measured:
                  batched path's (generate_speech_tokens_batch, rows of 8) for the same generators: identical?
   parity_bf16    the fast preset's bf16 T3: each request alone vs in a batch of 8: agreement rate
   t3_speed       T3 tokens/s: the exact path single stream, then batched at 1/8/32/64 rows
+  t3_static      T3 tokens/s of the static-cache batch (engine/static_batch.py) at 1 and 8 requests: the eager
+                 step against the captured one (CUDA graphs; CPU: eager only), and their token agreement
   s3gen_speed    S3Gen (flow + HiFT) seconds per audio second, one chunk and a render batch of 8
   text_fast / text_fastest  a 1,200-character text end to end (synthesize; t3_s, s3gen_s, total_s)
   jobs_16 / jobs_64         N concurrent synthesize calls from N threads (as `faster-chatterbox bench`'s jobs)
@@ -36,7 +38,6 @@ import tempfile
 import threading
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,6 +46,7 @@ import torch
 
 from faster_chatterbox.bench import chapter_text, device_watch, job_texts
 from faster_chatterbox.engine.batch_decode import DecodeRequest, generate_speech_tokens_batch
+from faster_chatterbox.engine.static_batch import StaticDecodeBatch
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.settings import call_settings, engine_settings, stream_seed
@@ -58,7 +60,7 @@ DRY = dict(parity_requests=3, parity_tokens=10, speed_tokens=10, rows=(2,), s3ge
 DRY_SYNTH = dict(n_timesteps=1, max_new_tokens=4, token_budget_factor=None)
 DRY_RENDER = dict(n_timesteps=1, prompt_seconds=1.0)
 # seconds a section needs at least (full run); a section starts only with this much budget left
-NEEDS = {"checkpoint": 60, "parity_fp32": 40, "parity_bf16": 30, "t3_speed": 60, "s3gen_speed": 20,
+NEEDS = {"checkpoint": 60, "parity_fp32": 40, "parity_bf16": 30, "t3_speed": 60, "t3_static": 40, "s3gen_speed": 20,
          "text_fast": 30, "text_fastest": 30, "jobs_16": 30, "jobs_64": 45}
 
 
@@ -226,6 +228,38 @@ class Check:
                     out[f"batch_{rows}_cuda_peak_mb"] = watch["cuda_peak_mb"]
         return out
 
+    def _static_decode(self, t3, requests: list[DecodeRequest], step: str) -> list[list[int]]:
+        batch, got = StaticDecodeBatch(t3, 4, step), {}
+        batch.admit(list(range(len(requests))), requests)
+        while not batch.empty:
+            for j, tokens, finished in batch.advance():
+                if finished:
+                    got[j] = list(tokens)
+        return [got[j] for j in range(len(requests))]
+
+    def t3_static(self) -> dict:
+        tts, tokens = self.tts("fast"), self.sizes["speed_tokens"]
+        steps = ["static", "cuda_graph"] if self.cuda else ["static"]
+        out = {"precision": tts.settings.t3_precision, "tokens": tokens, "steps": steps}
+        with torch.inference_mode():
+            for n in (1, 8):
+                got = {}
+                for step in steps:
+                    self._static_decode(tts.t3, self.requests(tts, n, 4), step)  # warm-up (kernels, not graphs)
+                    watch: dict = {}
+                    self.sync()
+                    with device_watch(self.device, watch):
+                        t0 = time.perf_counter()  # a graph per bucket is captured inside: counted
+                        got[step] = self._static_decode(tts.t3, self.requests(tts, n, tokens), step)
+                        self.sync()
+                        dt = time.perf_counter() - t0
+                    out[f"{step}_{n}_tok_s"] = sum(len(t) for t in got[step]) / dt
+                    if "cuda_peak_mb" in watch:
+                        out[f"{step}_{n}_cuda_peak_mb"] = watch["cuda_peak_mb"]
+                if self.cuda:
+                    out[f"captured_eager_identical_{n}"] = sum(a == b for a, b in zip(*got.values())) / n
+        return out
+
     def s3gen_speed(self) -> dict:
         tts, n = self.tts("fast"), self.sizes["s3gen_tokens"]
         solve = call_settings(tts.settings).solve
@@ -337,6 +371,7 @@ class Check:
         self.section("parity_fp32", self.parity_fp32)
         self.section("parity_bf16", self.parity_bf16)
         self.section("t3_speed", self.t3_speed)
+        self.section("t3_static", self.t3_static)
         self.section("s3gen_speed", self.s3gen_speed)
         self.section("text_fast", lambda: self.text("fast"))
         first, *rest = self.sizes["jobs"]

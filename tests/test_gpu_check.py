@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["machine", "checkpoint", "parity_fp32", "parity_bf16", "t3_speed", "s3gen_speed", "text_fast",
+SECTIONS = ["machine", "checkpoint", "parity_fp32", "parity_bf16", "t3_speed", "t3_static", "s3gen_speed", "text_fast",
             "text_fastest", "jobs_2"]
 
 
@@ -28,6 +28,7 @@ def test_gpu_check_dry_run(tmp_path):
         assert numbers and all(v == v for v in numbers), (name, values)  # numbers, none NaN
     assert result["sections"]["parity_fp32"]["all_identical"]  # float32 batches are exact
     assert result["sections"]["t3_speed"]["batch_2_tok_s"] > 0
+    assert result["sections"]["t3_static"]["static_8_tok_s"] > 0
     assert result["sections"]["s3gen_speed"]["chunks_1_s_per_audio_s"] > 0
     assert result["sections"]["text_fast"]["audio_s"] > 0
     md = (tmp_path / "gpu_check.md").read_text()

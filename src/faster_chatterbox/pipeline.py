@@ -45,6 +45,7 @@ from .engine.render_slots import RenderSlots
 from .engine.block_diffusion import FlashBatch, FlashRequest, generate_block_diffusion, request_problem, \
     uncond_block_prior
 from .engine.scheduler import T3Scheduler
+from .engine.static_batch import new_decode_batch
 from .engine.t3_decode import generate_speech_tokens
 from .models.hift import F0Smoothing
 from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
@@ -155,7 +156,7 @@ class Engine:
         self.sr = S3GEN_SR
         # Chatterbox-Flash decodes T3 by blocks: its batches, and PMI's prior computed once here
         self.flash_prior = uncond_block_prior(t3, settings.block_size) if settings.block_size else None
-        self.scheduler = T3Scheduler(t3, settings.max_batch, urgent_rows=settings.urgent_rows, **self._flash_batches())
+        self.scheduler = T3Scheduler(t3, settings.max_batch, urgent_rows=settings.urgent_rows, **self._batches())
         # Calls on the global RNG decode one at a time, so each consumes the stream in one piece (as sequential
         # upstream calls do); they run beside the scheduler's batches (the model holds no cache).
         self._global_rng_lock = threading.Lock()
@@ -165,13 +166,15 @@ class Engine:
         self._voice_lock = threading.Lock()
         weakref.finalize(self, self.scheduler.close)
 
-    def _flash_batches(self) -> dict:
-        """The scheduler's batches for block diffusion (none of the engine itself: the scheduler outlives no
-        engine, and holds none)."""
-        if self.flash_prior is None:
-            return {}
-        t3, prior, block_size = self.t3, self.flash_prior, self.settings.block_size
-        return dict(new_batch=lambda: FlashBatch(t3, prior, block_size), problem=lambda r: request_problem(t3, r))
+    def _batches(self) -> dict:
+        """The scheduler's batches (none of the engine itself: the scheduler outlives no engine, and holds
+        none): block diffusion's for Chatterbox-Flash, else the autoregressive step the settings name."""
+        t3 = self.t3
+        if self.flash_prior is not None:
+            prior, block_size = self.flash_prior, self.settings.block_size
+            return dict(new_batch=lambda every: FlashBatch(t3, prior, block_size),
+                        problem=lambda r: request_problem(t3, r))
+        return dict(new_batch=new_decode_batch(t3, self.settings.t3_step, self.settings.t3_sampler))
 
     def close(self) -> None:
         """Stop the scheduler thread and drop its batch; later calls raise."""

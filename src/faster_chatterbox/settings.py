@@ -74,6 +74,12 @@ class EngineSettings:
     sampling_order: tuple[str, ...] = LLAMA_ORDER  # the T3 logits processors' order (engine.sampling)
     alignment_guard: bool = False  # T3's stop token steered by its text alignment (Multilingual v2, as upstream 0.1.7)
     block_size: int | None = None  # Chatterbox-Flash: T3 decodes blocks of this many tokens; None: autoregressive
+    # the scheduler's batches draw with "multinomial" (a generator per row, upstream's draws) or "keyed"
+    # (engine.sampling.keyed_sample_rows: counter-based noise, one launch per step, batch-independent)
+    t3_sampler: str = "multinomial"
+    # how the scheduler's batches decode (engine.static_batch.STEPS): "dynamic" (DecodeBatch, a resized cache),
+    # "static" (a static cache, eager step), "inductor" (the step compiled), "cuda_graph" (captured)
+    t3_step: str = "dynamic"
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,12 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           max_batch=32 if cuda else 8, urgent_rows=8 if cuda else 1, render_slots=2 if cuda else 1,
                           render_batch=8 if cuda else 1, decode_ahead=cuda, decoder="meanflow" if turbo else decoder,
                           model=model, sampling_order=TURBO_ORDER if turbo else LLAMA_ORDER,
-                          alignment_guard=alignment_guard)
+                          alignment_guard=alignment_guard,
+                          # The keyed draws pay where the step is captured or compiled (one launch per step); on
+                          # the eager step they cost more than per-row multinomials (4.8 against 2.1 ms a step at
+                          # one row, BENCHMARKS.md 20). The static cache's eager step measured no faster on CPU;
+                          # the compiled and captured steps await their measurement (gpu-check's t3_static).
+                          t3_sampler="multinomial", t3_step="dynamic")
 
 
 def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,

@@ -10,10 +10,12 @@ common prefix length; a request joining a running batch is prefilled into new ro
 before the slot the next step writes (a prefix longer than the batch's history first moves the live rows'
 caches to the right).
 
-Sampling runs per row with the request's own parameters and its own generator, so a request's tokens do
-not depend on what else is in the batch, or when it joined: they are the tokens `generate_speech_tokens`
-samples for it alone from the same generator (the batched matmuls round differently, ~5e-7 relative in the
-logits, which in practice never changes a draw). A request is finished by the stop token or by its own
+Sampling runs per row with the request's own parameters and its own random stream, so a request's tokens
+do not depend on what else is in the batch, or when it joined. With the "multinomial" sampler a stream is
+the request's generator and its tokens are those `generate_speech_tokens` samples for it alone from it (the
+batched matmuls round differently, ~5e-7 relative in the logits, which in practice never changes a draw);
+with "keyed" (sampling.keyed_sample_rows) it is a seed drawn once from that generator, and token i's noise
+is hashed from (seed, i): one launch for the whole batch instead of one per row. A request is finished by the stop token or by its own
 max_new_tokens; every `check_every` steps (one host sync) finished requests leave the batch and the KV
 cache and waiting ones may join. Rows that finished since the last check run on until it, and what they
 sample is discarded.
@@ -35,8 +37,8 @@ from torch import Tensor
 from ..models.llama import AttentionProbe, LlamaCache
 from ..models.t3 import T3, T3Cond
 from .alignment import AlignmentGuard, aligned_heads
-from .sampling import (LLAMA_ORDER, PROCESSORS, SAMPLING_RANGES, TOP_K_MAX, RowSamplingParams, SamplingParams,
-                       check_range, next_token_probs_rows, sample_rows)
+from .sampling import (LLAMA_ORDER, PROCESSORS, SAMPLERS, SAMPLING_RANGES, TOP_K_MAX, RowSamplingParams,
+                       SamplingParams, check_range, keyed_sample_rows, next_token_probs_rows, sample_rows)
 
 
 @dataclass
@@ -221,12 +223,15 @@ class _Live:
 
 class DecodeBatch:
     """Requests sampling together on one `BatchDecoder`: they join with `admit` (between checks) and
-    `advance` runs the batch to its next check, reporting new tokens and dropping finished requests."""
+    `advance` runs the batch to its next check, reporting new tokens and dropping finished requests.
+    sampler: "multinomial" (one draw per row on its generator) or "keyed" (sampling.SAMPLERS)."""
 
-    def __init__(self, t3: T3, check_every: int = 4):
+    def __init__(self, t3: T3, check_every: int = 4, sampler: str = "multinomial"):
         if not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
-        self.t3, self.check_every = t3, check_every
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        self.t3, self.check_every, self.sampler = t3, check_every, sampler
         self.decoder = BatchDecoder(t3)
         self.live: list[_Live] = []
         device, vocab = self.decoder.device, t3.cfg.speech_tokens_dict_size
@@ -234,6 +239,8 @@ class DecodeBatch:
         self._seen = torch.zeros(0, vocab, dtype=torch.bool, device=device)  # (N, V) ids sampled, BOS included
         self._unfed = torch.zeros(0, 1, dtype=torch.long, device=device)  # (N, 1) latest tokens, not yet fed
         self._guard = self._new_guard([])
+        self._seeds = torch.zeros(0, dtype=torch.long, device=device)  # (N,) keyed streams
+        self._drawn = torch.zeros(0, dtype=torch.long, device=device)  # (N,) tokens drawn: the next draw's index
         self._since_check = 0
 
     def _new_guard(self, requests: list[DecodeRequest]) -> AlignmentGuard:
@@ -265,7 +272,11 @@ class DecodeBatch:
             seen = torch.zeros(len(requests), self.t3.cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
             seen[:, self.t3.cfg.start_speech_token] = True
             generators = [r.generator or _generator_from_global_rng(device) for r in requests]
-            tokens = sample_rows(next_token_probs_rows(cond, uncond, seen, params, guide), generators)  # (R, 1)
+            seeds = torch.tensor([stream_key(g) for g in generators] if self.sampler == "keyed" else [0] * len(requests),
+                                 dtype=torch.long, device=device)
+            drawn = torch.zeros_like(seeds)
+            tokens = self._sample(next_token_probs_rows(cond, uncond, seen, params, guide), generators, seeds,
+                                  drawn)  # (R, 1)
             if not self.t3.cfg.penalize_bos:
                 seen[:, self.t3.cfg.start_speech_token] = False  # Turbo's history: the generated ids alone
             seen.scatter_(1, tokens, True)
@@ -277,6 +288,7 @@ class DecodeBatch:
         self._params = self._params.cat(params)
         self._guard = self._guard.cat(guard)
         self._seen, self._unfed = torch.cat((self._seen, seen)), torch.cat((self._unfed, tokens))
+        self._seeds, self._drawn = torch.cat((self._seeds, seeds)), torch.cat((self._drawn, drawn + 1))
         stop = self.t3.cfg.stop_speech_token
         for key, r, g, token in zip(keys, requests, generators, tokens.view(-1).tolist()):
             self.live.append(_Live(key, r, g, [token], done=token == stop or r.max_new_tokens == 1))
@@ -295,7 +307,8 @@ class DecodeBatch:
             guide = (self._guard.step_guide(self.decoder.attention, self._unfed.view(-1), self.decoder.attention_start)
                      if watch else None)
             probs = next_token_probs_rows(cond, uncond, self._seen, self._params, guide)  # (N, V)
-            tokens = sample_rows(probs, [live.generator for live in self.live])  # (N, 1)
+            tokens = self._sample(probs, [live.generator for live in self.live], self._seeds, self._drawn)  # (N, 1)
+            self._drawn += 1
             self._seen.scatter_(1, tokens, True)
             self._unfed = tokens
             pending.append(tokens)  # every live request joined before the last check: all have these steps
@@ -303,6 +316,11 @@ class DecodeBatch:
             if (self._since_check >= self.check_every
                     or any(len(live.tokens) + len(pending) >= live.request.max_new_tokens for live in self.live)):
                 return self._collect(torch.cat(pending, dim=1).tolist())
+
+    def _sample(self, probs: Tensor, generators: list[torch.Generator], seeds: Tensor, drawn: Tensor) -> Tensor:
+        if self.sampler == "keyed":
+            return keyed_sample_rows(probs, seeds, drawn)
+        return sample_rows(probs, generators)
 
     def remove(self, keys: set) -> None:
         """Drop the requests with these handles (cancelled)."""
@@ -331,21 +349,24 @@ class DecodeBatch:
         self.decoder.keep(keep)
         self._params, self._seen, self._unfed = self._params.select(index), self._seen[index], self._unfed[index]
         self._guard = self._guard.select(index)
+        self._seeds, self._drawn = self._seeds[index], self._drawn[index]
         self.live = [self.live[p] for p in keep]
 
 
 @torch.inference_mode()
 def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check_every: int = 4,
-                                 on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Tensor]:
+                                 on_tokens: Callable[[int, list[int]], None] | None = None,
+                                 sampler: str = "multinomial") -> list[Tensor]:
     """Sample speech tokens for every request in one batch; returns each request's tokens (N_j,), the stop
     token included when it was sampled, as `generate_speech_tokens` returns them.
 
     check_every: steps between the host syncs that find finished requests and drop them from the batch.
     on_tokens: called at every such sync as on_tokens(j, tokens of request j so far) for each request that
     got new tokens (token-level streaming); the list must not be modified.
+    sampler: "multinomial" or "keyed" (DecodeBatch).
     """
     validate_requests(t3, requests, request_problem, "DecodeRequest")
-    return decode_all(DecodeBatch(t3, check_every), requests, on_tokens)
+    return decode_all(DecodeBatch(t3, check_every, sampler), requests, on_tokens)
 
 
 def decode_all(batch, requests: list, on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Tensor]:
@@ -360,6 +381,11 @@ def decode_all(batch, requests: list, on_tokens: Callable[[int, list[int]], None
             out[j], reported[j] = tokens, len(tokens)
     device = batch.t3.speech_emb.weight.device
     return [torch.tensor(tokens, dtype=torch.long, device=device) for tokens in out]
+
+
+def stream_key(generator: torch.Generator) -> int:
+    """A keyed sampler's seed: one draw from the request's generator (so seeding it seeds the stream)."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.long, generator=generator, device=generator.device))
 
 
 def _generator_from_global_rng(device: torch.device) -> torch.Generator:

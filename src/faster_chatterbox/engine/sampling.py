@@ -6,6 +6,11 @@ CFG combine, then the processors in `SamplingParams.processors` order, then soft
 Each step repeats the arithmetic of the matching Hugging Face processor, so equal logits give bit-identical
 probabilities and, from the same RNG state, the same token. A processor that is the identity at its
 setting (penalty 1, temperature 1, top_k 0, min_p 0, top_p 1) is skipped: it cannot change the probabilities.
+
+Batches draw either with one `torch.multinomial` per row on the row's generator (`sample_rows`: upstream's
+draws, the exact path's parity) or all rows at once with `keyed_sample_rows`, the exponential race
+(Gumbel-max) on counter-based noise hashed from each row's seed and draw index: no generator, no launch
+per row, no host sync, fixed shapes (capturable), and a row's draws do not depend on its batch mates.
 """
 
 from __future__ import annotations
@@ -217,3 +222,44 @@ def top_k_filter_rows(logits: Tensor, top_k: Tensor) -> Tensor:
 def sample_rows(probs: Tensor, generators: list[torch.Generator]) -> Tensor:
     """One draw per row, row i from generators[i], each as `sample` draws it alone: (N, V) -> (N, 1)."""
     return torch.cat([sample(probs[i : i + 1], g) for i, g in enumerate(generators)])
+
+
+# --- keyed draws: counter-based noise, one launch for the batch ----------------------------------------
+# The hash runs on int64 tensors holding 32-bit values; every product stays below 2**63 (a 32-bit factor
+# times 16 bits), so nothing overflows on any backend and eager, compiled and captured steps hash alike.
+SAMPLERS = ("multinomial", "keyed")
+_MASK32 = 0xFFFFFFFF
+_UNIFORM_BITS = 23  # (k + 0.5) / 2**23 is exact in float32 (24-bit significand): uniforms never 0 or 1
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """(x * c) mod 2**32 for 32-bit x and constant c, computed from c's 16-bit halves."""
+    return ((((x * (c >> 16)) & 0xFFFF) << 16) + x * (c & 0xFFFF)) & _MASK32
+
+
+def hash32(x: Tensor) -> Tensor:
+    """Chris Wellons' lowbias32 integer hash, a bijection of 32-bit values (int64 tensor in, int64 out)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(seeds: Tensor, counters: Tensor, n: int) -> Tensor:
+    """Uniform noise in (0, 1), (N, n) float32: row i is a function of (seeds[i], counters[i]) alone.
+
+    seeds: (N,) int64 in [0, 2**63) (a request's stream); counters: (N,) int64 >= 0 (its draw index)."""
+    lo, hi = seeds & _MASK32, (seeds >> 32) & _MASK32
+    key = hash32(hi ^ hash32(lo ^ hash32(counters & _MASK32)))[:, None]  # (N, 1)
+    key2 = hash32(key ^ 0x9E3779B9)
+    index = torch.arange(n, device=seeds.device, dtype=torch.int64)  # (n,)
+    bits = hash32(hash32(index ^ key) ^ key2) >> (32 - _UNIFORM_BITS)  # (N, n)
+    return (bits.to(torch.float32) + 0.5) * (2.0 ** -_UNIFORM_BITS)
+
+
+def keyed_sample_rows(probs: Tensor, seeds: Tensor, counters: Tensor) -> Tensor:
+    """One draw per row of `probs` (N, V) by the exponential race: argmax(p / E) with E ~ Exp(1) keyed by
+    (seeds[i], counters[i]) is token v with probability p_v (Gumbel-max). -> (N, 1) int64."""
+    race = -torch.log(keyed_uniform(seeds, counters, probs.shape[-1]))  # (N, V) Exp(1)
+    return torch.argmax(probs / race, dim=-1, keepdim=True)

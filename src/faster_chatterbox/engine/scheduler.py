@@ -66,10 +66,11 @@ class T3Scheduler:
     """
 
     def __init__(self, t3: T3, max_batch: int, check_every: int = 4, urgent_rows: int = 0, *,
-                 new_batch: Callable[[], DecodeBatch] | None = None,
+                 new_batch: Callable[[int], DecodeBatch] | None = None,
                  problem: Callable[[object], str | None] | None = None):
-        """new_batch, problem: another decoder's batch (DecodeBatch's interface: admit, advance, remove, empty;
-        e.g. block diffusion's FlashBatch) and its request check; default the autoregressive DecodeBatch."""
+        """new_batch(check_every), problem: another batch (DecodeBatch's interface: admit, advance, remove, empty;
+        e.g. static_batch.StaticDecodeBatch, block diffusion's FlashBatch) and its request check; default the
+        autoregressive DecodeBatch."""
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         if not isinstance(urgent_rows, int) or urgent_rows < 0:
@@ -77,7 +78,7 @@ class T3Scheduler:
         if not isinstance(check_every, int) or check_every < 1:  # here, not on the thread
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         self.t3, self.max_batch, self.check_every, self.urgent_rows = t3, max_batch, check_every, urgent_rows
-        self._new_batch = new_batch or (lambda: DecodeBatch(t3, check_every))
+        self._new_batch = new_batch or (lambda every: DecodeBatch(t3, every))
         self._problem = problem or (lambda request: request_problem(t3, request))
         self._waiting: list[_Ticket] = []
         self._wake = threading.Condition()
@@ -205,7 +206,7 @@ class T3Scheduler:
         that fail alone fail (the batch and its running requests stay as they were)."""
         if batch is None:
             try:
-                batch = self._new_batch()
+                batch = self._new_batch(self.check_every)
             except BaseException as exc:
                 for ticket in joining:
                     _settle(ticket.future, exc=exc)

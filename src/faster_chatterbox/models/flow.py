@@ -37,12 +37,27 @@ class CausalConditionalCFM(nn.Module):
 
     `solver`, `schedule`, `sway_coef` and `cfg_rate` select another solve (models.flow_solvers); all None
     (the default) is upstream's. The meanflow decoder only has its own distilled solve.
+
+    `compile_estimator(bucket)`: the solve runs at lengths padded up to a multiple of `bucket` frames (padded
+    frames masked: the estimator's convolutions are causal and its attention masks padded keys, so the valid
+    frames come out as unpadded) with the estimator compiled for those static shapes, one graph per bucket.
     """
 
     def __init__(self, cfg: CFMEstimatorConfig, cfg_rate: float):
         super().__init__()
         self.estimator = ConditionalDecoder(cfg)
         self.cfg_rate = cfg_rate
+        self.length_bucket: int | None = None  # pad the solve's frames to a multiple of this (None: as given)
+        self._compiled = None  # the estimator's compiled forward (a function: not a submodule, no state)
+
+    def compile_estimator(self, bucket: int, backend: str | None = "inductor") -> None:
+        """Solve at lengths padded to multiples of `bucket` frames, with the estimator compiled by `backend`
+        for static shapes (None: padded but eager)."""
+        if not isinstance(bucket, int) or bucket < 1:
+            raise ValueError(f"bucket must be a positive integer, got {bucket!r}")
+        self.length_bucket = bucket
+        self._compiled = None if backend is None else torch.compile(self.estimator.forward, dynamic=False,
+                                                                    backend=backend)
 
     def forward(
         self, noise: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
@@ -53,6 +68,15 @@ class CausalConditionalCFM(nn.Module):
 
         n_timesteps counts steps (grid intervals): Heun and midpoint call the estimator twice per step.
         """
+        frames = mu.shape[-1]
+        if self.length_bucket is not None:
+            pad = -frames % self.length_bucket
+            noise, mu, mask, cond = (F.pad(v, (0, pad)) for v in (noise, mu, mask, cond))  # zeros, masked
+        estimator = self._compiled or self.estimator
+        return self._solve(estimator, noise, mu, mask, spks, cond, n_timesteps, solver, schedule, sway_coef,
+                           cfg_rate)[..., :frames]
+
+    def _solve(self, estimator, noise, mu, mask, spks, cond, n_timesteps, solver, schedule, sway_coef, cfg_rate):
         upstream = solver is None and schedule is None and sway_coef is None and cfg_rate is None
         time_dtype = torch.promote_types(mu.dtype, torch.float32)  # times stay float32 under a bf16 estimator
         if self.estimator.cfg.meanflow:
@@ -61,13 +85,13 @@ class CausalConditionalCFM(nn.Module):
                                  "solver, schedule, sway_coef and cfg_rate must be left unset")
             # The meanflow (Turbo) decoder is distilled with guidance baked in: no CFG, uniform times.
             t_span = linear_t_span(n_timesteps, mu.device, time_dtype)
-            return euler_solve(self.estimator, noise, mu, mask, spks, cond, t_span)
+            return euler_solve(estimator, noise, mu, mask, spks, cond, t_span)
         if upstream:
             t_span = cosine_t_span(n_timesteps, mu.device, time_dtype)
-            return euler_cfg_solve(self.estimator, noise, mu, mask, spks, cond, t_span, self.cfg_rate)
+            return euler_cfg_solve(estimator, noise, mu, mask, spks, cond, t_span, self.cfg_rate)
         t_span = make_t_span(n_timesteps, schedule or "cosine", sway_coef=-1.0 if sway_coef is None else sway_coef,
                              device=mu.device, dtype=time_dtype)
-        velocity = make_velocity(self.estimator, mu, mask, spks, cond, self.cfg_rate if cfg_rate is None else cfg_rate)
+        velocity = make_velocity(estimator, mu, mask, spks, cond, self.cfg_rate if cfg_rate is None else cfg_rate)
         return solve(velocity, noise, t_span, solver or "euler")
 
 

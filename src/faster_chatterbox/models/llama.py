@@ -8,6 +8,9 @@ from the positions. Parameter names follow Hugging Face's `LlamaModel` so T3's c
 
 Batches of independent sequences are left-padded: `seq_start` (B,) gives each row's first cache slot, RoPE
 positions count from there and the padding slots are masked out; `LlamaCache.keep_rows` drops finished rows.
+Or every row is at its own position: `input_pos` (B, S) gives each row's slots (a static cache whose rows
+are the slots of a continuous batch, each sequence from slot 0); the mask and RoPE come from the positions
+on the device, the keys are scattered to them, so a decode step has one shape whatever the rows' lengths.
 """
 
 from __future__ import annotations
@@ -105,10 +108,16 @@ class KVCache:
         self.k, self.v = self._k_store, self._v_store
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
-        # input_pos: (S,); k, v: (B, H_kv, S, head_dim) for cache rows `rows`, cast to the cache's dtype
+        # input_pos: (S,) or (B, S) per row; k, v: (B, H_kv, S, head_dim) for cache rows `rows`, cast to the
+        # cache's dtype
         k_cache, v_cache = self.k[rows], self.v[rows]
-        k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
-        v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+        if input_pos.dim() == 2:
+            index = input_pos[:, None, :, None].expand_as(k)  # (B, H_kv, S, head_dim)
+            k_cache.scatter_(2, index, k.to(k_cache.dtype))
+            v_cache.scatter_(2, index, v.to(v_cache.dtype))
+        else:
+            k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
+            v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
         return k_cache, v_cache
 
     def reserve(self, batch: int, max_seq_len: int) -> None:
@@ -197,6 +206,15 @@ class LlamaCache:
                     buffer.copy_(cache[:, :, src:kv_len])
                     cache[:, :, dst : dst + n].copy_(buffer)
                     cache[:, :, :dst].zero_()  # beyond the old history when moved further than it: unwritten
+
+    def write_rows(self, rows: Tensor, source: LlamaCache) -> None:
+        """Rows `rows` (R,) of this cache take all of `source`'s (R rows) slots [0, source.max_seq_len): a
+        prefill made in a cache of its own moving into a static batch's rows, or a batch into a larger one."""
+        n = source.max_seq_len
+        with torch.inference_mode(False):
+            for layer, src in zip(self.layers, source.layers):
+                layer.k[rows, :, :n] = src.k
+                layer.v[rows, :, :n] = src.v
 
     def keep_rows(self, rows: list[int], kv_len: int | None = None) -> None:
         """Shrink the batch to len(rows) rows: row i takes what row rows[i] held in cache slots [0, kv_len)
@@ -316,11 +334,18 @@ class Llama(nn.Module):
         visible_until: (S,) or per row (B, S), the last slot each new position attends to; default its own
         (causal). A block decoded in parallel (block diffusion) passes its last slot: its positions see each
         other, and the cache before them.
+        input_pos (B, S) instead: each row's own slots (its positions, every sequence starting at slot 0).
         """
-        pos, mask = positions_and_mask(input_pos, kv_len or cache.max_seq_len, seq_start, visible_until)
-        cos, sin = cache.rope_cos[pos].to(x.dtype), cache.rope_sin[pos].to(x.dtype)  # (S | B, S, head_dim)
-        if seq_start is not None:
-            cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
+        kv_len = kv_len or cache.max_seq_len
+        if input_pos.dim() == 2:  # per-row positions: mask and RoPE gathered by position, on the device
+            mask = (torch.arange(kv_len, device=x.device) <= input_pos[..., None])[:, None]  # (B, 1, S, kv_len)
+            cos = cache.rope_cos[input_pos].to(x.dtype)[:, None]  # (B, 1, S, head_dim)
+            sin = cache.rope_sin[input_pos].to(x.dtype)[:, None]
+        else:
+            pos, mask = positions_and_mask(input_pos, kv_len, seq_start, visible_until)
+            cos, sin = cache.rope_cos[pos].to(x.dtype), cache.rope_sin[pos].to(x.dtype)  # (S | B, S, head_dim)
+            if seq_start is not None:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
         if probe is not None:
             probe.weights.clear()
         for i, (layer, layer_cache) in enumerate(zip(self.layers, cache.layers)):

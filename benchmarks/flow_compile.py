@@ -1,0 +1,82 @@
+"""The flow estimator compiled for a static length bucket (CausalConditionalCFM.compile_estimator) against
+the eager one, on the same shapes, in one process (A/B alternated per round).
+
+Full-size CFM decoder, random weights, bf16 as the fast preset runs S3Gen; the fast preset's solve (8 AB2
+steps on the sway grid, CFG fused: batch 2) over `--frames` mel frames (default 648: a 10 s prompt and 74
+tokens, section 1's job). The compiled side pads to a multiple of `--bucket` frames. The first compiled
+solve (compilation) is timed apart.
+
+    python benchmarks/flow_compile.py [--threads 2] [--frames 648] [--bucket 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from faster_chatterbox.models.flow import CausalConditionalCFM
+from faster_chatterbox.models.cfm_estimator import CFMEstimatorConfig
+from faster_chatterbox.random_checkpoint import _randomize_
+
+SOLVE = dict(n_timesteps=8, solver="ab2", schedule="sway", sway_coef=-0.6)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=648)
+    ap.add_argument("--bucket", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    eager = CausalConditionalCFM(CFMEstimatorConfig(), cfg_rate=0.7).eval()
+    _randomize_(eager, torch.Generator().manual_seed(0))
+    eager = eager.to(torch.bfloat16)
+    compiled = CausalConditionalCFM(CFMEstimatorConfig(), cfg_rate=0.7).eval().to(torch.bfloat16)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_estimator(args.bucket)
+    g = torch.Generator().manual_seed(1)
+    T = args.frames
+    inputs = (torch.randn(1, 80, T, generator=g), torch.randn(1, 80, T, generator=g).bfloat16(),
+              torch.ones(1, 1, T, dtype=torch.bfloat16), torch.randn(1, 80, generator=g).bfloat16(),
+              torch.randn(1, 80, T, generator=g).bfloat16())
+
+    def run(model) -> tuple[float, torch.Tensor]:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model(*inputs, **SOLVE)
+        return time.perf_counter() - start, out
+
+    t0 = time.perf_counter()
+    _, ref = run(eager)
+    first, out = run(compiled)
+    print(f"first solves: eager {time.perf_counter() - t0 - first:.1f} s, compiled (compiling) {first:.1f} s",
+          file=sys.stderr, flush=True)
+    times = {"eager bf16": [], f"compiled bf16, bucket {args.bucket}": []}
+    for r in range(args.rounds):
+        for name, model in zip(times, (eager, compiled)):
+            dt, _ = run(model)
+            times[name].append(dt)
+            print(f"round {r + 1}: {name} {dt:.2f} s", file=sys.stderr, flush=True)
+    diff = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    base = statistics.median(times["eager bf16"])
+    print(f"| variant | s per solve (median of {args.rounds}) | rounds | vs eager |")
+    print("|---|---:|---|---:|")
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.2f} | {[round(x, 2) for x in t]} | {base / statistics.median(t):.2f}x |")
+    print(f"compile (first solve) {first:.1f} s; relative difference compiled vs eager output {diff:.2e}")
+    if args.json:
+        with args.json.open("a") as f:
+            f.write(json.dumps({"frames": T, "bucket": args.bucket, "threads": args.threads, "first_s": first,
+                                "times": times, "rel_diff": diff}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
