@@ -461,7 +461,8 @@ def _render_group(engine: Engine, job: Job, tokens: list[list[int]], generators:
         return engine.s3gen.render(tokens, job.voice.gen, generators, batch=len(tokens), n_timesteps=solve.n_timesteps,
                                    solver=solve.solver, schedule=solve.schedule, sway_coef=solve.sway_coef,
                                    prompt_seconds=solve.prompt_seconds,
-                                   f0_smoothing=F0Smoothing() if solve.f0_smoothing else None)
+                                   f0_smoothing=F0Smoothing() if solve.f0_smoothing else None,
+                                   trailing_silence=engine.settings.trailing_silence)
 
 
 def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: dict[int, int]) -> dict[int, np.ndarray]:

@@ -70,6 +70,8 @@ class EngineSettings:
     render_batch: int  # chunks per S3Gen batch (batching does not pay on CPU: benchmarks/s3gen_speed.md)
     decode_ahead: bool  # submit the next window's T3 while this window renders
     decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
+    # silence tokens after each chunk's speech tokens, as Turbo feeds its meanflow decoder (Flash feeds none)
+    trailing_silence: int = 0
     model: str = "chatterbox"  # one of MODEL_NAMES
     sampling_order: tuple[str, ...] = LLAMA_ORDER  # the T3 logits processors' order (engine.sampling)
     alignment_guard: bool = False  # T3's stop token steered by its text alignment (Multilingual v2, as upstream 0.1.7)
@@ -187,6 +189,7 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
     return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
                           max_batch=32 if cuda else 8, urgent_rows=8 if cuda else 1, render_slots=2 if cuda else 1,
                           render_batch=8 if cuda else 1, decode_ahead=cuda, decoder="meanflow" if turbo else decoder,
+                          trailing_silence=3 if (turbo or decoder == "meanflow") and model != "flash" else 0,
                           model=model, sampling_order=TURBO_ORDER if turbo else LLAMA_ORDER,
                           alignment_guard=alignment_guard,
                           # The keyed draws pay where the step is captured or compiled (one launch per step); on

@@ -30,7 +30,7 @@ TRIM_FADE_SAMPLES = S3GEN_SR // 50  # upstream zeroes the first 20 ms, then fade
 TOKEN_HZ, MEL_HZ = 25, 50
 CFM_STEPS, MEANFLOW_STEPS = 10, 2  # upstream's flow steps for the base and the meanflow (Turbo) decoder
 MEANFLOW_FILE = "s3gen_meanflow.safetensors"
-SILENCE_TOKEN = 4299  # the speech token of silence: Turbo appends three before its meanflow decoder
+SILENCE_TOKEN = 4299  # the speech token of silence (Turbo appends three before its meanflow decoder)
 
 
 @dataclass
@@ -143,20 +143,20 @@ class S3Gen(nn.Module):
     def render(self, tokens: list[list[int]], ref: dict, generators: list[torch.Generator] | None = None, *,
                batch: int = 1, n_timesteps: int | None = None, solver: str | None = None,
                schedule: str | None = None, sway_coef: float | None = None, prompt_seconds: float | None = None,
-               f0_smoothing: F0Smoothing | None = None) -> list[np.ndarray]:
+               f0_smoothing: F0Smoothing | None = None, trailing_silence: int = 0) -> list[np.ndarray]:
         """The one entry from speech tokens to audio: chunks in one voice -> [(N_i,) float32 at 24 kHz].
 
         tokens[i]: chunk i's speech tokens (< vocab_size; a chunk without any gets no audio). ref: the voice
         (`embed_ref`'s dict), its decoder prompt cut to its first `prompt_seconds` (None: all of it, upstream's
         10 s). generators[i]: chunk i's random stream, drawn for the flow's starting noise and then HiFT's
         source; None: the global RNG, chunk after chunk as upstream's calls draw it. batch: chunks per flow
-        batch (needs generators). The meanflow (Turbo) decoder gets 3 silence tokens after each chunk, as
-        Turbo feeds it. Solve arguments as in `inference`.
+        batch (needs generators). trailing_silence: silence tokens appended to each chunk (Turbo feeds its
+        meanflow decoder 3; Chatterbox-Flash feeds the same decoder none). Solve arguments as in `inference`.
         """
         if prompt_seconds is not None:
             ref = trim_reference(ref, prompt_seconds)
-        if self.meanflow:
-            tokens = [list(t) + [SILENCE_TOKEN] * 3 if len(t) else t for t in tokens]
+        if trailing_silence:
+            tokens = [list(t) + [SILENCE_TOKEN] * trailing_silence if len(t) else t for t in tokens]
         todo = [i for i, t in enumerate(tokens) if len(t)]
         device = self.trim_fade.device
         solve = dict(n_timesteps=n_timesteps, solver=solver, schedule=schedule, sway_coef=sway_coef,
