@@ -119,7 +119,7 @@ def main() -> None:
         upstream.wait()
     summary = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rows.items()}
     ref = summary.get("upstream end to end")
-    print(f"machine: {_machine()}; threads {args.threads}; {args.tokens} tokens per chunk; medians of {args.rounds}")
+    print(f"machine: {_machine('cpu')}; threads {args.threads}; {args.tokens} tokens per chunk; medians of {args.rounds}")
     for name, s in summary.items():
         if "ms_per_token" in s:
             line = f"{s['ms_per_token']:.1f} ms/token (x{summary['exact T3 step']['ms_per_token'] / s['ms_per_token']:.2f} vs exact)"
