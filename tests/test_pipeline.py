@@ -148,11 +148,12 @@ def test_a_calls_first_chunk_is_urgent_and_its_later_ones_are_not(fast, monkeypa
 def test_stream_starts_with_a_short_chunk(fast, monkeypatch):
     t3 = ScriptedT3(fast)
     monkeypatch.setattr(fast.engine, "scheduler", t3)
-    pieces = fast.generate_stream(LONG_TEXT, seed=2, max_new_tokens=10)
+    # the plan's chunks are single sentences of ~80 characters (fast spreads a text over a batch's rows)
+    pieces = fast.generate_stream(LONG_TEXT, seed=2, max_new_tokens=10, first_chunk_chars=50)
     first = next(pieces)
     assert first.chunk_index == 0 and len(t3.requests) <= 1 + fast.settings.max_batch  # chunk 0, one window ahead
     call = fast._call(LONG_TEXT, None)[1]
-    chunk_0 = fast.text_tokens(pipeline.short_first(pipeline.plan_chunks(LONG_TEXT, call), call.first_chunk_chars)[0].text)
+    chunk_0 = fast.text_tokens(pipeline.short_first(pipeline.plan_chunks(LONG_TEXT, call), 50)[0].text)
     assert torch.equal(t3.requests[0].text_tokens, chunk_0)  # the first chunk, cut short, decoded first
     rest = list(pieces)
     assert rest[-1].last and len(t3.requests) == rest[-1].chunk_index + 1
@@ -276,7 +277,7 @@ def test_retries_stop_at_the_limit(fast, monkeypatch):
         return torch.tensor(list(range(1, 1 + next(lengths))) + [stop])
 
     monkeypatch.setattr(fast.engine, "scheduler", ScriptedT3(fast, truncated))
-    text = SENTENCE.format(1) * 2
+    text = SENTENCE.format(1)  # one chunk: a sentence (~120 tokens expected)
     result = fast.synthesize(text, seed=1, max_new_tokens=50, max_retries=2)
     chunk = result.chunks[0]
     assert chunk.attempts == 3 and len(chunk.failures) == 4 and chunk.failures[-1].startswith("kept attempt 1 of 3")

@@ -84,9 +84,34 @@ def test_int8_linear_matches_dequantized_reference(rows, dtype):
     assert rel_error(layer.dequantized(), linear.weight) < 5e-3
 
 
-def test_int8_linear_refuses_bias():
+@pytest.mark.parametrize("rows", [1, 3, 17])  # the packed kernel up to PACKED_MAX_ROWS, dequantizing beyond
+def test_int8_linear_adds_its_bias(rows):
+    g = torch.Generator().manual_seed(3)
+    linear = nn.Linear(96, 40)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(40, 96, generator=g) / 8)
+        linear.bias.copy_(torch.randn(40, generator=g))
+    layer = Int8Linear.from_linear(linear, torch.bfloat16)
+    x = torch.randn(rows, 96, generator=g).to(torch.bfloat16)
+    ref = F.linear(x.double(), layer.dequantized().double(), linear.bias.double())
+    assert rel_error(layer(x), ref) < 8e-3
     with pytest.raises(ValueError, match="bias"):
-        Int8Linear.from_linear(nn.Linear(8, 8))
+        Int8Linear(layer.weight, layer.scales, torch.zeros(41))
+
+
+def test_conv1d_becomes_the_linear_it_equals():
+    from faster_chatterbox.engine.quantize import conv1d_to_linear_
+    from faster_chatterbox.models.gpt2 import GPT2, GPT2Config
+    torch.manual_seed(0)
+    gpt2 = GPT2(GPT2Config(dim=64, n_layers=2, n_heads=4, max_positions=64)).eval()
+    for p in gpt2.parameters():
+        p.data.normal_(0, 0.05)
+    x = torch.randn(2, 5, 64)
+    pos = torch.arange(5)
+    before = gpt2(x, pos, gpt2.new_cache(2, 8))
+    replaced = conv1d_to_linear_(gpt2)
+    assert len(replaced) == 8 and all(type(gpt2.get_submodule(n)) is nn.Linear for n in replaced)
+    torch.testing.assert_close(gpt2(x, pos, gpt2.new_cache(2, 8)), before, rtol=1e-5, atol=1e-5)
 
 
 # ---- what gets replaced -------------------------------------------------------------------------------------

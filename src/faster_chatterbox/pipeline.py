@@ -350,7 +350,7 @@ def plan_chunks(text: str, call: CallSettings, tokenizer: EnglishTokenizer | Non
         text = check_speakable(tokenizer, text)
     if not call.chunk_short_text and len(text) <= call.max_chars:
         return [Chunk(text, "end")]  # upstream speaks a short text in one call, untouched
-    return pack_chunks(text, call.max_chars, language=sentence_language(call.language or "en"))
+    return pack_chunks(text, call.max_chars, language=sentence_language(call.language or "en"), rows=call.chunk_rows)
 
 
 def _no_speech(call: CallSettings) -> NoSpeechError:

@@ -25,9 +25,9 @@ Chatterbox-Flash (block-diffusion T3, `flash_engine_settings`, `flash_call_setti
 package's decoding step for step (10 steps per block, its defaults, T3 in float32); fast and fastest take
 fewer denoising steps per block (FLASH_PRESETS, BENCHMARKS.md); the rest as above.
 Turbo and Nano (model="turbo" | "nano") resolve the same rows onto their own model: the meanflow decoder
-with its 2 steps (no solver settings), Turbo's processor order with top_k, and no int8 (the GPT-2 backbone's
-fused Conv1D layers have no int8 path: fastest keeps T3 in bf16). exact = upstream's `inference_turbo` loop
-in float32; fast = T3 in bf16 with continuous batching.
+with its 2 steps (no solver settings), Turbo's processor order with top_k. exact = upstream's `inference_turbo`
+loop in float32 (Hugging Face's Conv1D layers); fast = T3 in bf16 (its Conv1D layers as Linears) with
+continuous batching; fastest = int8 weights on CPU.
 On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
 more: 32 requests per T3 batch, two S3Gen renders at a time, 8 chunks per render, T3 decoded a window ahead.
 """
@@ -134,6 +134,9 @@ class CallSettings:
     optimize_quality: bool
     language: str | None = None  # Multilingual's language id (text front-end, tag, sentences); None: the English model
     flash: FlashParams | None = None  # Chatterbox-Flash's block-diffusion decoding (None: autoregressive T3)
+    # a text's whole sentences spread over about this many chunks, so that they decode as one batch (a batch
+    # step costs about what one row's does, BENCHMARKS.md 21); None: greedy chunks of max_chars
+    chunk_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,12 +154,13 @@ class _Preset:
     max_retries: int = 0
     budget_factor: float | None = None
     token_streaming: TokenStreaming | None = None
+    fill_batch: bool = False  # chunk_rows = the engine's batch size
 
 
 _EXACT = _Preset()
 _FAST = _Preset("bf16", torch.bfloat16, solve=SolveSettings(8, "ab2", "sway", -0.6), normalize_text=True,
                 chunk_short_text=True, continuous_batching=True, seeded_streams=True, max_retries=2,
-                budget_factor=2.5, token_streaming=TokenStreaming())
+                budget_factor=2.5, token_streaming=TokenStreaming(), fill_batch=True)
 _FASTEST = replace(_FAST, t3_precision="int8", tokenize_voice_once=True,
                    solve=SolveSettings(6, "ab2", "sway", -0.6, prompt_seconds=5.0))
 _PRESETS = {"exact": _EXACT, "fast": _FAST, "fastest": _FASTEST}
@@ -183,7 +187,7 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
     turbo = model in TURBO_MODELS
     cuda = device.type == "cuda"
-    precision = "bf16" if (cuda or turbo) and row.t3_precision == "int8" else row.t3_precision
+    precision = "bf16" if cuda and row.t3_precision == "int8" else row.t3_precision
     # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster (BENCHMARKS.md 4)
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
@@ -244,7 +248,8 @@ def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temper
         row.seeded_streams, seed, rng_state, integer("max_retries", max_retries, 0, MAX_RETRIES),
         token_budget_factor, CheckLimits(), row.token_streaming if token_streaming else None,
         first_chunk_chars=integer("first_chunk_chars", first_chunk_chars, 20, 10_000), watermark=bool(watermark), optimize_quality=bool(optimize_quality),
-        language=None if language is None else check_language(language))
+        language=None if language is None else check_language(language),
+        chunk_rows=engine.max_batch if row.fill_batch else None)
 
 
 def flash_engine_settings(preset: str, device: torch.device | str, block_size: int = 16) -> EngineSettings:

@@ -8,6 +8,7 @@ result (`load_weights` would cast float weights into the int8 buffers).
   to_bf16_(t3)        bf16 weights, activations and KV cache; RMSNorm statistics, RoPE angles and the
                       logits stay float32 (the speech head becomes a `Float32Linear`).
   quantize_int8_(m)   every nn.Linear under `m` -> `Int8Linear` (int8 weights, one scale per output row).
+  conv1d_to_linear_(m)  GPT-2's Conv1D layers -> nn.Linear (the layout the bf16 and int8 kernels read fast).
   reduce_precision_(t3, "fp32" | "bf16" | "int8")   the presets: int8 = int8 backbone Linears + to_bf16_.
 
 benchmarks/t3_precision.py measures speed and quality against float32 for each.
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.gpt2 import Conv1D
 from ..models.t3 import T3
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -51,27 +53,30 @@ def int8_mm_dequant(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
 
 
 class Int8Linear(nn.Module):
-    """y = (x @ W_int8^T) * scales, without bias; the output has the activations' dtype.
+    """y = (x @ W_int8^T) * scales (+ bias); the output has the activations' dtype.
 
     On CPU with bf16 activations and few rows (decode) this is `int8_mm_packed`, elsewhere (prefill,
     float32 activations, CUDA) `int8_mm_dequant`.
     """
 
-    def __init__(self, weight: Tensor, scales: Tensor):
+    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None = None):
         super().__init__()
         if weight.dtype != torch.int8 or weight.dim() != 2 or scales.shape != weight.shape[:1]:
             raise ValueError(f"Int8Linear wants int8 weights (out, in) and scales (out,), got {weight.dtype} "
                              f"{tuple(weight.shape)} and {tuple(scales.shape)}")
+        if bias is not None and bias.shape != scales.shape:
+            raise ValueError(f"Int8Linear's bias must have shape {tuple(scales.shape)}, got {tuple(bias.shape)}")
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight)  # (out, in) int8
         self.register_buffer("scales", scales)  # (out,) floating point
+        self.register_buffer("bias", bias)  # (out,) floating point (GPT-2's layers have one) or None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scale_dtype: torch.dtype | None = None) -> Int8Linear:
-        """Quantize `linear` (no bias); scales in `scale_dtype`, by default the weight's dtype."""
-        if linear.bias is not None:
-            raise ValueError("Int8Linear has no bias: leave Linear layers with a bias out of quantize_int8_")
-        return cls(*quantize_weight(linear.weight, scale_dtype or linear.weight.dtype))
+        """Quantize `linear`; scales (and the bias) in `scale_dtype`, by default the weight's dtype."""
+        dtype = scale_dtype or linear.weight.dtype
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+        return cls(*quantize_weight(linear.weight, dtype), bias)
 
     def dequantized(self) -> Tensor:
         """The weights this layer multiplies by, (out, in) float32."""
@@ -83,8 +88,10 @@ class Int8Linear(nn.Module):
         rows = x.numel() // self.in_features
         if x.device.type == "cpu" and x.dtype == torch.bfloat16 and rows <= PACKED_MAX_ROWS:
             y = int8_mm_packed(x.reshape(rows, self.in_features), self.weight, scales)
-            return y.view(*x.shape[:-1], self.out_features)
-        return int8_mm_dequant(x, self.weight, scales)
+            y = y.view(*x.shape[:-1], self.out_features)
+        else:
+            y = int8_mm_dequant(x, self.weight, scales)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scales={self.scales.dtype}"
@@ -104,6 +111,22 @@ class Float32Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x.float(), self.weight, self.bias)
+
+
+def conv1d_to_linear_(module: nn.Module) -> list[str]:
+    """Replace every GPT-2 Conv1D under `module` (weight (in, out), addmm) by the nn.Linear it equals (weight
+    (out, in)), in place; returns the replaced names. oneDNN reads a bf16 Linear's weight at ~13 GB/s on
+    this CPU and the transposed Conv1D layout at ~5 (BENCHMARKS.md 21), and the int8 kernels take Linears.
+    The sums run in another order, so the exact preset (float32) keeps Conv1D as Hugging Face's."""
+    targets = [(name, child) for name, child in module.named_modules() if isinstance(child, Conv1D)]
+    for name, conv in targets:
+        n_in, n_out = conv.weight.shape
+        linear = torch.nn.utils.skip_init(nn.Linear, n_in, n_out, device=conv.weight.device, dtype=conv.weight.dtype)
+        linear.weight = nn.Parameter(conv.weight.detach().t().contiguous(), requires_grad=False)
+        linear.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent_name), attr, linear)
+    return [name for name, _ in targets]
 
 
 def quantize_int8_(module: nn.Module, *, skip: tuple[str, ...] = (),
@@ -143,8 +166,9 @@ def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
 def reduce_precision_(t3: T3, precision: str) -> T3:
     """One of PRECISIONS, in place, on a loaded float32 T3.
 
-    fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (q/k/v/o, gate/up/down) to int8 with
-    bf16 scales, then `to_bf16_` (bf16 activations, float32 logits).
+    fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (q/k/v/o, gate/up/down; GPT-2's q/k/v,
+    projections and MLP) to int8 with bf16 scales, then `to_bf16_` (bf16 activations, float32 logits).
+    A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -152,6 +176,8 @@ def reduce_precision_(t3: T3, precision: str) -> T3:
     if dtype != torch.float32 or type(t3.speech_head) is not nn.Linear:
         raise ValueError(f"reduce_precision_ wants a float32 T3 as loaded, not one already converted "
                          f"({dtype} weights, speech head {type(t3.speech_head).__name__})")
+    if precision != "fp32":
+        conv1d_to_linear_(t3.tfmr)
     if precision == "int8":
         quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
     if precision != "fp32":

@@ -23,6 +23,7 @@ from sentencex import segment
 BreakKind = Literal["word", "clause", "sentence", "paragraph", "end"]
 
 MIN_CHARS, MAX_CHARS = 20, 1000
+FILL_MIN_CHARS = 40  # pack_chunks(rows=...): shorter sentences still join their neighbours up to this length
 # Pause after a chunk by what ends it; 0 means an equal-power crossfade (see audio.joins).
 DEFAULT_PAUSES_S: Mapping[str, float] = {"word": 0.0, "clause": 0.1, "sentence": 0.3, "paragraph": 0.8}
 
@@ -104,17 +105,20 @@ def _sentence_units(sentence: str, max_chars: int) -> list[tuple[str, BreakKind]
     return units
 
 
-def pack_chunks(text: str, max_chars: int = 300, language: str = "en") -> list[Chunk]:
+def pack_chunks(text: str, max_chars: int = 300, language: str = "en", rows: int | None = None) -> list[Chunk]:
     """Pack sentences greedily into chunks of at most max_chars; paragraph breaks always end a chunk.
 
     Over-long sentences are split at clause punctuation (; : , dashes), then at spaces. The last
     chunk's kind is "end". language: the sentencex code of the text's language (Chinese and Japanese
-    sentences are joined without a space). Raises ValueError for bad text (see `check_text`) or max_chars outside
-    [MIN_CHARS, MAX_CHARS].
+    sentences are joined without a space). rows: spread the text over about this many chunks (a batch's
+    rows decode side by side, so a text's T3 time is its longest chunk's): sentences are packed up to
+    len(text) / rows characters (at least FILL_MIN_CHARS) and are still only split beyond max_chars.
+    Raises ValueError for bad text (see `check_text`) or max_chars outside [MIN_CHARS, MAX_CHARS].
     """
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or not MIN_CHARS <= max_chars <= MAX_CHARS:
         raise ValueError(f"max_chars must be an int in [{MIN_CHARS}, {MAX_CHARS}], got {max_chars!r}")
     check_text(text)
+    target = max_chars if rows is None else min(max_chars, max(FILL_MIN_CHARS, -(-len(text) // rows)))
     chunks: list[Chunk] = []
     for paragraph in _PARAGRAPH_BREAK.split(text.replace("\r\n", "\n")):
         if not _speakable(paragraph):
@@ -124,7 +128,7 @@ def pack_chunks(text: str, max_chars: int = 300, language: str = "en") -> list[C
         run, run_kind, sep = "", "sentence", "" if language in _UNSPACED else " "
         for sentence in split_sentences(paragraph, language):
             for unit, kind in _sentence_units(sentence, max_chars):
-                if run and len(run) + len(sep) + len(unit) > max_chars:
+                if run and len(run) + len(sep) + len(unit) > target:
                     chunks.append(Chunk(run, run_kind))
                     run = ""
                 run, run_kind = (f"{run}{sep}{unit}" if run else unit), kind
