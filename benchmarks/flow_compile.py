@@ -6,7 +6,7 @@ steps on the sway grid, CFG fused: batch 2) over `--frames` mel frames (default 
 tokens, section 1's job). The compiled side pads to a multiple of `--bucket` frames. The first compiled
 solve (compilation) is timed apart.
 
-    python benchmarks/flow_compile.py [--threads 2] [--frames 648] [--bucket 64] [--rounds 3]
+    python benchmarks/flow_compile.py [--threads 2] [--frames 648] [--bucket 64] [--rounds 3] [--autotune]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from faster_chatterbox.models.cfm_estimator import CFMEstimatorConfig
 from faster_chatterbox.random_checkpoint import _randomize_
 
 SOLVE = dict(n_timesteps=8, solver="ab2", schedule="sway", sway_coef=-0.6)
+# weights folded in as constants (prepacked for oneDNN) and matmuls autotuned against inductor's C++ AMX GEMMs
+AUTOTUNE = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 
 def main() -> None:
@@ -34,6 +36,7 @@ def main() -> None:
     ap.add_argument("--bucket", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--autotune", action="store_true", help="inductor's freezing and max_autotune (its C++ GEMMs)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     eager = CausalConditionalCFM(CFMEstimatorConfig(), cfg_rate=0.7).eval()
@@ -41,7 +44,7 @@ def main() -> None:
     eager = eager.to(torch.bfloat16)
     compiled = CausalConditionalCFM(CFMEstimatorConfig(), cfg_rate=0.7).eval().to(torch.bfloat16)
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile_estimator(args.bucket)
+    compiled.compile_estimator(args.bucket, options=AUTOTUNE if args.autotune else None)
     g = torch.Generator().manual_seed(1)
     T = args.frames
     inputs = (torch.randn(1, 80, T, generator=g), torch.randn(1, 80, T, generator=g).bfloat16(),
@@ -59,7 +62,8 @@ def main() -> None:
     first, out = run(compiled)
     print(f"first solves: eager {time.perf_counter() - t0 - first:.1f} s, compiled (compiling) {first:.1f} s",
           file=sys.stderr, flush=True)
-    times = {"eager bf16": [], f"compiled bf16, bucket {args.bucket}": []}
+    label = ", freezing + max_autotune" if args.autotune else ""
+    times = {"eager bf16": [], f"compiled bf16{label}, bucket {args.bucket}": []}
     for r in range(args.rounds):
         for name, model in zip(times, (eager, compiled)):
             dt, _ = run(model)
@@ -75,6 +79,7 @@ def main() -> None:
     if args.json:
         with args.json.open("a") as f:
             f.write(json.dumps({"frames": T, "bucket": args.bucket, "threads": args.threads, "first_s": first,
+                                "autotune": args.autotune,
                                 "times": times, "rel_diff": diff}) + "\n")
 
 

@@ -1,16 +1,20 @@
 """Chatterbox-Turbo on this CPU: T3 decode step and end to end, exact against fast, and against upstream's Turbo.
 
 Full-size Turbo with random weights (init-random --model turbo; random weights never sample the stop token,
-so every decode runs to its cap, the same number of tokens for every variant):
-  T3 step   ms per token of one sequence's decode (generate_speech_tokens) with the exact preset's float32 T3
-            and the fast preset's bf16 T3 (float32 KV cache): (time of N tokens - time of 1) / (N - 1).
-  end to end  `synthesize` of a 300-character text (one chunk: exact speaks it untouched, as upstream; fast
-            splits it at sentences and batches the chunks), each chunk capped at --tokens tokens; upstream's
-            `ChatterboxTurboTTS.generate` of the same text with its loop capped at the same count, run in the
+so every decode runs to its cap):
+  T3 step   ms per token of one sequence's decode (generate_speech_tokens) with each preset's T3 (exact
+            float32, fast bf16, fastest int8; float32 KV cache): (time of N tokens - time of 1) / (N - 1),
+            N = --step-tokens.
+  end to end  `synthesize` of a 300-character text: exact speaks it as one untouched chunk, as upstream; fast
+            and fastest spread its sentences over the batch's rows and decode them as one batch. Each decode
+            is capped at its text's natural length (checks.expected_tokens: 25 tokens per 16.7 characters,
+            what a real voice's stop token gives), so the variants make about the same audio (ours: each chunk
+            at least 50 tokens); --tokens N caps every chunk at N instead. Upstream's
+            `ChatterboxTurboTTS.generate` of the whole text with its loop capped the same way, run in the
             oracle venv (a child process that loads upstream once and times each round).
 Variants are interleaved over --rounds rounds; medians. RTF = wall seconds / audio seconds.
 
-    python benchmarks/turbo_speed.py [--checkpoint DIR] [--tokens 100] [--rounds 3] [--threads 2] [--json F]
+    python benchmarks/turbo_speed.py [--checkpoint DIR] [--tokens N] [--rounds 3] [--threads 2] [--json F]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 
 from faster_chatterbox.bench import _machine
+from faster_chatterbox.checks import expected_tokens
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.tts_turbo import ChatterboxTurboTTS
@@ -73,9 +78,10 @@ def step_ms(tts: ChatterboxTurboTTS, n: int) -> float:
     return 1000 * (times[n] - times[1]) / (n - 1)
 
 
-def end_to_end(tts: ChatterboxTurboTTS, tokens: int) -> dict:
+def end_to_end(tts: ChatterboxTurboTTS, tokens: int | None) -> dict:
     start = time.perf_counter()
-    result = tts.synthesize(TEXT, seed=1, max_new_tokens=tokens)
+    cap = dict(max_new_tokens=tokens, token_budget_factor=None) if tokens else dict(token_budget_factor=1.0)
+    result = tts.synthesize(TEXT, seed=1, **cap)
     wall = time.perf_counter() - start
     return {"wall_s": wall, "audio_s": len(result.audio) / tts.sr, "chunks": len(result.chunks)}
 
@@ -83,7 +89,8 @@ def end_to_end(tts: ChatterboxTurboTTS, tokens: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="a full-size Turbo checkpoint (default: a random one, written once)")
-    ap.add_argument("--tokens", type=int, default=100)
+    ap.add_argument("--tokens", type=int, help="every decode's cap (default: its text's natural length)")
+    ap.add_argument("--step-tokens", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-upstream", action="store_true")
@@ -94,11 +101,12 @@ def main() -> None:
     if not (ckpt / "conds.pt").is_file():
         write_random_checkpoint(ckpt, seed=0, model="turbo")
     models = {preset: ChatterboxTurboTTS.from_local(ckpt, device="cpu", preset=preset, watermark=False)
-              for preset in ("exact", "fast")}
+              for preset in ("exact", "fast", "fastest")}
     upstream = None
     if not args.no_upstream:
         venv = Path(os.environ.get("FASTER_CHATTERBOX_ORACLE_VENV", Path(__file__).parents[1] / ".oracle-venv"))
-        upstream = subprocess.Popen([str(venv / "bin" / "python"), "-c", UPSTREAM, str(ckpt), str(args.tokens),
+        upstream = subprocess.Popen([str(venv / "bin" / "python"), "-c", UPSTREAM, str(ckpt),
+                                     str(args.tokens or round(expected_tokens(TEXT))),
                                      str(args.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, text=True)
         upstream.stdin.write(TEXT + "\n")
@@ -107,7 +115,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for preset, tts in models.items():
-            rows.setdefault(f"{preset} T3 step", []).append({"ms_per_token": step_ms(tts, args.tokens)})
+            rows.setdefault(f"{preset} T3 step", []).append({"ms_per_token": step_ms(tts, args.step_tokens)})
             rows.setdefault(f"{preset} end to end", []).append(end_to_end(tts, args.tokens))
         if upstream is not None:
             upstream.stdin.write("go\n")
@@ -119,7 +127,8 @@ def main() -> None:
         upstream.wait()
     summary = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rows.items()}
     ref = summary.get("upstream end to end")
-    print(f"machine: {_machine('cpu')}; threads {args.threads}; {args.tokens} tokens per chunk; medians of {args.rounds}")
+    cap = f"{args.tokens} tokens per chunk" if args.tokens else "natural lengths"
+    print(f"machine: {_machine('cpu')}; threads {args.threads}; {cap}; medians of {args.rounds}")
     for name, s in summary.items():
         if "ms_per_token" in s:
             line = f"{s['ms_per_token']:.1f} ms/token (x{summary['exact T3 step']['ms_per_token'] / s['ms_per_token']:.2f} vs exact)"
@@ -130,7 +139,7 @@ def main() -> None:
         print(f"{name:22s} {line}")
     if args.json:
         with open(args.json, "a") as f:
-            f.write(json.dumps({"machine": _machine(), "tokens": args.tokens, "rounds": args.rounds,
+            f.write(json.dumps({"machine": _machine("cpu"), "tokens": args.tokens or "natural", "rounds": args.rounds,
                                 "threads": args.threads, "summary": summary}) + "\n")
 
 

@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -194,7 +195,9 @@ def _run_text(side: str, checkpoint: str, device: str, preset: str, decoder: str
         from .pipeline import plan_chunks
         from .settings import call_settings, engine_settings
 
-        plan = plan_chunks(text, call_settings(engine_settings(preset, device)))  # the chunks ours speaks
+        # chunks of up to 300 characters, one after another: upstream's users' way past its 40 s cap (ours
+        # spreads a text's sentences over its batch rows: pack_chunks(rows=...), no gain for sequential calls)
+        plan = plan_chunks(text, replace(call_settings(engine_settings(preset, device)), chunk_rows=None))
         budget = {}
         tts = _upstream(checkpoint, device, budget)
         tts.prepare_conditionals(voice)

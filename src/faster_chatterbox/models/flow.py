@@ -50,14 +50,14 @@ class CausalConditionalCFM(nn.Module):
         self.length_bucket: int | None = None  # pad the solve's frames to a multiple of this (None: as given)
         self._compiled = None  # the estimator's compiled forward (a function: not a submodule, no state)
 
-    def compile_estimator(self, bucket: int, backend: str | None = "inductor") -> None:
+    def compile_estimator(self, bucket: int, backend: str | None = "inductor", options: dict | None = None) -> None:
         """Solve at lengths padded to multiples of `bucket` frames, with the estimator compiled by `backend`
-        for static shapes (None: padded but eager)."""
+        for static shapes (None: padded but eager); options: inductor's (for example freezing, max_autotune)."""
         if not isinstance(bucket, int) or bucket < 1:
             raise ValueError(f"bucket must be a positive integer, got {bucket!r}")
         self.length_bucket = bucket
         self._compiled = None if backend is None else torch.compile(self.estimator.forward, dynamic=False,
-                                                                    backend=backend)
+                                                                    backend=backend, options=options)
 
     def forward(
         self, noise: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
