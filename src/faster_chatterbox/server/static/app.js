@@ -34,6 +34,10 @@ async function loadInfo() {
   $("upload-section").hidden = !state.info.voice_uploads;
   $("char-limit").textContent = state.info.max_input_chars;
   $("text").maxLength = state.info.max_input_chars;
+  // the multilingual model speaks many languages: pick one (the others speak English only)
+  const languages = state.info.languages;
+  $("language-label").hidden = languages.length < 2;
+  for (const language of languages) $("language").add(new Option(language, language, false, language === "en"));
 }
 
 async function loadVoices(select) {
@@ -67,11 +71,12 @@ function numberField(id) {
 
 function requestBody() {
   const body = {
-    model: "chatterbox", input: $("text").value, voice: $("voice").value, response_format: "pcm",
+    model: state.info.model, input: $("text").value, voice: $("voice").value, response_format: "pcm",
     stream_format: "audio", speed: numberField("speed"), exaggeration: numberField("exaggeration"),
     cfg_weight: numberField("cfg_weight"), temperature: numberField("temperature"), seed: numberField("seed"),
   };
   if ($("optimize_quality").checked) body.optimize_quality = true;
+  if (!$("language-label").hidden) body.language = $("language").value;
   return body;
 }
 
