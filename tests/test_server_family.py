@@ -1,5 +1,6 @@
 """The server speaks any model of the family (`serve --model`): a Turbo server through the `openai` client,
-the model names it accepts and refuses, and a multilingual server's per-request `language`."""
+the model names it accepts and refuses, each model's own controls (Flash's), and a multilingual server's
+per-request `language`."""
 
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ def multilingual(tmp_path_factory):
     tts.close()
 
 
+@pytest.fixture(scope="module")
+def flash(tmp_path_factory):
+    tts = _server("flash", tmp_path_factory.mktemp("cache"))
+    with LiveServer(tts) as live:
+        yield live
+    tts.close()
+
+
 def _speak(server, **body) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/audio/speech", timeout=120,
                       json={"input": "Hello there.", "voice": "alloy", "response_format": "wav", **EXTRA, **body})
@@ -82,6 +91,15 @@ def test_a_family_model_not_loaded_is_a_400_naming_the_loaded_one(turbo):
     message = _error(_speak(turbo, model="turbo", language="fr"), "language", "unsupported_language")
     assert "'fr'" in message
     assert _speak(turbo, model="turbo", language="en").status_code == 200  # and the server keeps serving
+
+
+def test_each_model_takes_its_own_controls_and_refuses_the_others_by_name(turbo, flash):
+    assert _speak(flash, model="flash", num_steps=2, cfg_scale=1.5, temperature=0.7).status_code == 200
+    for name, value in (("cfg_weight", 0.3), ("top_p", 0.9), ("min_p", 0.1), ("repetition_penalty", 1.3)):
+        assert "flash" in _error(_speak(flash, model="flash", **{name: value}), name, "unsupported_parameter")
+    _error(_speak(turbo, model="turbo", num_steps=2), "num_steps", "unsupported_parameter")
+    parameters = httpx.get(f"{flash.url}/info").json()["parameters"]
+    assert "cfg_scale" in parameters and "cfg_weight" not in parameters  # what the page shows
 
 
 def test_models_health_and_info_name_the_loaded_model(turbo):

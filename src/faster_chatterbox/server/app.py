@@ -34,7 +34,7 @@ from .errors import APIError, install_error_handlers
 from .metrics import Metrics
 from .middleware import BodyLimit, RequestLog
 from .options import ServerOptions
-from .models import accepted_models, languages, model_name
+from .models import accepted_models, extras_taken, languages, model_name
 from .service import SpeechService
 from .speech import router as speech_router
 from .voices_api import router as voices_router
@@ -107,7 +107,8 @@ def _add_routes(app: FastAPI) -> None:
     async def info(request: Request) -> dict:
         state = request.app.state
         tts, options = state.tts, state.options
-        return {"model": model_name(tts), "languages": list(languages(tts)), "version": __version__, "preset": tts.settings.preset, "device": str(tts.device),
+        return {"model": model_name(tts), "languages": list(languages(tts)), "parameters": list(extras_taken(tts)),
+                "version": __version__, "preset": tts.settings.preset, "device": str(tts.device),
                 "sample_rate": tts.sr, "random_weights": options.random_weights,
                 "max_input_chars": options.max_input_chars, "formats": list(FORMATS),
                 "speed": [MIN_SPEED, MAX_SPEED], "auth_required": bool(options.api_key),

@@ -3,13 +3,14 @@
 A server speaks one model of the family (`serve --model`). A request may name it by its family name
 (settings.MODEL_NAMES: chatterbox, turbo, nano, multilingual, flash) or by one of OpenAI's names; naming
 another model of the family is a 400 `model_not_found` that says which one is loaded. Only the multilingual
-model takes a `language` (its SUPPORTED_LANGUAGES); the others speak English, "en".
+model takes a `language` (its SUPPORTED_LANGUAGES); the others speak English, "en". Only Chatterbox-Flash
+takes `num_steps` and `cfg_scale`, and it refuses the sampling controls its block diffusion has no use for.
 """
 
 from __future__ import annotations
 
 from ..settings import MODEL_NAMES
-from .errors import bad_request
+from .errors import EXTRAS, bad_request
 
 # OpenAI's model names, each mapped to the loaded model; tts-1-hd turns optimize_quality on unless the
 # request says otherwise (post-processing: loudness, de-click, edge trim; the closest thing to "HD" here).
@@ -20,6 +21,10 @@ OPENAI_MODELS: dict[str, dict] = {
     "gpt-4o-mini-tts-2025-12-15": {},
 }
 DEFAULT_LANGUAGE = "en"
+FLASH_EXTRAS = ("num_steps", "cfg_scale")  # Chatterbox-Flash's own decoding controls
+# the extras a model has no use for, refused (400) rather than silently dropped. Turbo and Nano are not here:
+# they take cfg_weight, exaggeration and min_p and ignore them with a warning, as upstream's Turbo does.
+_NOT_TAKEN = {"flash": ("cfg_weight", "top_p", "min_p", "repetition_penalty")}  # block diffusion: none of these
 
 
 def model_name(tts) -> str:
@@ -43,6 +48,22 @@ def model_defaults(tts, name: str) -> dict:
                           f"{', '.join(OPENAI_MODELS)})", "model", "model_not_found")
     raise bad_request(f"unknown model {name!r}; this server speaks {loaded!r}; models: {', '.join(accepted)}",
                       "model", "model_not_found")
+
+
+def extras_taken(tts) -> tuple[str, ...]:
+    """The extras (errors.EXTRAS) the loaded model takes."""
+    model = model_name(tts)
+    refused = _NOT_TAKEN.get(model, ()) + (() if model == "flash" else FLASH_EXTRAS)
+    return tuple(name for name in EXTRAS if name not in refused)
+
+
+def check_extras(tts, extras: dict) -> None:
+    """A 400 naming the first of `extras` (generate_stream's controls) that the loaded model does not take."""
+    taken = extras_taken(tts)
+    for name in extras:
+        if name not in taken:
+            raise bad_request(f"{name} does not apply to the {model_name(tts)} model; it takes "
+                              f"{', '.join(taken)}", name, "unsupported_parameter")
 
 
 def languages(tts) -> tuple[str, ...]:

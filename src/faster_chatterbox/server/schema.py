@@ -65,6 +65,9 @@ class SpeechRequest(BaseModel):
     optimize_quality: bool | None = Field(None, description="post-process (loudness, de-click, trim)")
     max_new_tokens: int | None = Field(None, ge=1, le=4096,
                                        description="each chunk's speech-token cap (25 per second of speech)")
+    # Chatterbox-Flash's own decoding controls (its reference's names; the other models refuse them)
+    num_steps: int | None = Field(None, ge=1, le=64, description="flash: denoising steps per block")
+    cfg_scale: float | None = Field(None, ge=0.0, le=100.0, description="flash: classifier-free guidance scale")
 
     def voice_name(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceId) else self.voice

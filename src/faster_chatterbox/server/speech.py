@@ -26,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from .auth import require_api_key
 from .encode import MEDIA_TYPES
 from .errors import APIError, bad_request, job_error
-from .models import language_args, model_defaults
+from .models import check_extras, language_args, model_defaults
 from .schema import SpeechRequest
 from .service import QueueFull, Running, SpeechJob, SpeechService
 
@@ -88,7 +88,9 @@ def _job(body: SpeechRequest, app) -> SpeechJob:
                           "allowed", "input", "string_above_max_length")
     voice = app.catalog.check(body.voice_name())
     whole = not body.stream and body.stream_format == "audio"
-    return SpeechJob(text, voice, body.extras(defaults) | language, body.response_format, body.speed, whole=whole)
+    extras = body.extras(defaults)
+    check_extras(app.tts, extras)
+    return SpeechJob(text, voice, extras | language, body.response_format, body.speed, whole=whole)
 
 
 async def _next(service: SpeechService, running: Running, request: Request, deadline: float, *,
