@@ -4,61 +4,41 @@ per-request `language`."""
 
 from __future__ import annotations
 
-import argparse
-
 import httpx
 import numpy as np
 import pytest
 
-from server_helpers import SR, LiveServer, decode
+from server_helpers import SR, LiveServer, decode, family_tts
 
 openai = pytest.importorskip("openai")
-from faster_chatterbox.server.main import load_model, warm_up  # noqa: E402
 from faster_chatterbox.server.models import OPENAI_MODELS  # noqa: E402
 
 EXTRA = {"seed": 3, "max_new_tokens": 20}  # random weights never stop: 20 tokens = 0.8 s of audio
 
 
-def _serve_args(model: str) -> argparse.Namespace:
-    """`serve --model MODEL --random-weights small` as the command line parses it."""
-    from faster_chatterbox.cli import build_parser
-
-    return build_parser().parse_args(["serve", "--model", model, "--random-weights", "small", "--device", "cpu",
-                                      "--no-watermark"])
-
-
-def _server(model: str, cache):
-    """A live server of `model`'s small random checkpoint, loaded as `serve` loads it (written to `cache`)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FASTER_CHATTERBOX_CACHE", str(cache))
-        tts = load_model(_serve_args(model))
+def _live(model: str, tmp_path_factory):
+    """A live server of `model`'s small random checkpoint (loaded as `serve` loads it), for the module."""
+    cache = tmp_path_factory.mktemp("cache")
+    tts = family_tts(model, cache)
     assert tts.settings.model == model and (cache / f"random-{model}-small-seed0").is_dir()
-    warm_up(tts)
-    return tts
+    with LiveServer(tts) as live:
+        yield live
+    tts.close()
 
 
 @pytest.fixture(scope="module")
 def turbo(tmp_path_factory):
-    tts = _server("turbo", tmp_path_factory.mktemp("cache"))
-    with LiveServer(tts) as live:
-        yield live
-    tts.close()
+    yield from _live("turbo", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def multilingual(tmp_path_factory):
-    tts = _server("multilingual", tmp_path_factory.mktemp("cache"))
-    with LiveServer(tts) as live:
-        yield live
-    tts.close()
+    yield from _live("multilingual", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def flash(tmp_path_factory):
-    tts = _server("flash", tmp_path_factory.mktemp("cache"))
-    with LiveServer(tts) as live:
-        yield live
-    tts.close()
+    yield from _live("flash", tmp_path_factory)
 
 
 def _speak(server, **body) -> httpx.Response:
