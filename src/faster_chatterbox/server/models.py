@@ -74,8 +74,9 @@ def languages(tts) -> tuple[str, ...]:
 
 
 def language_args(tts, language: str | None = None) -> dict:
-    """generate_stream's language argument for `language` (None: English), checked: a 400 naming it."""
-    language = DEFAULT_LANGUAGE if language is None else language
+    """generate_stream's language argument for `language` (None: English; any case, as check_language takes
+    it), checked: a 400 naming it."""
+    language = DEFAULT_LANGUAGE if language is None else language.lower()
     spoken = languages(tts)
     if language not in spoken:
         raise bad_request(f"language {language!r} is not spoken by the {model_name(tts)} model; languages: "

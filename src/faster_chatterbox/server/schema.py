@@ -2,8 +2,8 @@
 
 `POST /v1/audio/speech` takes OpenAI's body unchanged (model, input, voice, instructions, response_format,
 speed, stream_format) plus Chatterbox's controls (and the multilingual model's `language`) as extras in
-the same body. Unknown fields are refused
-(400), as OpenAI refuses them: a misspelt `cfg_wieght` must not pass silently.
+the same body. Unknown fields are refused (400), as OpenAI refuses them: a misspelt `cfg_wieght` must not
+pass silently. Which names and extras the loaded model takes is models.py's to say.
 """
 
 from __future__ import annotations
