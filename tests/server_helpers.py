@@ -43,6 +43,21 @@ def small_tts() -> ChatterboxTTS:
     return tts
 
 
+def family_tts(model: str, cache: Path):
+    """`serve --model MODEL --random-weights small`'s model, loaded as `serve` loads it (the checkpoint
+    written under `cache`) and warmed up; the caller closes it."""
+    from faster_chatterbox.cli import build_parser
+    from faster_chatterbox.server.main import load_model, warm_up
+
+    args = build_parser().parse_args(["serve", "--model", model, "--random-weights", "small", "--device", "cpu",
+                                      "--no-watermark"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FASTER_CHATTERBOX_CACHE", str(cache))
+        tts = load_model(args)
+    warm_up(tts)
+    return tts
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

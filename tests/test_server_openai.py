@@ -148,7 +148,7 @@ def test_models_and_voices_are_listed(client, server):
 
 
 def test_health_ready_info_and_metrics(server):
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "model": "chatterbox"}
     assert httpx.get(f"{server.url}/ready").json()["status"] == "ready"
     info = httpx.get(f"{server.url}/info").json()
     assert info["random_weights"] is True and info["sample_rate"] == SR and info["max_input_chars"] == 4096

@@ -1,6 +1,6 @@
 """The web page in headless Chromium (Debian's chromium + chromium-driver: scripts/install-browser.sh),
 driven with selenium: type a text, press Speak, hear it stream (WebAudio started with bytes received),
-and download a WAV that decodes; upload a voice through the page."""
+and download a WAV that decodes; upload a voice through the page; the multilingual model's language picker."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import wave
 import pytest
 
 from faster_chatterbox.server import ServerOptions
-from server_helpers import SR, LiveServer, clip_bytes
+from server_helpers import SR, LiveServer, clip_bytes, family_tts
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
@@ -53,6 +53,8 @@ def test_speak_streams_plays_and_downloads_a_wav(server, browser):
     browser.get(server.url)
     WebDriverWait(browser, 30).until(lambda d: body_data(d, "state") == "idle")
     assert browser.find_element(By.ID, "random-banner").is_displayed()  # random weights, said on the page
+    assert "chatterbox" in browser.find_element(By.ID, "model-info").text
+    assert not browser.find_element(By.ID, "language-label").is_displayed()  # English only
     voices = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "voice")).options]
     assert voices[0] == "default" and "alloy" in voices
     text = browser.find_element(By.ID, "text")
@@ -91,3 +93,19 @@ def test_upload_a_voice_from_the_page(server, browser, tmp_path):
     picker = Select(browser.find_element(By.ID, "voice"))
     assert picker.first_selected_option.get_attribute("value") == "browser voice"
     assert browser.find_element(By.ID, "delete-voice").is_enabled()
+
+
+def test_the_multilingual_page_picks_a_language(browser, tmp_path):
+    tts = family_tts("multilingual", tmp_path)
+    try:
+        with LiveServer(tts) as live:
+            browser.get(live.url)
+            WebDriverWait(browser, 30).until(lambda d: body_data(d, "state") == "idle")
+            assert "multilingual" in browser.find_element(By.ID, "model-info").text
+            picker = Select(browser.find_element(By.ID, "language"))
+            assert picker.first_selected_option.get_attribute("value") == "en"
+            picker.select_by_value("fr")
+            body = browser.execute_script("return requestBody();")  # what Speak sends
+            assert (body["model"], body["language"]) == ("multilingual", "fr")
+    finally:
+        tts.close()

@@ -31,47 +31,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         f"lossy ones (default: {DEFAULT_PRESET})")
     p.add_argument("--decoder", default="cfm", choices=("cfm", "meanflow"),
                    help="S3Gen decoder: cfm (the model's own) or meanflow (Chatterbox-Turbo's 2-step one)")
-    p.add_argument("--model", default="chatterbox", choices=MODELS,
+    _add_model_name(p, "give --language")
+
+
+def _add_model_name(p: argparse.ArgumentParser, languages: str) -> None:
+    from .settings import MODEL_NAMES
+
+    p.add_argument("--model", default="chatterbox", choices=MODEL_NAMES,
                    help="chatterbox (English), turbo or nano (GPT-2 T3, paralinguistic tags such as [laugh]; "
-                        "meanflow decoder whatever --decoder says), multilingual (23 languages: give --language), "
+                        f"meanflow decoder whatever --decoder says), multilingual (23 languages: {languages}), "
                         "flash (Chatterbox-Flash, block-diffusion T3) (default: %(default)s)")
 
 
-MODELS = ("chatterbox", "turbo", "nano", "multilingual", "flash")
-
-
 def _load_model(args, watermark: bool = True):
-    from .tts import ChatterboxTTS
+    from .family import load_model
 
-    if args.model in ("turbo", "nano"):
-        from .tts_turbo import ChatterboxTurboTTS
-
-        options = dict(device=args.device, nano=args.model == "nano", preset=args.preset, watermark=watermark)
-        if args.checkpoint:
-            return ChatterboxTurboTTS.from_local(args.checkpoint, **options)
-        return ChatterboxTurboTTS.from_pretrained(**options)
-    if args.model == "multilingual":
-        from .tts_multilingual import ChatterboxMultilingualTTS
-
-        if args.decoder != "cfm":
-            raise ValueError("--decoder meanflow applies to --model chatterbox only")
-        options = dict(device=args.device, preset=args.preset, watermark=watermark)
-        if args.checkpoint:
-            return ChatterboxMultilingualTTS.from_local(args.checkpoint, **options)
-        return ChatterboxMultilingualTTS.from_pretrained(**options)
-    options = dict(device=args.device, preset=args.preset, watermark=watermark, decoder=args.decoder)
-    if args.model == "flash":
-        from .tts_flash import ChatterboxFlashTTS
-
-        if args.decoder != "cfm":
-            raise ValueError("--decoder does not apply to --model flash (its decoder is its own meanflow one)")
-        del options["decoder"]
-        if args.checkpoint:
-            return ChatterboxFlashTTS.from_local(args.checkpoint, **options)
-        return ChatterboxFlashTTS.from_pretrained(**options)
-    if args.checkpoint:
-        return ChatterboxTTS.from_local(args.checkpoint, **options)
-    return ChatterboxTTS.from_pretrained(**options)
+    return load_model(args.model, args.checkpoint, device=args.device, preset=args.preset, watermark=watermark,
+                      decoder=args.decoder)
 
 
 def _read_text(args) -> str:
@@ -185,7 +161,7 @@ def cmd_render_book(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import DEFAULT_PRESET, PRESET_NAMES
+    from .settings import DEFAULT_PRESET, MODEL_NAMES, PRESET_NAMES
     from .quality.ab import add_ab_command
 
     parser = argparse.ArgumentParser(prog="faster-chatterbox", description="Fast, faithful Chatterbox text-to-speech.")
@@ -228,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="tiny model sizes for fast tests (not the official shapes)")
     p.add_argument("--meanflow", action="store_true", help="also write a random s3gen_meanflow.safetensors")
-    p.add_argument("--model", default="chatterbox", choices=MODELS,
+    p.add_argument("--model", default="chatterbox", choices=MODEL_NAMES,
                    help="which official layout (default: %(default)s)")
     p.set_defaults(func=cmd_init_random)
 
@@ -256,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="DIR", help="local checkpoint directory (default: the hub model)")
-    source.add_argument("--repo-id", default="ResembleAI/chatterbox", help="hub model to download (default %(default)s)")
+    source.add_argument("--repo-id", help="hub repository to download (default: the --model's own release)")
     source.add_argument("--random-weights", nargs="?", const="full", choices=("full", "small"),
-                        help="make (once) and use a random-weight checkpoint, full-size or small: it speaks noise")
+                        help="make (once) and use a random-weight checkpoint of the --model's layout, full-size "
+                             "or small: it speaks noise")
+    _add_model_name(p, "each request's language, default en")
     p.add_argument("--device", default="auto")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
     p.add_argument("--no-watermark", action="store_true", help="do not watermark the output")

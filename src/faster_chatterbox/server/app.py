@@ -1,11 +1,12 @@
-"""The FastAPI app: `create_app(tts, options)` serves a loaded ChatterboxTTS.
+"""The FastAPI app: `create_app(tts, options)` serves a loaded model of the family (server/models.py).
 
   POST /v1/audio/speech            OpenAI's speech API (speech.py)
   GET|POST /v1/audio/voices, DELETE /v1/audio/voices/{name}   the voices (voices_api.py)
-  GET /v1/models                   OpenAI's model list: chatterbox and the OpenAI names mapped to it
-  GET /health, /ready              liveness (always 200) and readiness (503 while the queue is full or
-                                   the server is shutting down); no key needed
-  GET /info                        what the page shows: model, preset, device, random weights, limits
+  GET /v1/models                   OpenAI's model list: the loaded model's name and OpenAI's mapped to it
+  GET /health, /ready              liveness (always 200; names the loaded model) and readiness (503 while
+                                   the queue is full or the server is shutting down); no key needed
+  GET /info                        what the page shows: model, its languages, preset, device, random
+                                   weights, limits
   GET /metrics                     Prometheus
   GET /                            the web page (static/, plain HTML and JS)
 The model is shared by every request; the app owns the SpeechService (admission and worker threads),
@@ -33,7 +34,7 @@ from .errors import APIError, install_error_handlers
 from .metrics import Metrics
 from .middleware import BodyLimit, RequestLog
 from .options import ServerOptions
-from .schema import MODEL_ID, MODELS
+from .models import accepted_models, extras_taken, languages, model_name
 from .service import SpeechService
 from .speech import router as speech_router
 from .voices_api import router as voices_router
@@ -90,8 +91,8 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
 
 def _add_routes(app: FastAPI) -> None:
     @app.get("/health", summary="Liveness")
-    async def health() -> dict:
-        return {"status": "ok"}
+    async def health(request: Request) -> dict:
+        return {"status": "ok", "model": model_name(request.app.state.tts)}
 
     @app.get("/ready", summary="Readiness: 503 while the queue is full or the server is closing")
     async def ready(request: Request):
@@ -106,19 +107,20 @@ def _add_routes(app: FastAPI) -> None:
     async def info(request: Request) -> dict:
         state = request.app.state
         tts, options = state.tts, state.options
-        return {"model": MODEL_ID, "version": __version__, "preset": tts.settings.preset, "device": str(tts.device),
+        return {"model": model_name(tts), "languages": list(languages(tts)), "parameters": list(extras_taken(tts)),
+                "version": __version__, "preset": tts.settings.preset, "device": str(tts.device),
                 "sample_rate": tts.sr, "random_weights": options.random_weights,
                 "max_input_chars": options.max_input_chars, "formats": list(FORMATS),
                 "speed": [MIN_SPEED, MAX_SPEED], "auth_required": bool(options.api_key),
                 "voice_uploads": state.catalog.library is not None, "max_upload_bytes": options.max_upload_bytes}
 
     @app.get("/v1/models", dependencies=[Depends(require_api_key)], summary="OpenAI's model list")
-    async def models() -> dict:
-        return {"object": "list", "data": [_model(name) for name in MODELS]}
+    async def models(request: Request) -> dict:
+        return {"object": "list", "data": [_model(name) for name in accepted_models(request.app.state.tts)]}
 
     @app.get("/v1/models/{model}", dependencies=[Depends(require_api_key)], summary="One model")
-    async def model(model: str) -> dict:
-        if model not in MODELS:
+    async def model(model: str, request: Request) -> dict:
+        if model not in accepted_models(request.app.state.tts):
             raise APIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
         return _model(model)
 

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("faster_chatterbox.server")
 # the Chatterbox controls of a request: an engine error message that starts with one names it
 EXTRAS = ("exaggeration", "cfg_weight", "temperature", "top_p", "min_p", "repetition_penalty", "seed",
-          "optimize_quality", "max_new_tokens")
+          "optimize_quality", "max_new_tokens", "num_steps", "cfg_scale")
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
           404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",

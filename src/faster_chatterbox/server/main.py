@@ -11,55 +11,36 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import uvicorn
 
+from ..family import cache_dir, random_checkpoint
+from ..family import load_model as load_model_named
 from ..pipeline import NoSpeechError
 from .app import create_app
+from .models import language_args
 from .options import ServerOptions
 
 log = logging.getLogger("faster_chatterbox.server")
 API_KEY_ENV = "FASTER_CHATTERBOX_API_KEY"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTER_CHATTERBOX_CACHE", Path.home() / ".cache" / "faster-chatterbox"))
-
-
-def random_checkpoint(size: str) -> Path:
-    """A random-weight checkpoint written once under the cache and reused: "full" is the one `bench
-    --random-weights` uses (random-full-seed0, ~3 GB), "small" the test sizes."""
-    from ..random_checkpoint import write_random_checkpoint
-
-    target = cache_dir() / f"random-{size}-seed0"
-    if not (target / "conds.pt").is_file():
-        log.warning("writing a %s RANDOM-weight checkpoint to %s (once)", size, target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".random-{size}-", dir=target.parent))
-        write_random_checkpoint(staging, seed=0, small=size == "small")
-        staging.rename(target)
-    return target
-
-
 def load_model(args):
-    from ..tts import ChatterboxTTS
-
-    options = dict(device=args.device, preset=args.preset, watermark=not args.no_watermark)
-    if args.random_weights:
-        return ChatterboxTTS.from_local(random_checkpoint(args.random_weights), **options)
-    if args.checkpoint:
-        return ChatterboxTTS.from_local(args.checkpoint, **options)
-    return ChatterboxTTS.from_pretrained(repo_id=args.repo_id, **options)
+    """The model `serve` (or a Ray replica) was asked for: --model from --checkpoint, --repo-id or random
+    weights of its layout (family.py: the loader `speak` uses too)."""
+    model = args.model
+    checkpoint = random_checkpoint(args.random_weights, model) if args.random_weights else args.checkpoint
+    return load_model_named(model, checkpoint, args.repo_id, device=args.device, preset=args.preset,
+                            watermark=not args.no_watermark)
 
 
 def warm_up(tts) -> float:
     """One short synthesis (first calls build kernels and caches); returns its seconds."""
     start = time.perf_counter()
     try:
-        for _ in tts.generate_stream("Hello, this is a warm up.", seed=0, max_new_tokens=50):
+        for _ in tts.generate_stream("Hello, this is a warm up.", seed=0, max_new_tokens=50, **language_args(tts)):
             pass
     except NoSpeechError:  # real weights may say nothing to this; the model is warm all the same
         pass
@@ -85,7 +66,8 @@ def serve(args) -> None:
     try:
         if tts.random_weights:
             log.warning("*** RANDOM WEIGHTS: this server speaks noise (for tests and benchmarks only) ***")
-        log.info("model loaded (preset %s on %s); warmed up in %.1f s", tts.settings.preset, tts.device, warm_up(tts))
+        log.info("model %s loaded (preset %s on %s); warmed up in %.1f s", tts.settings.model, tts.settings.preset,
+                 tts.device, warm_up(tts))
         options = server_options(args, tts.random_weights)
         if options.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("serving on %s without an API key: anyone who reaches the port can use it", args.host)

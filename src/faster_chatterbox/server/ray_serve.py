@@ -64,7 +64,8 @@ class RayServeConfig(BaseModel):
 
     # the model, per replica
     checkpoint: str | None = None  # local checkpoint directory (None: the hub model, or random weights)
-    repo_id: str = "ResembleAI/chatterbox"
+    model: str = "chatterbox"  # settings.MODEL_NAMES, as `serve --model`
+    repo_id: str | None = None  # None: the model's own release
     random_weights: Literal["full", "small"] | None = None
     device: str = "auto"
     preset: str = "fast"
@@ -174,7 +175,7 @@ def speech_app(config: RayServeConfig):
     checkpoint is written here, once, not by every replica at the same time (one machine's tests only:
     other nodes don't see this one's cache)."""
     if config.random_weights is not None:
-        config = config.model_copy(update={"checkpoint": str(random_checkpoint(config.random_weights)),
+        config = config.model_copy(update={"checkpoint": str(random_checkpoint(config.random_weights, config.model)),
                                            "random_weights": None})
     return serve.deployment(SpeechReplica).options(**deployment_options(config)).bind(config)
 

@@ -1,8 +1,9 @@
-"""OpenAI's speech API as this server takes it: the request body, the models, the voice names.
+"""OpenAI's speech API as this server takes it: the request body and the voice names (models.py: the models).
 
 `POST /v1/audio/speech` takes OpenAI's body unchanged (model, input, voice, instructions, response_format,
-speed, stream_format) plus Chatterbox's controls as extras in the same body. Unknown fields are refused
-(400), as OpenAI refuses them: a misspelt `cfg_wieght` must not pass silently.
+speed, stream_format) plus Chatterbox's controls (and the multilingual model's `language`) as extras in
+the same body. Unknown fields are refused (400), as OpenAI refuses them: a misspelt `cfg_wieght` must not
+pass silently. Which names and extras the loaded model takes is models.py's to say.
 """
 
 from __future__ import annotations
@@ -13,17 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .encode import FORMATS, MAX_SPEED, MIN_SPEED
 from .errors import EXTRAS  # the Chatterbox controls a request may set, passed to generate_stream as they are
+from .models import OPENAI_MODELS
 
-MODEL_ID = "chatterbox"
-# OpenAI's model names, each mapped to the loaded model; tts-1-hd turns optimize_quality on unless the
-# request says otherwise (post-processing: loudness, de-click, edge trim; the closest thing to "HD" here).
-MODELS: dict[str, dict] = {
-    MODEL_ID: {},
-    "tts-1": {},
-    "tts-1-hd": {"optimize_quality": True},
-    "gpt-4o-mini-tts": {},
-    "gpt-4o-mini-tts-2025-12-15": {},
-}
 # OpenAI's voice names: each is the built-in voice unless the voice library holds a voice of that name.
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer",
                  "verse", "marin", "cedar")
@@ -38,7 +30,8 @@ class VoiceId(BaseModel):
 class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description=f"one of {', '.join(MODELS)}: all speak with the loaded Chatterbox model",
+    model: str = Field(description=f"the loaded model's name (chatterbox, turbo, nano, multilingual or flash: "
+                                   f"GET /v1/models) or one of OpenAI's, {', '.join(OPENAI_MODELS)}, mapped to it",
                        examples=["tts-1"])
     input: str = Field(description="the text to speak (at most --max-input-chars characters, 4096 by default)",
                        examples=["Hello there."])
@@ -53,6 +46,9 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = Field(
         "audio", description="audio: the bytes as they are made (chunked); sse: speech.audio.delta events "
                              "with base64 audio, then speech.audio.done with usage")
+    language: str | None = Field(None, min_length=1, max_length=16,
+                                 description="extra: the multilingual model's language id (default en; GET /info "
+                                             "lists the loaded model's); the other models speak en only")
     stream: bool = Field(True, description="extra: false sends one whole file (exact WAV header, "
                                            "Content-Length) once the audio is complete")
     # Chatterbox's controls (extras); None: the model's defaults
@@ -69,11 +65,14 @@ class SpeechRequest(BaseModel):
     optimize_quality: bool | None = Field(None, description="post-process (loudness, de-click, trim)")
     max_new_tokens: int | None = Field(None, ge=1, le=4096,
                                        description="each chunk's speech-token cap (25 per second of speech)")
+    # Chatterbox-Flash's own decoding controls (its reference's names; the other models refuse them)
+    num_steps: int | None = Field(None, ge=1, le=64, description="flash: denoising steps per block")
+    cfg_scale: float | None = Field(None, ge=0.0, le=100.0, description="flash: classifier-free guidance scale")
 
     def voice_name(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceId) else self.voice
 
-    def extras(self) -> dict:
-        """The Chatterbox controls given, with the model name's defaults under them."""
+    def extras(self, defaults: dict) -> dict:
+        """The Chatterbox controls given, with `defaults` (the model name's, models.model_defaults) under them."""
         given = {name: getattr(self, name) for name in EXTRAS if getattr(self, name) is not None}
-        return {**MODELS.get(self.model, {}), **given}
+        return {**defaults, **given}

@@ -26,7 +26,8 @@ from fastapi.responses import Response, StreamingResponse
 from .auth import require_api_key
 from .encode import MEDIA_TYPES
 from .errors import APIError, bad_request, job_error
-from .schema import MODELS, SpeechRequest
+from .models import check_extras, language_args, model_defaults
+from .schema import SpeechRequest
 from .service import QueueFull, Running, SpeechJob, SpeechService
 
 log = logging.getLogger("faster_chatterbox.server")
@@ -77,8 +78,8 @@ async def speech(body: SpeechRequest, request: Request):
 
 def _job(body: SpeechRequest, app) -> SpeechJob:
     """The request's job, checked: every client mistake is a 400 naming its parameter."""
-    if body.model not in MODELS:
-        raise bad_request(f"unknown model {body.model!r}; models: {', '.join(MODELS)}", "model", "model_not_found")
+    defaults = model_defaults(app.tts, body.model)
+    language = language_args(app.tts, body.language)
     text = body.input
     if not text.strip():
         raise bad_request("input is empty: give some text to speak", "input", "empty_input")
@@ -87,7 +88,9 @@ def _job(body: SpeechRequest, app) -> SpeechJob:
                           "allowed", "input", "string_above_max_length")
     voice = app.catalog.check(body.voice_name())
     whole = not body.stream and body.stream_format == "audio"
-    return SpeechJob(text, voice, body.extras(), body.response_format, body.speed, whole=whole)
+    extras = body.extras(defaults)
+    check_extras(app.tts, extras)
+    return SpeechJob(text, voice, extras | language, body.response_format, body.speed, whole=whole)
 
 
 async def _next(service: SpeechService, running: Running, request: Request, deadline: float, *,

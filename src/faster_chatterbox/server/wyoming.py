@@ -21,6 +21,7 @@ from wyoming.tts import Synthesize
 
 from .. import __version__
 from .errors import APIError, job_error
+from .models import language_args, languages
 from .schema import DEFAULT_VOICE
 from .service import QueueFull, SpeechJob, SpeechService
 
@@ -39,7 +40,7 @@ async def start_wyoming(app, host: str, port: int) -> AsyncTcpServer:
 
 def info(state) -> Info:
     random = " (RANDOM WEIGHTS: noise)" if state.options.random_weights else ""
-    voices = [TtsVoice(name=name, attribution=_ATTRIBUTION, installed=True, version=__version__, languages=["en"],
+    voices = [TtsVoice(name=name, attribution=_ATTRIBUTION, installed=True, version=__version__, languages=list(languages(state.tts)),
                        description=f"{name}{random}") for name in state.catalog.names()
               if name in state.catalog.library_names() or state.catalog.builtin is not None]
     program = TtsProgram(name="faster-chatterbox", attribution=_ATTRIBUTION, installed=True, version=__version__,
@@ -70,7 +71,7 @@ class _Handler(AsyncEventHandler):
             if len(text) > state.options.max_input_chars:
                 raise APIError(400, f"the text is {len(text)} characters long; at most "
                                     f"{state.options.max_input_chars} are allowed", code="string_above_max_length")
-            running = service.submit(SpeechJob(text, voice, {}, "pcm"))
+            running = service.submit(SpeechJob(text, voice, language_args(state.tts), "pcm"))
         except QueueFull:
             await self.write_event(Error(text="the server is busy: retry later", code="queue_full").event())
             return

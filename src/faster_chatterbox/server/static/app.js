@@ -34,6 +34,14 @@ async function loadInfo() {
   $("upload-section").hidden = !state.info.voice_uploads;
   $("char-limit").textContent = state.info.max_input_chars;
   $("text").maxLength = state.info.max_input_chars;
+  // the controls this model takes (Flash has no CFG weight)
+  for (const input of $("params").querySelectorAll("input")) {
+    if (input.id !== "speed") input.closest("label").hidden = !state.info.parameters.includes(input.id);
+  }
+  // the multilingual model speaks many languages: pick one (the others speak English only)
+  const languages = state.info.languages;
+  $("language-label").hidden = languages.length < 2;
+  for (const language of languages) $("language").add(new Option(language, language, false, language === "en"));
 }
 
 async function loadVoices(select) {
@@ -67,11 +75,14 @@ function numberField(id) {
 
 function requestBody() {
   const body = {
-    model: "chatterbox", input: $("text").value, voice: $("voice").value, response_format: "pcm",
-    stream_format: "audio", speed: numberField("speed"), exaggeration: numberField("exaggeration"),
-    cfg_weight: numberField("cfg_weight"), temperature: numberField("temperature"), seed: numberField("seed"),
+    model: state.info.model, input: $("text").value, voice: $("voice").value, response_format: "pcm",
+    stream_format: "audio", speed: numberField("speed"),
   };
+  for (const name of ["exaggeration", "cfg_weight", "temperature", "seed"]) {
+    if (state.info.parameters.includes(name)) body[name] = numberField(name);  // the model takes it
+  }
   if ($("optimize_quality").checked) body.optimize_quality = true;
+  if (!$("language-label").hidden) body.language = $("language").value;
   return body;
 }
 
