@@ -356,18 +356,10 @@ def _machine(device: str) -> dict:
 
 
 def random_checkpoint_dir() -> Path:
-    """A full-size random checkpoint, written once under the user cache and reused."""
-    from .random_checkpoint import write_random_checkpoint
+    """A full-size random English checkpoint, written once under the user cache and reused."""
+    from .family import random_checkpoint
 
-    cache = Path(os.environ.get("FASTER_CHATTERBOX_CACHE", Path.home() / ".cache" / "faster-chatterbox"))
-    target = cache / "random-full-seed0"
-    if not (target / "conds.pt").is_file():
-        print(f"writing a full-size RANDOM-weight checkpoint to {target} (once, ~3 GB)...", file=sys.stderr)
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".random-full-", dir=cache))
-        write_random_checkpoint(staging, seed=0)
-        staging.rename(target)
-    return target
+    return random_checkpoint("full")
 
 
 def _oracle_python() -> str:
