@@ -108,10 +108,10 @@ def test_conv1d_becomes_the_linear_it_equals():
         p.data.normal_(0, 0.05)
     x = torch.randn(2, 5, 64)
     pos = torch.arange(5)
-    before = gpt2(x, pos, gpt2.new_cache(2, 8))
+    before = gpt2(x, pos, gpt2.new_cache(2, 8), kv_len=5)  # the unwritten slots hold garbage: not attended
     replaced = conv1d_to_linear_(gpt2)
     assert len(replaced) == 8 and all(type(gpt2.get_submodule(n)) is nn.Linear for n in replaced)
-    torch.testing.assert_close(gpt2(x, pos, gpt2.new_cache(2, 8)), before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gpt2(x, pos, gpt2.new_cache(2, 8), kv_len=5), before, rtol=1e-5, atol=1e-5)
 
 
 # ---- what gets replaced -------------------------------------------------------------------------------------
