@@ -481,10 +481,10 @@ def adaptive_markdown(runs: list[dict]) -> list[str]:
              + " | ".join(f"NFE of {m}" for m in EQUAL_ERROR_METHODS) + " |",
              "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(EQUAL_ERROR_METHODS)]
     for r in runs:
-        lines.append(f"| {r['solver']} | {r['rtol']:g} | {r['nfe']} | {r['steps']} ({r['rejected']}) | "
-                     f"{mean(r['mel_rel_l2_ref']):.1e} | {mean(r['mel_l1_ref']):.1e} | {mean(r['mel_rel_l2_up']):.1e} | "
-                     f"{mean(r['wav_rel_l2_ref']):.1e} | " + " | ".join(at(r["equal_error"][m]) for m in EQUAL_ERROR_METHODS)
-                     + " |")
+        errors = " | ".join(f"{mean(r[key]):.1e}" for key in ("mel_rel_l2_ref", "mel_l1_ref", "mel_rel_l2_up",
+                                                               "wav_rel_l2_ref"))
+        lines.append(f"| {r['solver']} | {r['rtol']:g} | {r['nfe']} | {r['steps']} ({r['rejected']}) | {errors} | "
+                     + " | ".join(at(r["equal_error"][m]) for m in EQUAL_ERROR_METHODS) + " |")
     return lines + [""]
 
 
@@ -574,7 +574,7 @@ def run(args) -> dict:
     fields["mixture"] = study(s3gen, mixture, methods, list(FULL_NFE), reference, 200, args.seed, log, adaptive)
     return dict(config=vars(args), random_weights=random_weights, fields=fields,
                 robustness=robustness(refs, methods, args),
-                cfg_timing=time_cfg(s3gen, args.timing_frames, args.timing_rounds) if "network" in args.fields else None,
+                cfg_timing=time_cfg(s3gen, args.timing_frames, args.timing_rounds) if "network" in fields else None,
                 machine=_machine("cpu"), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 wall_s=time.perf_counter() - started)
 

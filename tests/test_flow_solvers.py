@@ -139,8 +139,9 @@ def test_adaptive_masked_frames_do_not_steer(solver):
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(rtol=0.0), "rtol"), (dict(rtol=-1e-3), "rtol"), (dict(rtol=float("nan")), "rtol"), (dict(rtol="1e-3"), "rtol"),
-    (dict(atol=-1.0), "atol"), (dict(max_nfe=0), "max_nfe"), (dict(max_nfe=2), "max_nfe"), (dict(max_nfe=8.0), "max_nfe"),
+    (dict(rtol=0.0), "rtol"), (dict(rtol=-1e-3), "rtol"), (dict(rtol=float("nan")), "rtol"),
+    (dict(rtol="1e-3"), "rtol"), (dict(atol=-1.0), "atol"), (dict(max_nfe=0), "max_nfe"), (dict(max_nfe=2), "max_nfe"),
+    (dict(max_nfe=8.0), "max_nfe"),
     (dict(first_step=0.0), "first_step"), (dict(first_step=1.5), "first_step"), (dict(solver="rk45"), "rk45"),
     (dict(mask=torch.zeros(2, 1, 12)), "mask"),
 ])
