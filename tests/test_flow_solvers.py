@@ -116,6 +116,8 @@ def test_adaptive_nfe_cap(solver):
         result = solve_adaptive(counting, x0, solver=solver, rtol=1e-8, max_nfe=max_nfe)
         assert result.nfe == len(calls) <= max_nfe and max_nfe - result.nfe < ADAPTIVE_SOLVERS[solver].min_nfe + 2
         assert result.times[-1] == 1 and max(calls) <= 1 and bool(result.x.isfinite().all())
+    broken = solve_adaptive(lambda x, t: x * math.nan, x0, solver=solver, max_nfe=20)  # every step rejected
+    assert broken.nfe <= 20 and broken.times == (0.0, 1.0) and bool(broken.x.isnan().all())
 
 
 @pytest.mark.parametrize("solver", list(ADAPTIVE_SOLVERS))
