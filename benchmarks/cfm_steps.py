@@ -9,6 +9,9 @@ method can spend exactly are run. Distances are taken on the generated frames, p
     against the converged solution (--reference; its own error is estimated from the same solver at half
     the steps) and against upstream's solve (Euler, cosine grid, 10 steps);
   waveform relative L2 after HiFT (the vocoder's random draws seeded identically for every run).
+The adaptive solvers (--adaptive, at each of --rtols) pick their own steps from an embedded pair's error
+estimate; each run's NFE is what it spent, and its error is set beside the NFE that AB2/sway and Euler/cosine
+need for the same error (log-log interpolation between their grid points).
 
 Two velocity fields are solved:
   network: S3Gen's estimator with the given weights. With random weights (the default) this measures ODE
@@ -20,18 +23,21 @@ Two velocity fields are solved:
     conditional modes around a real mel frame of the voice, unconditional modes over all voices' frames,
     guided like the model (1.7 v_cond - 0.7 v_uncond). It costs nothing, so it always runs FULL_NFE.
 
-    python benchmarks/cfm_steps.py [--checkpoint DIR] [--full] [--threads 2] [--out benchmarks/cfm_steps]
+    python benchmarks/cfm_steps.py [--checkpoint DIR] [--full] [--fields mixture] [--threads 2]
+                                   [--out benchmarks/cfm_steps]
 
 Writes OUT.md (tables), OUT.json (everything, per sample), OUT.png (error against NFE, log scales; needs
 matplotlib, the `bench` extra). The default keeps the network study to short sequences and NFE <= 16 so
 that it ends in about 10 minutes on 2 CPU cores; --full adds NFE 25 and 50, a 200-step reference, 50 + 50
-tokens.
+tokens. --fields mixture skips the network study and the estimator timing (the network still loads: its
+front end makes the voices' mels, HiFT the waveforms).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -46,7 +52,8 @@ from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.bench import _machine
 from faster_chatterbox.checkpoint import load_weights, read_safetensors, skip_weight_init
 from faster_chatterbox.config import ChatterboxConfig
-from faster_chatterbox.models.flow_solvers import EPSS_GRIDS, Velocity, get_solver, make_t_span, make_velocity, solve
+from faster_chatterbox.models.flow_solvers import (ADAPTIVE_SOLVERS, EPSS_GRIDS, Velocity, get_solver, make_t_span,
+                                                   make_velocity, solve, solve_adaptive)
 from faster_chatterbox.models.s3gen import S3GEN_SR, S3Gen, S3GenConfig
 from faster_chatterbox.random_checkpoint import RANDOM_MARKER, _randomize_
 
@@ -57,6 +64,9 @@ DEFAULT_NFE = (2, 3, 4, 5, 6, 8, 10, 16)
 FULL_NFE = (2, 3, 4, 5, 6, 8, 10, 16, 25, 50)
 DEFAULT_METHODS = ("euler/cosine", "euler/epss", "heun/cosine", "midpoint/cosine", "ab2/cosine", "ab2/sway:-0.6")
 ROBUSTNESS_NFE = (4, 5, 6, 8, 10)
+RTOLS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)  # the adaptive solvers' tolerances
+ADAPTIVE_MAX_NFE = 200  # their budget: high enough that the tolerance, not the cap, sets the steps
+EQUAL_ERROR_METHODS = ("ab2/sway:-0.6", "euler/cosine")  # the fixed grids an adaptive run is set beside
 MIXTURE_SHAPE = (3, 80, 80)  # noise of the stand-in: (samples, 80, frames); a few frames switching mode dominate
 ROBUSTNESS_SHAPE = (8, 80, 200)  # its error, so it gets more frames than the network study
 METRICS = {  # key -> table title
@@ -105,14 +115,28 @@ class Method:
         return steps
 
 
+@dataclass(frozen=True)
+class Adaptive:
+    """An error-controlled solve: an ADAPTIVE_SOLVERS pair at relative tolerance rtol (CFG rate 0.7)."""
+
+    solver: str
+    rtol: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.solver} rtol {self.rtol:g}"
+
+
 @dataclass
 class Field:
-    """An ODE to solve for S samples: velocity(cfg_rate) and the starting noise; `start` = first generated frame."""
+    """An ODE to solve for S samples: velocity(cfg_rate) and the starting noise; `start` = first generated frame;
+    mask (S, 1, F): the valid frames (None: all), which alone steer an adaptive solver's steps."""
 
     name: str
     velocity: Callable[[float], Velocity]
     noise: torch.Tensor  # (S, 80, F)
     start: int
+    mask: torch.Tensor | None = None
 
 
 # ---- S3Gen and the samples ---------------------------------------------------------------------------
@@ -161,7 +185,7 @@ def network_field(s3gen: S3Gen, refs: list[dict], args) -> Field:
         torch.cat([r["prompt_feat"][:, :2 * Tp] for r in pick]), torch.cat([r["embedding"] for r in pick]))
     estimator = s3gen.flow.decoder.estimator
     return Field("network", lambda rate: make_velocity(estimator, mu, mask, spks, cond, rate),
-                 torch.randn(S, 80, 2 * (Tp + T), generator=g), start=2 * Tp)
+                 torch.randn(S, 80, 2 * (Tp + T), generator=g), start=2 * Tp, mask=mask)
 
 
 @dataclass(frozen=True)
@@ -228,12 +252,24 @@ def solve_field(field: Field, method: Method, steps: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def generate(s3gen: S3Gen, field: Field, method: Method, steps: int, hift_seed: int):
-    """-> (mel (S, 80, F'), waveform (S, F' * 480)) of the generated frames F'."""
-    mel = solve_field(field, method, steps)
+def solve_field_adaptive(field: Field, adaptive: Adaptive):
+    """-> (mel (S, 80, F') of the generated frames F', the solve's AdaptiveSolve record)."""
+    result = solve_adaptive(field.velocity(CFG_RATE), field.noise, field.mask, adaptive.solver, rtol=adaptive.rtol,
+                            max_nfe=ADAPTIVE_MAX_NFE)
+    return result.x[:, :, field.start:], result
+
+
+@torch.inference_mode()
+def vocode(s3gen: S3Gen, mel: torch.Tensor, hift_seed: int):
+    """mel (S, 80, F') -> (mel, waveform (S, F' * 480))."""
     torch.manual_seed(hift_seed)  # HiFT's source draws: the same for every run
     wav, _ = s3gen.mel2wav.inference(mel.float())
     return mel, wav
+
+
+def generate(s3gen: S3Gen, field: Field, method: Method, steps: int, hift_seed: int):
+    """-> (mel (S, 80, F'), waveform (S, F' * 480)) of the generated frames F'."""
+    return vocode(s3gen, solve_field(field, method, steps), hift_seed)
 
 
 def distances(x: torch.Tensor, ref: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -265,8 +301,25 @@ def field_shape(field: Field) -> dict:
                 dv_over_x=float((v_other - v_half).norm() / v_half.norm()))
 
 
+def nfe_at_error(runs: list[dict], method: str, error: float) -> dict | None:
+    """The NFE at which `method`'s mean mel error first falls to `error`, interpolated in log-log between its
+    grid points: {"nfe", "bound"} with bound "=" (interpolated), "<=" (its smallest NFE already does) or ">"
+    (its largest does not); None when the method was not run."""
+    pts = sorted((r["nfe"], mean(r["mel_rel_l2_ref"])) for r in runs[1:] if r["method"] == method)
+    if not pts:
+        return None
+    for i, (nfe, err) in enumerate(pts):
+        if err <= error:
+            if i == 0:
+                return dict(nfe=nfe, bound="<=")
+            n0, e0 = pts[i - 1]
+            w = math.log(e0 / error) / math.log(e0 / err)
+            return dict(nfe=math.exp(math.log(n0) + w * math.log(nfe / n0)), bound="=")
+    return dict(nfe=pts[-1][0], bound=">")
+
+
 def study(s3gen: S3Gen, field: Field, methods: list[Method], nfes: list[int], reference: Method, ref_steps: int,
-          seed: int, log: Callable[[str], None]) -> dict:
+          seed: int, log: Callable[[str], None], adaptive: list[Adaptive] = ()) -> dict:
     ref = generate(s3gen, field, reference, ref_steps, seed)
     half = generate(s3gen, field, reference, ref_steps // 2, seed)
     order = get_solver(reference.solver).order
@@ -283,8 +336,19 @@ def study(s3gen: S3Gen, field: Field, methods: list[Method], nfes: list[int], re
                 log(f"{field.name}: {method.label:>16} NFE {nfe:>3}: {mean(runs[-1]['mel_rel_l2_ref']):.2e}")
     no_cfg = Method(solver, schedule, cfg_rate=0.0)  # a different ODE (no guidance): not a truncation error
     unguided = record(no_cfg.label, up_steps, up_steps, generate(s3gen, field, no_cfg, up_steps, seed), ref, up)
+    adaptive_runs = []
+    for a in adaptive:
+        mel, res = solve_field_adaptive(field, a)
+        run = record(a.label, res.nfe, len(res.times) - 1, vocode(s3gen, mel, seed), ref, up)
+        error = mean(run["mel_rel_l2_ref"])
+        run.update(solver=a.solver, rtol=a.rtol, rejected=res.rejected, times=list(res.times),
+                   equal_error={m: nfe_at_error(runs, m, error) for m in EQUAL_ERROR_METHODS})
+        adaptive_runs.append(run)
+        log(f"{field.name}: {a.label:>16} NFE {res.nfe:>3} ({len(res.times) - 1} steps, {res.rejected} rejected): "
+            f"{error:.2e}")
     return dict(reference=dict(method=reference.label, steps=ref_steps, self_error_estimate=self_error),
-                shape=field_shape(field), nfe=nfes, runs=runs, unguided=unguided, selection=choose_presets(runs))
+                shape=field_shape(field), nfe=nfes, runs=runs, unguided=unguided, selection=choose_presets(runs),
+                adaptive=adaptive_runs)
 
 
 def resolves(runs: list[dict]) -> bool | None:
@@ -384,6 +448,7 @@ def field_markdown(name: str, res: dict) -> list[str]:
             cells = {r["nfe"]: mean(r[key]) for r in runs if r["method"] == m}
             lines.append(f"| {m} | " + " | ".join(f"{cells[n]:.1e}" if n in cells else "" for n in nfes) + " |")
         lines.append("")
+    lines += adaptive_markdown(res["adaptive"])
     u, sel = res["unguided"], res["selection"]
     lines += [f"Without CFG ({u['method']}, {u['steps']} steps; a different ODE, so this is the guidance's effect, "
               f"not truncation error): mel {mean(u['mel_rel_l2_ref']):.1e} from the guided converged solution.", "",
@@ -401,6 +466,28 @@ def field_markdown(name: str, res: dict) -> list[str]:
     return lines + [""]
 
 
+def adaptive_markdown(runs: list[dict]) -> list[str]:
+    """The adaptive runs: NFE spent, errors, and the NFE the EQUAL_ERROR_METHODS need for the same mel error."""
+    if not runs:
+        return []
+
+    def at(e: dict | None) -> str:
+        return "" if e is None else f"{'' if e['bound'] == '=' else e['bound'] + ' '}{e['nfe']:.1f}"
+
+    lines = ["Adaptive solvers (one step sequence for the batch; NFE = evaluations spent, rejected steps included; "
+             f"budget {ADAPTIVE_MAX_NFE}). Last columns: the NFE each fixed grid needs for the same mel relative L2 "
+             "(log-log interpolation between its grid points; <= / >: beyond its range):", "",
+             "| solver | rtol | NFE | steps (rejected) | mel rel L2 | mel L1 | mel rel L2 from upstream | waveform | "
+             + " | ".join(f"NFE of {m}" for m in EQUAL_ERROR_METHODS) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(EQUAL_ERROR_METHODS)]
+    for r in runs:
+        errors = " | ".join(f"{mean(r[key]):.1e}" for key in ("mel_rel_l2_ref", "mel_l1_ref", "mel_rel_l2_up",
+                                                               "wav_rel_l2_ref"))
+        lines.append(f"| {r['solver']} | {r['rtol']:g} | {r['nfe']} | {r['steps']} ({r['rejected']}) | {errors} | "
+                     + " | ".join(at(r["equal_error"][m]) for m in EQUAL_ERROR_METHODS) + " |")
+    return lines + [""]
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     weights = "RANDOM weights" if result["random_weights"] else f"checkpoint {cfg['checkpoint']}"
@@ -408,9 +495,11 @@ def markdown(result: dict) -> str:
     lines = [f"## CFM solver study ({weights})", "",
              f"{cfg['samples']} samples, {len(cfg['voice'] or []) or cfg['voices']} voices, prompt "
              f"{cfg['prompt_tokens']} + {cfg['tokens']} generated tokens; {result['wall_s']:.0f} s on "
-             f"{result['machine']['cpu_count']} CPUs, {result['machine']['torch_threads']} threads.", "",
-             f"One estimator call on {t['frames']} frames (median of {t['rounds']}, interleaved): CFG pair "
-             f"{t['cfg_2_rows_s']:.2f} s, no CFG {t['no_cfg_1_row_s']:.2f} s ({100 * t['saving']:.0f}% less).", ""]
+             f"{result['machine']['cpu_count']} CPUs, {result['machine']['torch_threads']} threads.", ""]
+    if t is not None:
+        lines += [f"One estimator call on {t['frames']} frames (median of {t['rounds']}, interleaved): CFG pair "
+                  f"{t['cfg_2_rows_s']:.2f} s, no CFG {t['no_cfg_1_row_s']:.2f} s ({100 * t['saving']:.0f}% less).",
+                  ""]
     for name, res in result["fields"].items():
         lines += field_markdown(name, res)
     rob = result["robustness"]
@@ -446,10 +535,13 @@ def plot(result: dict, path: Path) -> None:
             for m in dict.fromkeys(r["method"] for r in runs[1:]):
                 pts = sorted((r["nfe"], mean(r[key])) for r in runs if r["method"] == m)
                 ax.plot(*zip(*pts), marker="o", ms=3, label=m)
+            for solver in dict.fromkeys(r["solver"] for r in res["adaptive"]):
+                pts = sorted((r["nfe"], mean(r[key])) for r in res["adaptive"] if r["solver"] == solver)
+                ax.plot(*zip(*pts), marker="s", ms=4, ls=":", label=f"{solver} (adaptive, one point per rtol)")
             ax.axhline(mean(runs[0][key]), color="k", ls="--", lw=1, label="upstream (euler/cosine, 10 steps)")
             ax.set(xscale="log", yscale="log", xlabel="NFE (velocity evaluations)",
                    ylabel="relative L2 from converged", title=f"{name} field: {what}")
-            ax.set_xticks(res["nfe"], [str(n) for n in res["nfe"]])
+            ax.set_xticks(res["nfe"], [str(n) for n in res["nfe"]])  # adaptive runs past them widen the axis
             ax.set_xticks([], minor=True)
             ax.grid(True, which="both", alpha=0.3)
         row[0].legend(fontsize=7)
@@ -470,15 +562,19 @@ def run(args) -> dict:
     if random_weights:
         log("RANDOM weights: the network field measures ODE truncation error on a random field, not quality")
     methods, reference = [Method.parse(m) for m in args.methods], Method.parse(args.reference)
+    adaptive = [Adaptive(solver, rtol) for solver in args.adaptive for rtol in args.rtols]
     refs = voice_refs(s3gen, args)
-    network = network_field(s3gen, refs, args)
+    fields = {}
+    if "network" in args.fields:
+        network = network_field(s3gen, refs, args)
+        fields["network"] = study(s3gen, network, methods, args.nfe, reference, args.reference_steps, args.seed, log,
+                                  adaptive)
     mixture = mixture_field(refs, torch.randn(MIXTURE_SHAPE, generator=torch.Generator().manual_seed(args.seed + 3)),
                             args, MIXTURES[0])
-    fields = {"network": study(s3gen, network, methods, args.nfe, reference, args.reference_steps, args.seed, log),
-              "mixture": study(s3gen, mixture, methods, list(FULL_NFE), reference, 200, args.seed, log)}
+    fields["mixture"] = study(s3gen, mixture, methods, list(FULL_NFE), reference, 200, args.seed, log, adaptive)
     return dict(config=vars(args), random_weights=random_weights, fields=fields,
                 robustness=robustness(refs, methods, args),
-                cfg_timing=time_cfg(s3gen, args.timing_frames, args.timing_rounds),
+                cfg_timing=time_cfg(s3gen, args.timing_frames, args.timing_rounds) if "network" in fields else None,
                 machine=_machine("cpu"), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 wall_s=time.perf_counter() - started)
 
@@ -493,6 +589,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=20, help="generated tokens per sample (25 per second)")
     p.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE), help="NFE budgets (network field)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="solver/schedule[:sway][@cfg]")
+    p.add_argument("--adaptive", nargs="*", default=list(ADAPTIVE_SOLVERS), choices=list(ADAPTIVE_SOLVERS),
+                   help="adaptive solvers to run at each --rtols (default: all; none: leave them out)")
+    p.add_argument("--rtols", type=float, nargs="+", default=list(RTOLS), help="their relative tolerances")
+    p.add_argument("--fields", nargs="+", default=["network", "mixture"], choices=["network", "mixture"],
+                   help="the velocity fields (the mixture field always runs; without network: no estimator runs)")
     p.add_argument("--reference", default="midpoint/cosine", help="the converged solution's method")
     p.add_argument("--reference-steps", type=int, default=24, help="its steps (network field; mixture: 200)")
     p.add_argument("--full", action="store_true", help="NFE up to 50, a 200-step reference, 50 + 50 tokens")
@@ -505,8 +606,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.full:
         args.nfe, args.reference_steps, args.prompt_tokens, args.tokens = list(FULL_NFE), 200, 50, 50
     if min(args.nfe) < 1 or min(args.samples, args.voices, args.prompt_tokens, args.tokens) < 1 \
-            or args.reference_steps < 2:
-        p.error("--nfe, --samples, --voices, --prompt-tokens, --tokens must be positive, --reference-steps >= 2")
+            or args.reference_steps < 2 or min(args.rtols) <= 0:
+        p.error("--nfe, --samples, --voices, --prompt-tokens, --tokens, --rtols must be positive, "
+                "--reference-steps >= 2")
     result = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

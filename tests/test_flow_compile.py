@@ -22,7 +22,8 @@ def _decoder_inputs(frames: int, seed: int = 3):
 
 
 @pytest.mark.parametrize("backend", [None, "aot_eager"])
-@pytest.mark.parametrize("solve", [{}, dict(solver="ab2", schedule="sway", sway_coef=-0.6)])
+@pytest.mark.parametrize("solve", [{}, dict(solver="ab2", schedule="sway", sway_coef=-0.6),
+                                   dict(solver="bs32")])  # the adaptive steps too: padded frames steer nothing
 def test_a_padded_solve_equals_the_unpadded_one(backend, solve):
     flow = CausalMaskedDiffWithXvec(FlowConfig(encoder=SMALL_ENCODER, estimator=SMALL_ESTIMATOR)).eval()
     _randomize(flow, seed=5)

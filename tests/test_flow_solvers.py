@@ -9,8 +9,8 @@ import torch
 
 from faster_chatterbox.config import small_config
 from faster_chatterbox.models.flow_solvers import (
-    EPSS_GRIDS, SCHEDULES, SOLVERS, CFGVelocity, PlainVelocity, cosine_t_span, euler_cfg_solve, linear_t_span,
-    make_t_span, make_velocity, solve,
+    ADAPTIVE_SOLVERS, EPSS_GRIDS, SCHEDULES, SOLVERS, CFGVelocity, PlainVelocity, cosine_t_span, euler_cfg_solve,
+    linear_t_span, make_t_span, make_velocity, solve, solve_adaptive,
 )
 from faster_chatterbox.models.cfm_estimator import CFMEstimatorConfig, ConditionalDecoder
 from faster_chatterbox.models.flow import CausalMaskedDiffWithXvec
@@ -55,6 +55,101 @@ def test_nfe_per_step(solver):
     solve(counting, torch.ones(1, 2, 3), make_t_span(6, "cosine"), solver)
     assert len(calls) == 6 * SOLVERS[solver].nfe_per_step
     assert 0.0 <= min(calls) and max(calls) <= 1.0
+
+
+# ---- the adaptive solver ----------------------------------------------------------------------------------
+# A curved linear ODE with a known solution: dx/dt = 4t J x, J rotating channel c into c + 40 (c < 40), so each
+# pair of channels turns by the angle 2 t^2: x(1) = R(2) x0.
+
+def _rotation(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return 4 * t * torch.cat([-x[:, 40:], x[:, :40]], 1)
+
+
+def _rotated(x0: torch.Tensor, angle: float = 2.0) -> torch.Tensor:
+    c, s = math.cos(angle), math.sin(angle)
+    return torch.cat([c * x0[:, :40] - s * x0[:, 40:], s * x0[:, :40] + c * x0[:, 40:]], 1)
+
+
+def _noise(frames: int = 12) -> torch.Tensor:
+    return torch.randn(2, 80, frames, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("solver", list(ADAPTIVE_SOLVERS))
+def test_adaptive_error_follows_the_tolerance(solver):
+    """Tighter rtol: more NFE, less error, and the error stays within a small multiple of the tolerance
+    (measured in the controller's own norm, RMS of |err| / (atol + rtol |x|) with atol = rtol)."""
+    x0 = _noise()
+    exact = _rotated(x0)
+    errors, nfes = [], []
+    for rtol in (1e-2, 1e-3, 1e-4):
+        result = solve_adaptive(_rotation, x0, solver=solver, rtol=rtol, max_nfe=10_000)
+        assert result.times[0] == 0 and result.times[-1] == 1 and list(result.times) == sorted(result.times)
+        errors.append(float(((result.x - exact) / (rtol * (1 + exact.abs()))).square().mean().sqrt()) * rtol)
+        nfes.append(result.nfe)
+        assert errors[-1] <= 5 * rtol, (rtol, errors[-1])
+    assert errors == sorted(errors, reverse=True) and nfes == sorted(nfes), (errors, nfes)
+
+
+@pytest.mark.parametrize("solver", list(ADAPTIVE_SOLVERS))
+def test_adaptive_straight_field_costs_less(solver):
+    """A constant velocity (straight paths: every stage agrees, the error estimate is 0) is solved exactly in
+    fewer evaluations than the curved field at the same tolerance."""
+    x0 = _noise()
+    v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=x0.dtype)
+    straight = solve_adaptive(lambda x, t: v, x0, solver=solver, rtol=1e-3)
+    curved = solve_adaptive(_rotation, x0, solver=solver, rtol=1e-3)
+    assert torch.allclose(straight.x, x0 + v, rtol=0, atol=1e-12)
+    assert straight.nfe < curved.nfe and straight.rejected == 0
+
+
+@pytest.mark.parametrize("solver", list(ADAPTIVE_SOLVERS))
+def test_adaptive_nfe_cap(solver):
+    """However tight the tolerance, a call spends at most max_nfe evaluations (counted here) and still ends at 1."""
+    x0 = _noise()
+    for max_nfe in (ADAPTIVE_SOLVERS[solver].min_nfe, 5, 8, 13, 21):
+        calls = []
+
+        def counting(x, t):
+            calls.append(float(t))
+            return _rotation(x, t)
+
+        result = solve_adaptive(counting, x0, solver=solver, rtol=1e-8, max_nfe=max_nfe)
+        assert result.nfe == len(calls) <= max_nfe and max_nfe - result.nfe < ADAPTIVE_SOLVERS[solver].min_nfe + 2
+        assert result.times[-1] == 1 and max(calls) <= 1 and bool(result.x.isfinite().all())
+    broken = solve_adaptive(lambda x, t: x * math.nan, x0, solver=solver, max_nfe=20)  # every step rejected
+    assert broken.nfe <= 20 and broken.times == (0.0, 1.0) and bool(broken.x.isnan().all())
+
+
+@pytest.mark.parametrize("solver", list(ADAPTIVE_SOLVERS))
+def test_adaptive_masked_frames_do_not_steer(solver):
+    """The batch shares one step sequence chosen from the valid frames only: a wild velocity on masked frames
+    changes neither the steps nor any valid frame; and the same call twice takes the same steps."""
+    x0 = _noise(16)
+    mask = torch.ones(2, 1, 16, dtype=torch.float32)
+    mask[1, :, 11:] = 0  # a padded row
+
+    def wild(x, t):  # stiff, oscillating nonsense where the mask is 0
+        return torch.where(mask.bool(), _rotation(x, t), 1e3 * torch.sin(300 * t) * x)
+
+    calm = solve_adaptive(_rotation, x0, mask, solver, rtol=1e-2)
+    noisy = solve_adaptive(wild, x0, mask, solver, rtol=1e-2)
+    assert noisy.times == calm.times and noisy.nfe == calm.nfe < 64 and noisy.rejected == calm.rejected
+    assert torch.equal(noisy.x * mask, calm.x * mask)
+    again = solve_adaptive(wild, x0, mask, solver, rtol=1e-2)
+    assert again.times == noisy.times and torch.equal(again.x, noisy.x)
+    assert solve_adaptive(wild, x0, None, solver, rtol=1e-2).nfe > calm.nfe  # unmasked, the nonsense does steer
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(rtol=0.0), "rtol"), (dict(rtol=-1e-3), "rtol"), (dict(rtol=float("nan")), "rtol"),
+    (dict(rtol="1e-3"), "rtol"), (dict(atol=-1.0), "atol"), (dict(max_nfe=0), "max_nfe"), (dict(max_nfe=2), "max_nfe"),
+    (dict(max_nfe=8.0), "max_nfe"),
+    (dict(first_step=0.0), "first_step"), (dict(first_step=1.5), "first_step"), (dict(solver="rk45"), "rk45"),
+    (dict(mask=torch.zeros(2, 1, 12)), "mask"),
+])
+def test_adaptive_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        solve_adaptive(_rotation, _noise(), **{"solver": "bs32", **kwargs})
 
 
 # ---- time grids ---------------------------------------------------------------------------------------------
@@ -213,7 +308,7 @@ def test_flow_defaults_are_upstream(flow):
 
 @pytest.mark.parametrize("options", [dict(solver="heun"), dict(solver="midpoint", schedule="linear"),
                                      dict(solver="ab2", schedule="sway", sway_coef=-0.6), dict(schedule="epss"),
-                                     dict(cfg_rate=0.0)])
+                                     dict(cfg_rate=0.0), dict(solver="bs32"), dict(solver="heun21", cfg_rate=0.0)])
 def test_flow_with_other_solves(flow, options):
     inputs = _flow_inputs()
     default = flow.inference(**inputs, n_timesteps=10)
@@ -229,6 +324,8 @@ def test_flow_rejects_bad_options(flow):
         flow.inference(**inputs, n_timesteps=2, solver="rk4")
     with pytest.raises(ValueError, match="schedule"):
         flow.inference(**inputs, n_timesteps=2, schedule="karras")
+    with pytest.raises(ValueError, match="picks its own steps"):
+        flow.inference(**inputs, n_timesteps=2, solver="bs32", schedule="sway")
     cfg = small_config().s3gen.flow
     cfg.estimator.meanflow = True
     meanflow = CausalMaskedDiffWithXvec(cfg).eval()

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .flow_solvers import (cosine_t_span, euler_cfg_solve, euler_solve, linear_t_span, make_t_span,
-                                   make_velocity, solve)
+from .flow_solvers import (ADAPTIVE_SOLVERS, cosine_t_span, euler_cfg_solve, euler_solve, linear_t_span,
+                           make_t_span, make_velocity, solve, solve_adaptive)
 from .cfm_estimator import CFMEstimatorConfig, ConditionalDecoder
 from .flow_encoder import FlowEncoderConfig, UpsampleConformerEncoder
 
@@ -36,7 +36,9 @@ class CausalConditionalCFM(nn.Module):
     """Holds the estimator; solves the flow ODE (cosine schedule + CFG Euler, or linear + plain Euler for meanflow).
 
     `solver`, `schedule`, `sway_coef` and `cfg_rate` select another solve (models.flow_solvers); all None
-    (the default) is upstream's. The meanflow decoder only has its own distilled solve.
+    (the default) is upstream's. The meanflow decoder only has its own distilled solve. An adaptive solver
+    (flow_solvers.ADAPTIVE_SOLVERS, e.g. "bs32") picks its own steps at its default tolerance: n_timesteps is
+    not used and schedule, sway_coef must be left unset.
 
     `compile_estimator(bucket)`: the solve runs at lengths padded up to a multiple of `bucket` frames (padded
     frames masked: the estimator's convolutions are causal and its attention masks padded keys, so the valid
@@ -89,9 +91,14 @@ class CausalConditionalCFM(nn.Module):
         if upstream:
             t_span = cosine_t_span(n_timesteps, mu.device, time_dtype)
             return euler_cfg_solve(estimator, noise, mu, mask, spks, cond, t_span, self.cfg_rate)
+        velocity = make_velocity(estimator, mu, mask, spks, cond, self.cfg_rate if cfg_rate is None else cfg_rate)
+        if solver in ADAPTIVE_SOLVERS:
+            if schedule is not None or sway_coef is not None:
+                raise ValueError(f"the adaptive solver {solver!r} picks its own steps: schedule and sway_coef "
+                                 "must be left unset")
+            return solve_adaptive(velocity, noise, mask, solver).x
         t_span = make_t_span(n_timesteps, schedule or "cosine", sway_coef=-1.0 if sway_coef is None else sway_coef,
                              device=mu.device, dtype=time_dtype)
-        velocity = make_velocity(estimator, mu, mask, spks, cond, self.cfg_rate if cfg_rate is None else cfg_rate)
         return solve(velocity, noise, t_span, solver or "euler")
 
 

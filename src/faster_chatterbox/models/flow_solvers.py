@@ -6,6 +6,9 @@ shapes of `models.cfm_estimator.ConditionalDecoder.forward`. The solvers see it 
 
 Cost is counted in NFE (estimator calls): Euler and AB2 use 1 per step, Heun and midpoint 2.
 Upstream (exact preset): Euler, 10 steps on the cosine grid, CFG rate 0.7 (`euler_cfg_solve`).
+Besides the fixed-grid solvers (`SOLVERS`, `solve`), `solve_adaptive` picks its own steps from an embedded
+pair's local error estimate (`ADAPTIVE_SOLVERS`: Bogacki-Shampine 3(2), Heun-Euler 2(1)) and returns the NFE
+it spent.
 
 Precision: the estimator runs in the dtype of its conditioning `mu` (e.g. bfloat16), while the ODE state x,
 the times and the guidance combination stay in x's dtype (float32): x is cast at each estimator call.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -203,9 +206,15 @@ SOLVERS: dict[str, Solver] = {
 }
 
 
+def _unknown_solver(name: str) -> ValueError:
+    return ValueError(f"unknown ODE solver {name!r}: choose one of {', '.join(SOLVERS)} (fixed grids) or "
+                      f"{', '.join(ADAPTIVE_SOLVERS)} (adaptive)")
+
+
 def get_solver(name: str) -> Solver:
+    """A fixed-grid solver by name (ValueError naming every solver, adaptive ones included, when unknown)."""
     if name not in SOLVERS:
-        raise ValueError(f"unknown ODE solver {name!r}: choose one of {', '.join(SOLVERS)}")
+        raise _unknown_solver(name)
     return SOLVERS[name]
 
 
@@ -215,6 +224,146 @@ def solve(velocity: Velocity, x: torch.Tensor, t_span: torch.Tensor, solver: str
     Returns x at t_span[-1], (B, 80, T); costs n * SOLVERS[solver].nfe_per_step velocity calls.
     """
     return get_solver(solver).run(velocity, x, t_span)
+
+
+# ---- the adaptive solver: an embedded pair picks the steps from its local error estimate ----------------
+
+@dataclass(frozen=True)
+class EmbeddedPair:
+    """An explicit Runge-Kutta pair: stage i is evaluated at t + c[i] h on x + h * sum_j a[i][j] k_j; the step
+    is x + h * sum_i b[i] k_i (order `order`) and its local error estimate h * sum_i e[i] k_i, the difference
+    to the embedded solution of order `order - 1`. fsal: the last stage is evaluated at the new state (a[-1] ==
+    b), so an accepted step's last evaluation is the next step's first (first same as last)."""
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    e: tuple[float, ...]
+    order: int
+    fsal: bool
+
+    @property
+    def final_nfe(self) -> int:
+        """Evaluations of a step without its error estimate, the first stage known (an FSAL pair skips its last)."""
+        return len(self.c) - 1 - self.fsal
+
+    @property
+    def min_nfe(self) -> int:
+        """The smallest budget that reaches t = 1: the first evaluation and one step taken without error control."""
+        return 1 + self.final_nfe
+
+
+ADAPTIVE_SOLVERS: dict[str, EmbeddedPair] = {
+    # Bogacki & Shampine (1989): 3rd order, 2nd-order estimate; 3 NFE per step after the first (FSAL).
+    "bs32": EmbeddedPair(c=(0.0, 0.5, 0.75, 1.0), a=((), (0.5,), (0.0, 0.75), (2 / 9, 1 / 3, 4 / 9)),
+                         b=(2 / 9, 1 / 3, 4 / 9, 0.0), e=(-5 / 72, 1 / 12, 1 / 9, -1 / 8), order=3, fsal=True),
+    # Heun's trapezoid with Euler embedded: 2nd order, 1st-order estimate; 2 NFE per step.
+    "heun21": EmbeddedPair(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), e=(-0.5, 0.5), order=2, fsal=False),
+}
+
+SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0  # step-size controller: h *= clamp(0.9 err^(-1/order), 0.2, 10)
+
+
+class AdaptiveSolve(NamedTuple):
+    """What `solve_adaptive` returns: the solution and what it cost."""
+
+    x: torch.Tensor  # the state at t = 1, (B, 80, T)
+    nfe: int  # velocity evaluations spent, the rejected steps' included
+    times: tuple[float, ...]  # the accepted step sequence 0 = t_0 < ... < t_n = 1
+    rejected: int  # steps retried with a smaller h
+
+
+def _positive(name: str, value, *, zero_ok: bool = False) -> float:
+    """value as a float if it is a finite real > 0 (>= 0 with zero_ok), else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be a finite number {'>=' if zero_ok else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def solve_adaptive(velocity: Velocity, x: torch.Tensor, mask: torch.Tensor | None = None, solver: str = "bs32", *,
+                   rtol: float = 0.05, atol: float | None = None, max_nfe: int = 64,
+                   first_step: float | None = None) -> AdaptiveSolve:
+    """Integrate dx/dt = velocity(x, t) from x (B, 80, T) at t = 0 to t = 1 with error-controlled steps.
+
+    One step sequence for the whole batch: a step is accepted when the error norm, the RMS over the valid
+    entries (mask (B, 1, T) nonzero; None: all) of |err| / (atol + rtol * max(|x|, |x_new|)), is <= 1; either
+    way the next h is h * clamp(0.9 * norm^(-1/order), 0.2, 10) (no growth right after a rejection), and a
+    rejected step is retried from the same state. rtol: the relative tolerance per mel entry (smaller: more
+    steps, less error; the default 0.05 spends 14 NFE with bs32 at about upstream's 10-step error on the step
+    study's synthetic field, BENCHMARKS.md 24); atol: the absolute one (None: rtol, the noise at t = 0 having
+    unit scale).
+    first_step: the first trial h (None: Hairer-Norsett-Wanner's starting-step estimate, one evaluation).
+    max_nfe: the budget (at least the pair's `min_nfe`): when one more error-controlled step could leave too
+    little for a final one, the rest of the interval is taken in one step without error control, so a call
+    never exceeds it; the result says what was spent.
+
+    CPU/GPU-eager, not capturable: each step reads its error norm on the host (one sync per step) and the
+    number of steps depends on the data. Deterministic: the same inputs on the same device take the same steps.
+    """
+    if solver not in ADAPTIVE_SOLVERS:
+        raise _unknown_solver(solver)
+    pair = ADAPTIVE_SOLVERS[solver]
+    rtol = _positive("rtol", rtol)
+    atol = rtol if atol is None else _positive("atol", atol, zero_ok=True)
+    if isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < pair.min_nfe:
+        raise ValueError(f"max_nfe must be an integer >= {pair.min_nfe} for {solver}, got {max_nfe!r}")
+    if first_step is not None and not 0 < _positive("first_step", first_step) <= 1:
+        raise ValueError(f"first_step must be in (0, 1], got {first_step!r}")
+    valid = torch.ones_like(x[:, :1]) if mask is None else (mask != 0).to(x.dtype).expand_as(x[:, :1])  # (B, 1, T)
+    entries = float(valid.sum()) * x.size(1)
+    if entries == 0:
+        raise ValueError("mask has no valid frame")
+    nfe = 0
+
+    def f(x: torch.Tensor, t: float) -> torch.Tensor:
+        nonlocal nfe
+        nfe += 1
+        return velocity(x, torch.tensor(t, dtype=x.dtype, device=x.device))
+
+    def norm(d: torch.Tensor, scale: torch.Tensor) -> float:
+        return math.sqrt(float((d / scale).square().mul(valid).sum()) / entries)
+
+    def stage(x: torch.Tensor, h: float, weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
+        return x + h * sum(w * k for w, k in zip(weights, ks) if w)
+
+    t, k1, times, rejected = 0.0, f(x, 0.0), [0.0], 0
+    if first_step is not None:
+        h = first_step
+    elif nfe + 1 + pair.final_nfe <= max_nfe:  # Hairer, Norsett & Wanner, Solving ODEs I, II.4
+        scale = atol + rtol * x.abs()
+        d0, d1 = norm(x, scale), norm(k1, scale)
+        h0 = 0.01 * d0 / d1 if min(d0, d1) > 1e-5 else 1e-6
+        d2 = norm(f(x + h0 * k1, h0) - k1, scale) / h0
+        h1 = (0.01 / max(d1, d2)) ** (1 / pair.order) if max(d1, d2) > 1e-15 else max(1e-6, 1e-3 * h0)
+        h = min(100 * h0, h1)
+    else:
+        h = 1.0
+    attempt_nfe = len(pair.c) - 1  # stages 2..s; the first is known at every attempt
+    after_nfe = (not pair.fsal) + pair.final_nfe  # worst case left to finish after an attempt
+    grow = MAX_FACTOR
+    while t < 1:
+        h = min(h, 1 - t)
+        controlled = nfe + attempt_nfe + after_nfe <= max_nfe
+        if not controlled:
+            h = 1 - t
+        last = h >= 1 - t
+        ks = [k1]
+        for i in range(1, len(pair.c) - (pair.fsal and not controlled)):
+            ks.append(f(stage(x, h, pair.a[i], ks), 1.0 if last and pair.c[i] == 1 else t + pair.c[i] * h))
+        x_new = stage(x, h, pair.b, ks)
+        err = norm(stage(torch.zeros_like(x), h, pair.e, ks), atol + rtol * torch.maximum(x.abs(), x_new.abs())) \
+            if controlled else 0.0
+        if err <= 1:
+            t, x = (1.0 if last else t + h), x_new
+            times.append(t)
+            k1 = ks[-1] if pair.fsal else (f(x, t) if t < 1 else k1)
+        else:
+            rejected += 1
+        factor = grow if err == 0 else min(grow, max(MIN_FACTOR, SAFETY * err ** (-1 / pair.order)))  # NaN: 0.2
+        grow = MAX_FACTOR if err <= 1 else 1.0
+        h *= factor
+    return AdaptiveSolve(x, nfe, tuple(times), rejected)
 
 
 def euler_cfg_solve(
