@@ -36,7 +36,7 @@ import torch
 from faster_chatterbox.bench import _machine
 from faster_chatterbox.checks import expected_tokens
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
-from faster_chatterbox.random_checkpoint import write_random_checkpoint
+from faster_chatterbox.random_checkpoint import avoid_invalid_speech_ids, write_random_checkpoint
 from faster_chatterbox.tts_multilingual import ChatterboxMultilingualTTS
 from faster_chatterbox.tts_turbo import ChatterboxTurboTTS
 
@@ -120,6 +120,8 @@ def main() -> None:
     ckpt = Path(args.checkpoint or Path(tempfile.gettempdir()) / f"faster-chatterbox-{args.model}-random")
     if not (ckpt / "conds.pt").is_file():
         write_random_checkpoint(ckpt, seed=0, model=args.model)
+        if args.model == "multilingual":  # upstream's multilingual generate() crashes on ids S3Gen lacks
+            avoid_invalid_speech_ids(ckpt)
     models = {preset: model["cls"].from_local(ckpt, device="cpu", preset=preset, watermark=False)
               for preset in ("exact", "fast", "fastest")}
     upstream = None

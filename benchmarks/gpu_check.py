@@ -18,6 +18,9 @@ limit still leaves what it measured:
   s3gen_speed    S3Gen (flow + HiFT) seconds per audio second, one chunk and a render batch of 8
   text_fast / text_fastest  a 1,200-character text end to end (synthesize; t3_s, s3gen_s, total_s)
   jobs_16 / jobs_64         N concurrent synthesize calls from N threads (as `faster-chatterbox bench`'s jobs)
+  flash          Chatterbox-Flash (block-diffusion T3, its own random checkpoint) against autoregressive `fast`
+                 on one 300-character text, each chunk capped at the same tokens: T3 tokens/s, RTF and
+                 seconds to the first streamed audio, Flash at K = 5 and 3 denoising steps per block
 
 Random weights never sample the stop token, so every decode runs its whole token budget: timings are
 real, the audio is noise. On CPU (--dry-run) the CUDA-only parts (synchronize, memory stats, nvidia-smi)
@@ -51,17 +54,18 @@ from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.settings import call_settings, engine_settings, stream_seed
 from faster_chatterbox.tts import ChatterboxTTS
+from faster_chatterbox.tts_flash import ChatterboxFlashTTS
 
 FULL = dict(parity_requests=16, parity_tokens=100, speed_tokens=200, rows=(8, 32, 64), s3gen_tokens=250,
-            s3gen_chunks=8, chars=1200, jobs=(16, 64), job_chars=300)
+            s3gen_chunks=8, chars=1200, jobs=(16, 64), job_chars=300, flash_chars=300, flash_tokens=96)
 DRY = dict(parity_requests=3, parity_tokens=10, speed_tokens=10, rows=(2,), s3gen_tokens=5, s3gen_chunks=2,
-           chars=40, jobs=(2,), job_chars=40)
+           chars=40, jobs=(2,), job_chars=40, flash_chars=60, flash_tokens=8)
 # the dry run's S3Gen: one flow step (the CFM over the 10 s voice prompt is most of a CPU render) and 4 tokens
 DRY_SYNTH = dict(n_timesteps=1, max_new_tokens=4, token_budget_factor=None)
 DRY_RENDER = dict(n_timesteps=1, prompt_seconds=1.0)
 # seconds a section needs at least (full run); a section starts only with this much budget left
 NEEDS = {"checkpoint": 60, "parity_fp32": 40, "parity_bf16": 30, "t3_speed": 60, "t3_static": 40, "s3gen_speed": 20,
-         "text_fast": 30, "text_fastest": 30, "jobs_16": 30, "jobs_64": 45}
+         "text_fast": 30, "text_fastest": 30, "jobs_16": 30, "jobs_64": 45, "flash": 60}
 
 
 class Check:
@@ -117,8 +121,9 @@ class Check:
         (self.out / "gpu_check.json").write_text(json.dumps(self.result, indent=1, default=str) + "\n")
         (self.out / "gpu_check.md").write_text(markdown(self.result))
 
-    def tts(self, key: str) -> ChatterboxTTS:
-        """One loaded model at a time (the full-size ones take GBs): key 'fp32', 'fast' or 'fastest'."""
+    def tts(self, key: str, load=None) -> ChatterboxTTS:
+        """One loaded model at a time (the full-size ones take GBs): key 'fp32', 'fast' or 'fastest', or any
+        key with `load()` making its model."""
         if key not in self._tts:
             for old in list(self._tts):
                 self._tts.pop(old).close()
@@ -127,6 +132,9 @@ class Check:
                 torch.cuda.empty_cache()
             if self.ckpt is None:
                 raise RuntimeError("no checkpoint (its section failed)")
+            if load is not None:
+                self._tts[key] = load()
+                return self._tts[key]
             if key == "fp32":
                 settings = replace(engine_settings("fast", self.device), t3_precision="fp32", kv_dtype=None)
             else:
@@ -346,6 +354,40 @@ class Check:
                 "latency_p95_s": float(np.percentile(latencies, 95)),
                 "throughput_audio_s_per_s": audio_s / wall, "t3_tok_s": sum(tokens) / wall, **watch}
 
+    def flash(self) -> dict:
+        text, tokens = chapter_text(self.sizes["flash_chars"]), self.sizes["flash_tokens"]
+        kw = dict(seed=1, max_retries=0, max_new_tokens=tokens, token_budget_factor=None)
+        flash_ckpt = Path(tempfile.mkdtemp(prefix="gpu-check-flash-"))
+        try:
+            write_random_checkpoint(flash_ckpt, seed=0, small=self.args.dry_run, model="flash")
+            # the dry run's CFM takes one step; Flash's meanflow decoder always its own 2
+            ar_kw = {**kw, "n_timesteps": DRY_SYNTH["n_timesteps"]} if self.args.dry_run else kw
+            out = {"chars": len(text), "tokens_per_chunk": tokens, **self._timed("ar_fast", self.tts("fast"), text, ar_kw)}
+            flash = self.tts("flash", lambda: ChatterboxFlashTTS.from_local(flash_ckpt, device=self.device,
+                                                                            preset="fast", watermark=False))
+            for steps in (5, 3):
+                out.update(self._timed(f"flash_k{steps}", flash, text, {**kw, "num_steps": steps}))
+                out[f"flash_k{steps}_t3_x_ar"] = out[f"flash_k{steps}_t3_tok_s"] / out["ar_fast_t3_tok_s"]
+            return out
+        finally:
+            shutil.rmtree(flash_ckpt, ignore_errors=True)
+
+    def _timed(self, name: str, tts, text: str, kw: dict) -> dict:
+        """One synthesize of `text` (after a warm-up on the full run) and one stream's first piece."""
+        if not self.args.dry_run:
+            tts.synthesize(text[:80], **kw)
+        self.sync()
+        t0 = time.perf_counter()
+        result = tts.synthesize(text, progress=False, **kw)
+        self.sync()
+        wall = time.perf_counter() - t0
+        stream = tts.generate_stream(text, **kw)
+        first = next(stream).ready_s
+        stream.close()
+        tokens = sum(c.t3_steps for c in result.chunks)
+        return {f"{name}_t3_tok_s": tokens / result.timings["t3_s"],
+                f"{name}_rtf": wall / (len(result.audio) / tts.sr), f"{name}_first_audio_s": first}
+
     def close(self) -> None:
         for key in list(self._tts):
             self._tts.pop(key).close()
@@ -377,6 +419,7 @@ class Check:
         first, *rest = self.sizes["jobs"]
         self.section(f"jobs_{first}", lambda: self.jobs(first))
         self.section("text_fastest", lambda: self.text("fastest"))
+        self.section("flash", self.flash)
         for n in rest:  # the fast model again: the least needed section last
             self.section(f"jobs_{n}", lambda n=n: self.jobs(n))
         self.close()

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ["machine", "checkpoint", "parity_fp32", "parity_bf16", "t3_speed", "t3_static", "s3gen_speed", "text_fast",
-            "text_fastest", "jobs_2"]
+            "text_fastest", "flash", "jobs_2"]
 
 
 @pytest.mark.timeout(300)
@@ -31,6 +31,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert result["sections"]["t3_static"]["static_8_tok_s"] > 0
     assert result["sections"]["s3gen_speed"]["chunks_1_s_per_audio_s"] > 0
     assert result["sections"]["text_fast"]["audio_s"] > 0
+    assert result["sections"]["flash"]["flash_k3_t3_tok_s"] > 0 and result["sections"]["flash"]["ar_fast_first_audio_s"] > 0
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| section | metric | value |" in md and "text_fastest" in md
     assert json.loads(proc.stdout.splitlines()[0])["sections"].keys() == result["sections"].keys()

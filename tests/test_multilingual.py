@@ -16,7 +16,7 @@ import torch
 from faster_chatterbox.checkpoint import CheckpointError
 from faster_chatterbox.config import ChatterboxConfig
 from faster_chatterbox.models.t3 import T3Config
-from faster_chatterbox.random_checkpoint import write_random_checkpoint
+from faster_chatterbox.random_checkpoint import avoid_invalid_speech_ids, write_random_checkpoint
 from faster_chatterbox.text.frontends import MissingExtraError, korean_jamo
 from faster_chatterbox.text.multilingual import TOKENIZER_FILE, MultilingualTokenizer
 from faster_chatterbox.tts_multilingual import SUPPORTED_LANGUAGES, ChatterboxMultilingualTTS
@@ -119,24 +119,6 @@ def test_v3_loads_without_the_guard_and_bad_pickles_are_refused(small_ckpt, tmp_
         ChatterboxMultilingualTTS.from_local(bad, device="cpu", t3_model="v3")
 
 
-def _avoid_special_tokens(ckpt: Path) -> None:
-    """Point the output rows of the speech ids S3Gen has no embedding for (6561 and 6563 up; 6562 is the stop)
-    against the backbone's mean hidden state, so that T3 does not sample them: upstream 0.1.7's multilingual
-    generate() passes them on to S3Gen and crashes (ours drops them, as both do for English)."""
-    from safetensors.torch import load_file, save_file
-
-    tts = ChatterboxMultilingualTTS.from_local(ckpt, device="cpu", preset="exact", watermark=False)
-    with torch.inference_mode():
-        x = tts.t3.prefix_embeds(tts.conds.t3, tts.text_tokens("Bonjour", "fr"), cfg=False)
-        h = tts.t3.tfmr(x, torch.arange(x.shape[1]), tts.t3.tfmr.new_cache(1, x.shape[1])).mean(dim=(0, 1))
-    tts.close()
-    path = ckpt / "t3_mtl23ls_v2.safetensors"
-    state = load_file(path)
-    head = state["speech_head.weight"]
-    head[6561] = head[6563:] = -40 * h / h.norm()
-    save_file(state, path)
-
-
 @pytest.fixture(scope="module")
 def parity_models(oracle, tmp_path_factory):
     """Ours (exact preset) and upstream's ChatterboxMultilingualTTS on one checkpoint: a 14-layer narrow T3,
@@ -153,7 +135,7 @@ def parity_models(oracle, tmp_path_factory):
     config = ChatterboxConfig(t3=T3Config(llama=GUARD_LLAMA))
     ckpt = write_random_checkpoint(tmp_path_factory.mktemp("mtl-parity") / "ckpt", seed=1, model="multilingual",
                                    config=config)
-    _avoid_special_tokens(ckpt)
+    avoid_invalid_speech_ids(ckpt)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(upstream_tokenizer, "hf_hub_download",  # the checkpoint's Cangjie table, not the hub's
                    lambda repo_id, filename, cache_dir: str(Path(cache_dir) / filename))

@@ -249,3 +249,24 @@ def _write_multilingual(directory: Path, seed: int, small: bool, config: Chatter
         config.save(directory / "config.json")
     _finish(directory, ChatterboxMultilingualTTS.from_local(directory, device="cpu", watermark=False), seed)
     return directory
+
+
+def avoid_invalid_speech_ids(ckpt: Path) -> None:
+    """Point a random multilingual checkpoint's output rows of the speech ids S3Gen has no embedding for (6561
+    and 6563 up; 6562 is the stop) against the backbone's mean hidden state, so that T3 does not sample them:
+    upstream 0.1.7's multilingual generate() passes them on to S3Gen and crashes (ours drops them, as both do
+    for English). Parity tests and benchmarks against upstream's multilingual model need it; speed is unchanged."""
+    from safetensors.torch import load_file
+
+    from .tts_multilingual import ChatterboxMultilingualTTS
+
+    tts = ChatterboxMultilingualTTS.from_local(ckpt, device="cpu", preset="exact", watermark=False)
+    with torch.inference_mode():
+        x = tts.t3.prefix_embeds(tts.conds.t3, tts.text_tokens("Bonjour", "fr"), cfg=False)
+        h = tts.t3.tfmr(x, torch.arange(x.shape[1]), tts.t3.tfmr.new_cache(1, x.shape[1])).mean(dim=(0, 1))
+    tts.close()
+    path = Path(ckpt) / "t3_mtl23ls_v2.safetensors"
+    state = load_file(path)
+    head = state["speech_head.weight"]
+    head[6561] = head[6563:] = -40 * h / h.norm()
+    save_file(state, path)
