@@ -15,8 +15,9 @@ The presets, measured on this project's 2-core AVX512-BF16 CPU (BENCHMARKS.md):
   fast     (the default) every speed-up whose measured loss is negligible: T3 in bf16 (KL to float32 4.6e-4
            per step, section 4) with a float32 KV cache on CPU; continuous batching with per-chunk random
            streams, a text's sentences spread over the batch's rows (`chunk_rows`: chunks of about
-           len / rows characters, whole sentences; its T3 time is its longest sentence's, section 21); the CFM solved with Adams-Bashforth 2 on a sway grid in 8 estimator calls (no larger error
-           than upstream's 10 Euler steps in every setting of section 3); the flow decoder in bf16 (mel 5.6e-4
+           len / rows characters, whole sentences; its T3 time is its longest sentence's, section 21); the
+           CFM solved with Adams-Bashforth 2 on a sway grid in 8 estimator calls (no larger error than
+           upstream's 10 Euler steps in every setting of section 3); the flow decoder in bf16 (mel 5.6e-4
            relative) and HiFT's convolutions in bf16 (43 dB SNR); English number/abbreviation normalisation.
   fastest  also the lossy ones, their cost stated: T3 weights in int8 (CPU; KL 1.6e-3, top-1 85% on random
            weights), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the decoder prompt cut to the
