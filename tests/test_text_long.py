@@ -1,8 +1,11 @@
 """Long-text front end: English normalisation, sentence splitting, chunk packing, input checks."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from faster_chatterbox.text.chunking import (
+    FILL_MIN_CHARS,
     MAX_CHARS,
     Chunk,
     check_text,
@@ -103,6 +106,30 @@ def test_pack_chunks_splits_long_sentences_at_clauses_then_words():
     assert " ".join(c.text for c in chunks) == words
     long_word = "x" * 130
     assert [c.text for c in pack_chunks(long_word, max_chars=50)] == ["x" * 50, "x" * 50, "x" * 30]
+
+
+SENTENCES = ["Oh, hello there.", "I was just thinking about the trip we took last summer, up the coast and into the hills.",
+             "Do you remember the little bakery by the harbour?", "They had the best bread I have ever eaten, and the "
+             "owner told us stories about the storms of nineteen eighty seven until dark.", "Yes.", "No!"]
+
+
+@given(st.lists(st.sampled_from(SENTENCES), min_size=1, max_size=14), st.integers(1, 32),
+       st.integers(130, 300))
+@settings(max_examples=60, deadline=None)
+def test_pack_chunks_spread_over_rows_keeps_sentences_whole(sentences, rows, max_chars):
+    """rows=: a text spread over about `rows` chunks of whole sentences (split only beyond max_chars), nothing lost."""
+    text = " ".join(sentences)
+    spread = pack_chunks(text, max_chars=max_chars, rows=rows)
+    greedy = pack_chunks(text, max_chars=max_chars)
+    assert " ".join(c.text for c in spread).split() == text.split()
+    assert all(len(c.text) <= max_chars for c in spread)
+    assert len(greedy) <= len(spread)  # never fewer chunks than the greedy packing
+    target = max(FILL_MIN_CHARS, -(-len(text) // rows))
+    for chunk in spread:  # a chunk beyond the target is one unit: a sentence, or a piece of one over max_chars
+        assert len(chunk.text) <= target or len(split_sentences(chunk.text)) == 1
+    if all(len(s) <= max_chars for s in sentences):  # no sentence needs a split: every chunk ends one
+        assert all(c.kind in ("sentence", "end") for c in spread)
+    assert pack_chunks(text, max_chars=max_chars, rows=None) == greedy
 
 
 def test_scene_break_paragraph_is_a_pause_not_speech():
