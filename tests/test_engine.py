@@ -200,6 +200,10 @@ def test_settings_are_resolved_in_one_place():
     assert not exact.continuous_batching and not exact.seeded_streams and exact.solve.n_timesteps is None
     upstream_call = call_settings(fast_cpu, fast_inference=False, seed=1)
     assert upstream_call == exact  # fast_inference=False: every call-time setting is upstream's
+    assert exact.chunk_rows is None and call_settings(fast_cpu).chunk_rows == fast_cpu.max_batch == 8
+    assert call_settings(engine_settings("fastest", "cuda")).chunk_rows == 32  # the batch the device runs
+    turbo = engine_settings("fastest", "cpu", model="turbo")
+    assert turbo.t3_precision == "int8"  # GPT-2's layers become Linears, which int8 takes
     with pytest.raises(ValueError, match="unknown preset"):
         engine_settings("fastest-ever", "cpu")
 
