@@ -16,10 +16,11 @@ import torch
 from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.checkpoint import CheckpointError
 from faster_chatterbox.engine.batch_decode import DecodeRequest, generate_speech_tokens_batch
+from faster_chatterbox.engine.quantize import Int8Linear
 from faster_chatterbox.engine.sampling import (TURBO_ORDER, RowSamplingParams, SamplingParams, next_token_probs,
                                                next_token_probs_rows)
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
-from faster_chatterbox.models.gpt2 import GPT2Config
+from faster_chatterbox.models.gpt2 import Conv1D, GPT2Config
 from faster_chatterbox.models.t3 import T3, T3Cond, T3Config
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.text.gpt2_tokenizer import FIRST_TAG_ID, PARALINGUISTIC_TAGS, GPT2Tokenizer
@@ -263,6 +264,13 @@ def test_turbo_exact_and_fast_speak(turbo_dir, tmp_path, caplog):
     assert len(result.chunks) > 1 and result.settings.sampling.top_k == 1000 and len(result.audio)
     pieces = list(fast.generate_stream("Streaming works too, in pieces.", seed=4, max_new_tokens=12))
     assert pieces and pieces[-1].last
+    assert not any(isinstance(m, Conv1D) for m in fast.t3.modules())  # bf16 runs Linears
+    fastest = ChatterboxTurboTTS.from_local(turbo_dir, device="cpu", preset="fastest", watermark=False)
+    layers = [m for m in fastest.t3.tfmr.modules() if isinstance(m, Int8Linear)]
+    assert fastest.settings.t3_precision == "int8" and layers and all(m.bias is not None for m in layers)
+    result = fastest.synthesize("The first sentence is here. The second one follows it. And a third one ends it.",
+                                seed=4, max_new_tokens=12)  # three sentences of FILL_MIN_CHARS or more: 3 rows
+    assert len(result.chunks) == 3 and len(result.audio) and np.isfinite(result.audio).all()
 
 
 def test_turbo_reference_clip_rules(turbo_dir, tmp_path):
