@@ -22,7 +22,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 LLAMA = [(3072, 1024), (1024, 1024), (8192, 1024), (1024, 4096)] * 30  # q/k/v fused, o, gate/up, down

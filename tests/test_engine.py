@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from faster_chatterbox import CallSettings, ChatterboxTTS, NoSpeechError, Voice, VoiceLibrary
+from faster_chatterbox import CallSettings, ChatterboxTTS, NoSpeechError, Voice
 from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.settings import call_settings, engine_settings, stream_seed

@@ -5,7 +5,6 @@ deliberately added upward import, which it must refuse."""
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

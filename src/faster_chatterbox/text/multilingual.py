@@ -13,7 +13,6 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from tokenizers import Tokenizer
 
 from .frontends import CangjieConverter, hebrew_diacritics, japanese_kana, korean_jamo, russian_stress
 from .normalize import punc_norm
