@@ -6,7 +6,9 @@ distinct weights large enough to miss the caches (the Llama T3's 30 layers, 503 
 medium's 302 M with --gpt2):
   stream      a sum over 1 GB of float32 (and 0.5 GB of bf16): the memory's read bandwidth
   linear      F.linear over the stack, float32 and bf16, at 1 / 2 / 4 / 8 / 16 rows (oneDNN / MKL)
-  int8        torch's packed weight-only int8 kernel (`_weight_int8pack_mm`, bf16 rows), as `fastest` runs
+  int8        the three int8 kernels `fastest` chooses between by the number of rows (engine/quantize.py):
+              packed weight-only (`_weight_int8pack_mm`, bf16 rows), rows quantized to int8 too (per row,
+              `_int_mm`), and dequantize-then-bf16-matmul; at 1 to 16 rows and at prefill-like 32 to 256
   inductor    the bf16 stack compiled with freezing + max_autotune (inductor's C++ AMX GEMM templates),
               --inductor (its compilation takes a minute or more)
 Each figure: the median of --rounds timings of one pass, in ms, and the GB/s of weights it reads.
@@ -23,6 +25,12 @@ import time
 
 import torch
 from torch import nn
+
+from faster_chatterbox.engine.quantize import (
+    int8_mm_dequant,
+    int8_mm_dynamic,
+    int8_mm_packed,
+)
 
 LLAMA = [(3072, 1024), (1024, 1024), (8192, 1024), (1024, 4096)] * 30  # q/k/v fused, o, gate/up, down
 GPT2 = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)] * 24  # c_attn, c_proj, c_fc, mlp c_proj
@@ -83,10 +91,15 @@ def main() -> None:
             if dtype == torch.bfloat16:
                 weights = [(torch.randint(-127, 128, l.weight.shape, dtype=torch.int8),
                             torch.rand(l.out_features, dtype=dtype) / 100) for l in stack.layers]
-                for rows in rows_list[:4]:  # the packed kernel's range (engine.quantize.PACKED_MAX_ROWS)
+                int8_kernels = {"packed": int8_mm_packed, "rows in int8": int8_mm_dynamic, "dequant": int8_mm_dequant}
+                for rows in rows_list + (32, 64, 128, 256):
                     x = {n: torch.randn(rows, n, dtype=dtype) for n in (1024, 4096)}
-                    record(f"int8 packed, bf16 {rows} rows", timed(lambda: [torch.ops.aten._weight_int8pack_mm(
-                        x[w.shape[1]], w, s) for w, s in weights], args.rounds), params)
+                    for name, kernel in int8_kernels.items():
+                        if (name == "packed" and rows > 16) or (name == "dequant" and rows < 8):
+                            continue  # far from where Int8Linear would pick it, and slow
+                        record(f"int8 {name}, bf16 {rows} rows", timed(lambda: [kernel(x[w.shape[1]], w, s)
+                                                                                 for w, s in weights], args.rounds),
+                               params)
                 del weights
                 if args.inductor:
                     start = time.perf_counter()

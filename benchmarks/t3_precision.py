@@ -17,7 +17,7 @@ copy of the same float32 model converted by engine/quantize.py, all in one proce
         top1    agreement of the argmax of the raw CFG-combined logits
       Random weights give flat logits; a "peaky" model (speech head x`--head-scale`, exact in every
       dtype for a power of two) is measured too. fp32's entropy (final distribution) is reported.
-  (c) kernels (CPU): one pass over the backbone's Linears with M bf16 rows, for the two int8 matmuls
+  (c) kernels (CPU): one pass over the backbone's Linears with M bf16 rows, for the three int8 matmuls
       Int8Linear chooses between (by M) and bf16 F.linear; and the step's attention (every layer's SDPA
       for the CFG pair at KV length `--context`) in float32 and bf16. Medians over `--rounds`.
 
@@ -43,8 +43,8 @@ from torch import nn
 from faster_chatterbox.bench import _machine
 from faster_chatterbox.checkpoint import load_weights, read_safetensors, skip_weight_init
 from faster_chatterbox.config import ChatterboxConfig
-from faster_chatterbox.engine.quantize import (Int8Linear, int8_mm_dequant, int8_mm_packed, quantize_int8_,
-                                               reduce_precision_, to_bf16_)
+from faster_chatterbox.engine.quantize import (Int8Linear, int8_mm_dequant, int8_mm_dynamic, int8_mm_packed,
+                                               quantize_int8_, reduce_precision_, to_bf16_)
 from faster_chatterbox.engine.sampling import SamplingParams, cfg_combine, next_token_probs, sample
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.models.t3 import T3, T3Cond
@@ -56,6 +56,24 @@ def _int8_with_int8_head(t3: T3) -> T3:
     quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
     t3.speech_head = Int8Linear.from_linear(t3.speech_head, torch.bfloat16)
     return to_bf16_(t3)
+
+
+class _RowsInInt8Linear(Int8Linear):
+    """Int8Linear always taking `int8_mm_dynamic`, as it does for batches of 5 to DYNAMIC_MAX_ROWS rows:
+    the teacher-forced forward (hundreds of rows) then rounds every position's row as a decode step would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = int8_mm_dynamic(x.reshape(-1, self.in_features), self.weight, self.scales.to(x.dtype))
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+
+def _rows_in_int8(t3: T3) -> T3:
+    _fp32_kv("int8")(t3)
+    for module in t3.tfmr.modules():
+        if isinstance(module, Int8Linear):
+            module.__class__ = _RowsInInt8Linear
+    return t3
 
 
 # name -> converter of a float32 T3, in place
@@ -73,6 +91,7 @@ VARIANTS = {
     "bf16": lambda t3: reduce_precision_(t3, "bf16"),
     "bf16, fp32 KV (fast)": _fp32_kv("bf16"),
     "int8, fp32 KV (fastest)": _fp32_kv("int8"),
+    "int8 rows in int8, fp32 KV (fastest, 5-64 rows)": _rows_in_int8,
     "bf16, bf16 logits": lambda t3: to_bf16_(t3, fp32_logits=False),
     "int8": lambda t3: reduce_precision_(t3, "int8"),
     "int8, int8 head": _int8_with_int8_head,
@@ -124,6 +143,9 @@ def time_steps(t3: T3, batch: int, context: int, n: int, sync) -> list[float]:
     cfg, device = t3.cfg, t3.speech_emb.weight.device
     params = SamplingParams(cfg_weight=0.5 if batch == 2 else 0.0)
     cache = t3.tfmr.new_cache(batch, context + n)
+    for layer in cache.layers:  # the slots before `context` stand for a prompt: any finite keys and values
+        layer.k.normal_()
+        layer.v.normal_()
     cache_pos = torch.arange(context + n, device=device)
     seen = torch.zeros(1, cfg.speech_tokens_dict_size, dtype=torch.bool, device=device)
     h = torch.randn(batch, cfg.llama.dim, device=device).to(t3.speech_emb.weight.dtype)  # (R, D)
@@ -164,6 +186,7 @@ def measure_kernels(bf16: T3, int8: T3, rounds: int, row_counts=(1, 2, 4, 8, 16,
     kernels = {
         "bf16 F.linear": lambda x, i: F.linear(x, linears[i].weight),
         "int8 packed": lambda x, i: int8_mm_packed(x, quantized[i].weight, quantized[i].scales),
+        "int8 rows in int8": lambda x, i: int8_mm_dynamic(x, quantized[i].weight, quantized[i].scales),
         "int8 dequant": lambda x, i: int8_mm_dequant(x, quantized[i].weight, quantized[i].scales),
     }
     result = {}

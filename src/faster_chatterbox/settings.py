@@ -20,7 +20,8 @@ The presets, measured on this project's 2-core AVX512-BF16 CPU (BENCHMARKS.md):
            upstream's 10 Euler steps in every setting of section 3); the flow decoder in bf16 (mel 5.6e-4
            relative) and HiFT's convolutions in bf16 (43 dB SNR); English number/abbreviation normalisation.
   fastest  also the lossy ones, their cost stated: T3 weights in int8 (CPU; KL 1.6e-3, top-1 85% on random
-           weights), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the decoder prompt cut to the
+           weights; steps of 5 to 64 rows, where the weight-only kernel slows down, round the rows to int8
+           too, each row by its own scale: KL 3.2e-3, section 27), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the decoder prompt cut to the
            voice's first 5 s (target mel moves 3.5e-3 relative; CFM ~1.9x faster), the S3 tokenizer run once
            per voice (6.5% of T3's prompt tokens change on random weights, benchmarks/voice_tokenize_once.py).
 Chatterbox-Flash (block-diffusion T3, `flash_engine_settings`, `flash_call_settings`): exact is the reference

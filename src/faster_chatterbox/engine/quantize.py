@@ -24,9 +24,13 @@ from ..models.gpt2 import Conv1D
 from ..models.t3 import T3
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# CPU, bf16 activations: `_weight_int8pack_mm` beats dequantize-then-matmul up to 8 rows and loses from
-# 16 on (benchmarks/t3_precision.py, Linear kernels); prefill takes the dequantizing path.
-PACKED_MAX_ROWS = 8
+# CPU, bf16 activations, ms per pass over the Llama T3's Linears (benchmarks/gemv_floor.py, BENCHMARKS.md 27):
+# the packed weight-only kernel is the fastest up to 4 rows (50-62 ms) and slows past them (107 at 8 rows,
+# 199 at 16); from 5 rows on the rows are quantized too and multiplied in integers (58 at 8, 82 at 16, 138 at
+# 64, where dequantizing takes 152 / 132 / 200 and bf16 95-100); prefill-sized inputs dequantize (as fast
+# from ~128 rows, and without rounding the activations).
+PACKED_MAX_ROWS = 4
+DYNAMIC_MAX_ROWS = 64
 
 
 def quantize_weight(weight: Tensor, scale_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -47,6 +51,21 @@ def int8_mm_packed(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
 
 
+def int8_mm_dynamic(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """Rows quantized too (W8A8, per row): x (M, in) -> (M, out) in x's dtype.
+
+    Each row gets its own symmetric int8 scale (max |x| / 127), the products are summed exactly in int32
+    (`torch._int_mm`: at most 127 * 127 * in < 2^31), then both scales are applied in float32. A row's result
+    therefore depends on that row alone, bit for bit, whatever the batch around it. The extra rounding of
+    the rows costs about as much again as the weights' own (relative error ~1.2% against ~0.9% for a
+    Linear of random weights; the quality figures are in BENCHMARKS.md 27).
+    """
+    row_scales = x.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-30) / 127  # (M, 1)
+    xq = torch.round(x.float() / row_scales).to(torch.int8)  # (M, in), |xq| <= 127
+    y = torch._int_mm(xq, weight.t())  # (M, out) int32
+    return (y * row_scales).mul_(scales.float()).to(x.dtype)
+
+
 def int8_mm_dequant(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """gpt-fast's form (torch.compile fuses it on CUDA): x (..., in) -> (..., out)."""
     return F.linear(x, weight.to(x.dtype)) * scales
@@ -55,8 +74,9 @@ def int8_mm_dequant(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
 class Int8Linear(nn.Module):
     """y = (x @ W_int8^T) * scales (+ bias); the output has the activations' dtype.
 
-    On CPU with bf16 activations and few rows (decode) this is `int8_mm_packed`, elsewhere (prefill,
-    float32 activations, CUDA) `int8_mm_dequant`.
+    On CPU with bf16 activations: `int8_mm_packed` for up to PACKED_MAX_ROWS rows (a decode step of one
+    chunk), `int8_mm_dynamic` for batches up to DYNAMIC_MAX_ROWS; elsewhere (prefill, float32 activations,
+    CUDA) `int8_mm_dequant`.
     """
 
     def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None = None):
@@ -86,9 +106,9 @@ class Int8Linear(nn.Module):
         # x: (..., in) -> (..., out)
         scales = self.scales.to(x.dtype)
         rows = x.numel() // self.in_features
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and rows <= PACKED_MAX_ROWS:
-            y = int8_mm_packed(x.reshape(rows, self.in_features), self.weight, scales)
-            y = y.view(*x.shape[:-1], self.out_features)
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and rows <= DYNAMIC_MAX_ROWS:
+            kernel = int8_mm_packed if rows <= PACKED_MAX_ROWS else int8_mm_dynamic
+            y = kernel(x.reshape(rows, self.in_features), self.weight, scales).view(*x.shape[:-1], self.out_features)
         else:
             y = int8_mm_dequant(x, self.weight, scales)
         return y if self.bias is None else y + self.bias.to(x.dtype)
