@@ -60,10 +60,12 @@ def int8_mm_dynamic(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     the rows costs about as much again as the weights' own (relative error ~1.2% against ~0.9% for a
     Linear of random weights; the quality figures are in BENCHMARKS.md 27).
     """
-    row_scales = x.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-30) / 127  # (M, 1)
-    xq = torch.round(x.float() / row_scales).to(torch.int8)  # (M, in), |xq| <= 127
+    # few ops: each costs its dispatch ~200 times a decode step (one call per Linear)
+    row_scales = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True, dtype=torch.float32)  # (M, 1)
+    row_scales.clamp_(min=1e-30).div_(127)
+    xq = torch.div(x, row_scales).round_().to(torch.int8)  # (M, in) float32 -> int8, |xq| <= 127
     y = torch._int_mm(xq, weight.t())  # (M, out) int32
-    return (y * row_scales).mul_(scales.float()).to(x.dtype)
+    return torch.mul(y, row_scales).mul_(scales).to(x.dtype)
 
 
 def int8_mm_dequant(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
