@@ -1,7 +1,8 @@
 """A model of the family on this CPU, each preset against upstream's: T3 decode step and end to end.
 
-Full-size random weights of `--model` (turbo: GPT-2 medium T3 and meanflow S3Gen; multilingual: the v2
-Llama T3 with CFG and the CFM S3Gen, a French text), written once (init-random --model NAME); random weights
+Full-size random weights of `--model` (turbo: GPT-2 medium T3 and meanflow S3Gen; nano: Turbo with GPT-2 small;
+multilingual: the v2 Llama T3 with CFG and the CFM S3Gen, a French text), written once (init-random --model
+NAME); random weights
 never sample the stop token, so every decode runs to its cap:
   T3 step   ms per token of one sequence's decode (generate_speech_tokens: one row for Turbo, the CFG pair
             for Multilingual) with each preset's T3 (exact float32, fast bf16, fastest int8; float32 KV cache):
@@ -12,10 +13,12 @@ never sample the stop token, so every decode runs to its cap:
             what a real voice's stop token gives), so the variants make about the same audio (ours: each chunk
             at least 50 tokens); --tokens N caps every chunk at N instead. Upstream's `generate` of the whole
             text with its loop capped the same way, run in the oracle venv (a child process that loads
-            upstream once and times each round).
+            upstream once and times each round). Upstream 0.1.7 has no Nano: its baseline is 0.1.7's Turbo
+            loaded as upstream's HEAD loads Nano (resemble-ai/chatterbox 5de7a54, tts_turbo.py: the GPT2_small
+            config, 12 x 768, and t3_nano_v1.safetensors), which is all HEAD changes.
 Variants are interleaved over --rounds rounds; medians. RTF = wall seconds / audio seconds.
 
-    python benchmarks/family_speed.py --model turbo|multilingual [--checkpoint DIR] [--tokens N] [--rounds 3]
+    python benchmarks/family_speed.py --model turbo|nano|multilingual [--checkpoint DIR] [--tokens N] [--rounds 3]
                                       [--threads 2] [--json F]
 """
 
@@ -52,6 +55,13 @@ MODELS = {
     "turbo": dict(cls=ChatterboxTurboTTS, text=TURBO_TEXT, call={},
                   step=dict(cfg_weight=0.0, min_p=0.0, top_p=0.95, top_k=1000),
                   upstream=("chatterbox.tts_turbo", "ChatterboxTurboTTS", "inference_turbo", "max_gen_len", -1)),
+    "nano": dict(cls=ChatterboxTurboTTS, load={"nano": True}, text=TURBO_TEXT, call={},
+                 step=dict(cfg_weight=0.0, min_p=0.0, top_p=0.95, top_k=1000),
+                 upstream=("chatterbox.tts_turbo", "ChatterboxTurboTTS", "inference_turbo", "max_gen_len", -1),
+                 upstream_prelude=("from chatterbox.models.t3 import llama_configs as c; c.LLAMA_CONFIGS['GPT2_medium']"
+                                   " = dict(c.LLAMA_CONFIGS['GPT2_medium'], n_embd=768, hidden_size=768, n_head=12,"
+                                   " n_layer=12)"),
+                 upstream_files={"t3_turbo_v1.safetensors": "t3_nano_v1.safetensors"}),
     "multilingual": dict(cls=ChatterboxMultilingualTTS, text=FRENCH_TEXT, call={"language_id": "fr"},
                          step=dict(cfg_weight=0.5, min_p=0.05, top_p=1.0, repetition_penalty=2.0),
                          upstream=("chatterbox.mtl_tts", "ChatterboxMultilingualTTS", "inference", "max_new_tokens",
@@ -61,6 +71,7 @@ MODELS = {
 UPSTREAM = r"""
 import importlib, sys, time, json, torch
 ckpt, cap, threads, module, name, method, keyword, offset = sys.argv[1:9]
+exec(sys.argv[10])  # the model's prelude (Nano: HEAD's GPT-2 small config), or nothing
 torch.set_num_threads(int(threads))
 tts = getattr(importlib.import_module(module), name).from_local(ckpt, "cpu")
 tts.watermarker.apply_watermark = lambda wav, sample_rate: wav
@@ -122,14 +133,22 @@ def main() -> None:
         write_random_checkpoint(ckpt, seed=0, model=args.model)
         if args.model == "multilingual":  # upstream's multilingual generate() crashes on ids S3Gen lacks
             avoid_invalid_speech_ids(ckpt)
-    models = {preset: model["cls"].from_local(ckpt, device="cpu", preset=preset, watermark=False)
+    models = {preset: model["cls"].from_local(ckpt, device="cpu", preset=preset, watermark=False, **model.get("load", {}))
               for preset in ("exact", "fast", "fastest")}
     upstream = None
     if not args.no_upstream:
         venv = Path(os.environ.get("FASTER_CHATTERBOX_ORACLE_VENV", Path(__file__).parents[1] / ".oracle-venv"))
         cap = args.tokens or round(expected_tokens(model["text"]))
-        upstream = subprocess.Popen([str(venv / "bin" / "python"), "-c", UPSTREAM, str(ckpt), str(cap),
-                                     str(args.threads), *map(str, model["upstream"]), json.dumps(model["call"])],
+        upstream_ckpt = ckpt
+        if model.get("upstream_files"):  # the files as upstream's loader names them, linked
+            upstream_ckpt = Path(tempfile.mkdtemp(prefix=f"upstream-{args.model}-"))
+            for f in ckpt.iterdir():
+                (upstream_ckpt / f.name).symlink_to(f)
+            for name, ours in model["upstream_files"].items():
+                (upstream_ckpt / name).symlink_to(ckpt / ours)
+        upstream = subprocess.Popen([str(venv / "bin" / "python"), "-c", UPSTREAM, str(upstream_ckpt), str(cap),
+                                     str(args.threads), *map(str, model["upstream"]), json.dumps(model["call"]),
+                                     model.get("upstream_prelude", "")],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                     text=True)
         upstream.stdin.write(model["text"] + "\n")
