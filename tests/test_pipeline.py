@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 
 import numpy as np
@@ -11,6 +12,7 @@ from dataclasses import replace
 
 from faster_chatterbox import pipeline
 from faster_chatterbox.audio.joins import measure_joins
+from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.checks import audio_failure, expected_tokens, loop_length, token_failure
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.settings import engine_settings
@@ -103,6 +105,53 @@ def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast_fp32, 
     for a, b in zip(together, alone):
         assert torch.equal(a.chunks[0].tokens, b.chunks[0].tokens)
         assert np.array_equal(a.audio, b.audio)
+
+
+@pytest.fixture(scope="module")
+def batched_renders(small_ckpt):
+    """fast's engine in float32 (T3 and decoder: rows equal their single renders up to float rounding) with a
+    GPU's render batching: 4 rows per S3Gen batch, one render at a time."""
+    settings = replace(engine_settings("fast", "cpu"), t3_precision="fp32", kv_dtype=None, s3gen_dtype=torch.float32,
+                       render_batch=4, render_slots=1)
+    return ChatterboxTTS.from_local(small_ckpt, device="cpu", settings=settings, watermark=False)
+
+
+def test_concurrent_calls_in_different_voices_share_a_render_batch(batched_renders, monkeypatch):
+    """Three calls on three threads, each its own voice, seed and text (one of two chunks), waiting for S3Gen
+    together: their four chunks go through the flow as one padded batch, and each call's audio is what it
+    gets alone (the unpadded path for one-chunk calls) within 1e-4."""
+    tts = batched_renders
+    voices = [tts.conditionals_from_wav(synthetic_voice(4.0 + k, 24000, seed=30 + k), 24000, exaggeration=0.4 + 0.2 * k)
+              for k in range(3)]
+    calls = [dict(text=SENTENCE.format(1), voice=voices[0], seed=31),
+             dict(text=SENTENCE.format(2), voice=voices[1], seed=32),
+             dict(text=f"{SENTENCE.format(3)} Then a second sentence!", voice=voices[2], seed=33, max_chars=90)]
+    alone = [tts.synthesize(max_new_tokens=30, **kw) for kw in calls]
+    assert [len(r.chunks) for r in alone] == [1, 1, 2]
+    rows, inference_batch = [], tts.s3gen.inference_batch
+    monkeypatch.setattr(tts.s3gen, "inference_batch",
+                        lambda tokens, *a, **kw: rows.append(len(tokens)) or inference_batch(tokens, *a, **kw))
+    together = [None] * len(calls)
+
+    def call(k):
+        together[k] = tts.synthesize(max_new_tokens=30, **calls[k])
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(calls))]
+    with tts.engine.render_queue.paused():  # the render starts once all four chunks wait (not a race on timing)
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 120
+        while tts.engine.render_queue.waiting < 4:
+            assert time.monotonic() < deadline, "the calls did not reach S3Gen"
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert rows == [4]  # one batch of the three calls' four chunks
+    for a, b in zip(together, alone):
+        for x, y in zip(a.chunks, b.chunks, strict=True):
+            assert torch.equal(x.tokens, y.tokens)
+            assert x.audio.shape == y.audio.shape and np.abs(x.audio - y.audio).max() < 1e-4
+    assert len({r.chunks[0].audio.tobytes() for r in alone}) == 3  # they are different calls
 
 
 @pytest.mark.parametrize("preset", ["exact", "fast_fp32"])
