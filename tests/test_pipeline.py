@@ -17,6 +17,7 @@ from faster_chatterbox.checks import audio_failure, expected_tokens, loop_length
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.settings import engine_settings
 from faster_chatterbox.tts import ChatterboxTTS
+from helpers import one_intra_op_thread
 
 SENTENCE = "This is sentence number {}, which goes on for a little while to fill the chunk."
 LONG_TEXT = " ".join(SENTENCE.format(i) for i in range(1, 13))  # ~950 characters: 4 chunks of <= 300
@@ -138,7 +139,11 @@ def test_concurrent_calls_in_different_voices_share_a_render_batch(batched_rende
     together: their four chunks go through the flow as one padded batch, and each call's audio is what it
     gets alone (the unpadded path for one-chunk calls) within 1e-4. A fourth call with another solve (4 flow
     steps) waits with them and renders alone."""
-    tts = batched_renders
+    with one_intra_op_thread():
+        _calls_share_a_render_batch(batched_renders, monkeypatch)
+
+
+def _calls_share_a_render_batch(tts, monkeypatch):
     voices = [tts.conditionals_from_wav(synthetic_voice(4.0 + k, 24000, seed=30 + k), 24000, exaggeration=0.4 + 0.2 * k)
               for k in range(3)]
     calls = [dict(text=SENTENCE.format(1), voice=voices[0], seed=31),
