@@ -48,7 +48,7 @@ def _callers(queue, submissions):
         before = queue.waiting
         threads.append(threading.Thread(target=call, args=(name, key, rows, urgent)))
         threads[-1].start()
-        _wait_for(lambda: queue.waiting == before + len(rows))
+        _wait_for(lambda n=before + len(rows): queue.waiting == n)
     return got, threads
 
 
@@ -133,9 +133,8 @@ def test_an_interrupted_wait_leaves_the_line_and_the_others_still_render():
     queue = RenderQueue(1, 4, render)
     with queue.paused():
         got, threads = _callers(queue, [("a", "k", ["a1"], False)])
-        with pytest.raises(KeyboardInterrupt):
-            with _interrupting(queue, threading.get_ident()):
-                queue.render("k", ["mine-1", "mine-2"], urgent=True)
+        with pytest.raises(KeyboardInterrupt), _interrupting(queue, threading.get_ident()):
+            queue.render("k", ["mine-1", "mine-2"], urgent=True)
         assert queue.waiting == 1  # a's row only
     _join(threads)
     assert render.batches == [("k", ["a1"])] and got == {"a": [("k", "a1")]}

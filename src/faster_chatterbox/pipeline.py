@@ -7,9 +7,9 @@
   chunks --> trim edges, join with pauses or crossfades
 
 `Engine` owns the models, the T3 scheduler (one thread decoding every call's chunks in one continuously
-refilled batch), the S3Gen render queue (renders of chunks of calls waiting at the same time with the same
-solve share a batch, where the settings batch renders), tokenisation and voices. It knows no presets: every call brings its
-`CallSettings` and its `Voice`; the result carries both, and passing them back reproduces the audio.
+refilled batch), the S3Gen render queue (chunks of calls waiting at the same time with the same solve share
+a render batch, where the settings batch renders), tokenisation and voices. It knows no presets: every call
+brings its `CallSettings` and its `Voice`; the result carries both, and passing them back reproduces the audio.
 
 Random streams: with `seeded_streams` every chunk attempt has its own torch.Generators, hashed from the
 call's seed, its index and attempt (settings.stream_seed), so a chunk's tokens, decoder noise and vocoder
@@ -470,8 +470,9 @@ def _render_rows(s3gen: S3Gen, trailing_silence: int, key: tuple[SolveSettings, 
     """The render queue's render: rows of any calls with one solve (key: the solve, and whether the rows have
     their own streams) as one S3Gen batch, each row in its own voice."""
     solve, seeded = key
-    return s3gen.render([r.tokens for r in rows], [r.ref for r in rows], [r.generator for r in rows] if seeded else None,
-                        batch=len(rows), n_timesteps=solve.n_timesteps, solver=solve.solver, schedule=solve.schedule,
+    generators = [r.generator for r in rows] if seeded else None
+    return s3gen.render([r.tokens for r in rows], [r.ref for r in rows], generators, batch=len(rows),
+                        n_timesteps=solve.n_timesteps, solver=solve.solver, schedule=solve.schedule,
                         sway_coef=solve.sway_coef, prompt_seconds=solve.prompt_seconds,
                         f0_smoothing=F0Smoothing() if solve.f0_smoothing else None, trailing_silence=trailing_silence)
 
