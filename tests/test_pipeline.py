@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 
 import numpy as np
@@ -11,10 +12,12 @@ from dataclasses import replace
 
 from faster_chatterbox import pipeline
 from faster_chatterbox.audio.joins import measure_joins
+from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.checks import audio_failure, expected_tokens, loop_length, token_failure
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.settings import engine_settings
 from faster_chatterbox.tts import ChatterboxTTS
+from helpers import one_intra_op_thread
 
 SENTENCE = "This is sentence number {}, which goes on for a little while to fill the chunk."
 LONG_TEXT = " ".join(SENTENCE.format(i) for i in range(1, 13))  # ~950 characters: 4 chunks of <= 300
@@ -74,6 +77,24 @@ def test_chunk_does_not_depend_on_its_batch(fast_fp32, monkeypatch):
         assert np.linalg.norm(a.audio - b.audio) < 0.05 * np.linalg.norm(b.audio)
 
 
+def _concurrently(tts, calls, paused, ready, **options):
+    """tts.synthesize(**options, **call) of each call on a thread of its own, started within `paused` (what holds
+    their work back), which ends once ready() is true (it waits): their results."""
+    together = [None] * len(calls)
+
+    def call(k):
+        together[k] = tts.synthesize(**options, **calls[k])
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(calls))]
+    with paused:
+        for thread in threads:
+            thread.start()
+        assert ready(), "the calls did not get there"
+    for thread in threads:
+        thread.join(timeout=300)
+    return together
+
+
 def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast_fp32, monkeypatch):
     """Two calls on two threads (different texts and exaggerations) at once: their one-chunk T3 decodes
     share the scheduler's batch, and each call gets exactly what it gets alone."""
@@ -86,23 +107,63 @@ def test_concurrent_calls_share_t3_batches_and_get_their_own_results(fast_fp32, 
     monkeypatch.setattr(fast.t3.tfmr, "forward", lambda x, *a, **kw: rows.append(x.shape[0]) or forward(x, *a, **kw))
     submitted, submit = threading.Semaphore(0), fast.engine.scheduler.submit
     monkeypatch.setattr(fast.engine.scheduler, "submit", lambda *a, **kw: (submit(*a, **kw), submitted.release())[0])
-    together = [None] * len(calls)
-
-    def call(k):
-        together[k] = fast.synthesize(max_new_tokens=40, **calls[k])
-
-    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(calls))]
-    with fast.engine.scheduler.paused():  # the batch starts once both calls have submitted (not a race on timing)
-        for thread in threads:
-            thread.start()
-        for _ in calls:
-            assert submitted.acquire(timeout=60)
-    for thread in threads:
-        thread.join()
+    # the batch starts once both calls have submitted (not a race on timing)
+    together = _concurrently(fast, calls, fast.engine.scheduler.paused(),
+                             lambda: all(submitted.acquire(timeout=60) for _ in calls), max_new_tokens=40)
     assert max(rows) == 4  # both CFG pairs in one backbone batch
     for a, b in zip(together, alone):
         assert torch.equal(a.chunks[0].tokens, b.chunks[0].tokens)
         assert np.array_equal(a.audio, b.audio)
+
+
+def _waits_for(condition, timeout=120.0) -> bool:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.fixture(scope="module")
+def batched_renders(small_ckpt):
+    """fast's engine in float32 (T3 and decoder: rows equal their single renders up to float rounding) with a
+    GPU's render batching: 4 rows per S3Gen batch, one render at a time."""
+    settings = replace(engine_settings("fast", "cpu"), t3_precision="fp32", kv_dtype=None, s3gen_dtype=torch.float32,
+                       render_batch=4, render_slots=1)
+    return ChatterboxTTS.from_local(small_ckpt, device="cpu", settings=settings, watermark=False)
+
+
+def test_concurrent_calls_in_different_voices_share_a_render_batch(batched_renders, monkeypatch):
+    """Three calls on three threads, each its own voice, seed and text (one of two chunks), waiting for S3Gen
+    together: their four chunks go through the flow as one padded batch, and each call's audio is what it
+    gets alone (the unpadded path for one-chunk calls) within 1e-4. A fourth call with another solve (4 flow
+    steps) waits with them and renders alone."""
+    with one_intra_op_thread():
+        _calls_share_a_render_batch(batched_renders, monkeypatch)
+
+
+def _calls_share_a_render_batch(tts, monkeypatch):
+    voices = [tts.conditionals_from_wav(synthetic_voice(4.0 + k, 24000, seed=30 + k), 24000, exaggeration=0.4 + 0.2 * k)
+              for k in range(3)]
+    calls = [dict(text=SENTENCE.format(1), voice=voices[0], seed=31),
+             dict(text=SENTENCE.format(2), voice=voices[1], seed=32),
+             dict(text=f"{SENTENCE.format(3)} Then a second sentence!", voice=voices[2], seed=33, max_chars=90),
+             dict(text=SENTENCE.format(4), voice=voices[0], seed=34, n_timesteps=4)]
+    alone = [tts.synthesize(max_new_tokens=30, **kw) for kw in calls]
+    assert [len(r.chunks) for r in alone] == [1, 1, 2, 1]
+    rows, inference_batch = [], tts.s3gen.inference_batch
+    monkeypatch.setattr(tts.s3gen, "inference_batch",
+                        lambda tokens, *a, **kw: rows.append(len(tokens)) or inference_batch(tokens, *a, **kw))
+    queue = tts.engine.render_queue  # the renders start once all five chunks wait (not a race on timing)
+    together = _concurrently(tts, calls, queue.paused(), lambda: _waits_for(lambda: queue.waiting == 5),
+                             max_new_tokens=30)
+    assert rows == [4]  # one batch of the first three calls' four chunks; the fourth call's chunk alone
+    for a, b in zip(together, alone):
+        for x, y in zip(a.chunks, b.chunks, strict=True):
+            assert torch.equal(x.tokens, y.tokens)
+            assert x.audio.shape == y.audio.shape and np.abs(x.audio - y.audio).max() < 1e-4
+    assert len({r.chunks[0].audio.tobytes() for r in alone}) == 4  # they are different calls
 
 
 @pytest.mark.parametrize("preset", ["exact", "fast_fp32"])

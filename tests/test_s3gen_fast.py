@@ -164,6 +164,40 @@ def test_batched_default_noise_is_drawn_row_by_row(s3gen, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(mels[:2], mels[2:]))
 
 
+def test_render_with_a_voice_per_chunk_equals_each_chunk_alone_in_its_voice(s3gen):
+    """Chunks of several calls in one render: each in its own voice (prompts of 12 and 20 tokens, the longer cut
+    to 15 by prompt_seconds), stream and length, one chunk empty; each equals its render alone."""
+    refs = [_ref(70, 12), _ref(71, 20), _ref(70, 12), _ref(72, 16)]
+    tokens = [_tokens(73, 9).tolist(), _tokens(74, 14).tolist(), [], _tokens(75, 4).tolist()]
+
+    def streams():
+        return [torch.Generator().manual_seed(80 + i) for i in range(len(tokens))]
+
+    solve = dict(n_timesteps=2, prompt_seconds=0.6)
+    together = s3gen.render(tokens, refs, streams(), batch=4, **solve)
+    alone = [s3gen.render([t], r, [g], **solve)[0] for t, r, g in zip(tokens, refs, streams())]
+    assert together[2].shape == (0,) and alone[2].shape == (0,)
+    for row, single, t in zip(together, alone, tokens):
+        assert row.shape == single.shape == (960 * len(t),)
+        if len(t):
+            assert rel_error(torch.from_numpy(row), torch.from_numpy(single)) < 1e-4
+    torch.manual_seed(3)  # on the global RNG: chunk after chunk, each in its voice
+    drawn = s3gen.render(tokens, refs, n_timesteps=2)
+    torch.manual_seed(3)
+    assert all((a == b).all() for a, b in zip(drawn, [s3gen.render([t], r, n_timesteps=2)[0]
+                                                      for t, r in zip(tokens, refs)]))
+
+
+def test_render_input_errors(s3gen):
+    ref, tokens = _ref(76, 5), _tokens(77, 3).tolist()
+    with pytest.raises(ValueError, match="ref must have one entry per chunk, got 1 for 2"):
+        s3gen.render([tokens, tokens], [ref])
+    with pytest.raises(ValueError, match="generators must have one entry per chunk, got 1 for 2"):
+        s3gen.render([tokens, tokens], ref, [torch.Generator()])
+    with pytest.raises(TypeError, match="ref must be a voice's reference dict"):
+        s3gen.render([tokens], None)
+
+
 def test_batch_input_errors(s3gen):
     ref, tokens = _ref(40, 5), _tokens(41, 3)
     with pytest.raises(ValueError, match="one reference per chunk"):

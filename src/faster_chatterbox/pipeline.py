@@ -7,8 +7,9 @@
   chunks --> trim edges, join with pauses or crossfades
 
 `Engine` owns the models, the T3 scheduler (one thread decoding every call's chunks in one continuously
-refilled batch), the S3Gen render slots, tokenisation and voices. It knows no presets: every call brings its
-`CallSettings` and its `Voice`; the result carries both, and passing them back reproduces the audio.
+refilled batch), the S3Gen render queue (chunks of calls waiting at the same time with the same solve share
+a render batch, where the settings batch renders), tokenisation and voices. It knows no presets: every call
+brings its `CallSettings` and its `Voice`; the result carries both, and passing them back reproduces the audio.
 
 Random streams: with `seeded_streams` every chunk attempt has its own torch.Generators, hashed from the
 call's seed, its index and attempt (settings.stream_seed), so a chunk's tokens, decoder noise and vocoder
@@ -19,6 +20,7 @@ does, chunk after chunk (seeded with `seed`, or restored to the state the call s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -41,7 +43,7 @@ from .audio.postprocess import normalize_loudness
 from .audio.sinc_resample import sinc_resample
 from .checks import Failure, audio_failure, speaker_similarity, token_budget, token_failure
 from .engine.batch_decode import DecodeRequest
-from .engine.render_slots import RenderSlots
+from .engine.render_slots import RenderQueue
 from .engine.block_diffusion import FlashBatch, FlashRequest, generate_block_diffusion, request_problem, \
     uncond_block_prior
 from .engine.scheduler import T3Scheduler
@@ -51,7 +53,7 @@ from .models.hift import F0Smoothing
 from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
 from .models.t3 import T3, T3Cond
 from .models.voice_encoder import VoiceEncoder
-from .settings import CallSettings, EngineSettings, stream_seed, torch_seed
+from .settings import CallSettings, EngineSettings, SolveSettings, stream_seed, torch_seed
 from .text.chunking import DEFAULT_PAUSES_S, Chunk, check_text, pack_chunks
 from .text.english import normalize_english
 from .text.multilingual import sentence_language
@@ -143,8 +145,16 @@ class Decoded(NamedTuple):
     steps: int  # decode steps (sampled ids, special ones included)
 
 
+class RenderRow(NamedTuple):
+    """One chunk for S3Gen: its speech tokens in its call's voice, drawn from its own stream (None: the global RNG)."""
+
+    tokens: list[int]
+    ref: dict  # the voice's S3Gen half (Voice.gen)
+    generator: torch.Generator | None
+
+
 class Engine:
-    """The models and everything shared by the calls: scheduler, render slots, tokenizer, voice cache."""
+    """The models and everything shared by the calls: scheduler, render queue, tokenizer, voice cache."""
 
     DEC_COND_LEN = 10 * S3GEN_SR  # S3Gen's reference: the first 10 s
     VOICE_CACHE_SIZE = 8  # voices (reference clips) kept in memory
@@ -160,7 +170,9 @@ class Engine:
         # Calls on the global RNG decode one at a time, so each consumes the stream in one piece (as sequential
         # upstream calls do); they run beside the scheduler's batches (the model holds no cache).
         self._global_rng_lock = threading.Lock()
-        self.render_slots = RenderSlots(settings.render_slots)  # first chunks of calls go first
+        # first chunks of calls go first; chunks of calls waiting together share a batch (render_batch > 1)
+        self.render_queue = RenderQueue(settings.render_slots, settings.render_batch,
+                                        functools.partial(_render_rows, s3gen, settings.trailing_silence))
         self.voice_cache_dir: Path | None = None  # voices of clips also kept on disk, by content
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
         self._voice_lock = threading.Lock()
@@ -453,22 +465,30 @@ def _decoded(engine: Engine, tokens: list[int]) -> Decoded:
     return Decoded([t for t in tokens if t < vocab], bool(tokens) and tokens[-1] == stop, len(tokens))
 
 
+def _render_rows(s3gen: S3Gen, trailing_silence: int, key: tuple[SolveSettings, bool],
+                 rows: list[RenderRow]) -> list[np.ndarray]:
+    """The render queue's render: rows of any calls with one solve (key: the solve, and whether the rows have
+    their own streams) as one S3Gen batch, each row in its own voice."""
+    solve, seeded = key
+    generators = [r.generator for r in rows] if seeded else None
+    return s3gen.render([r.tokens for r in rows], [r.ref for r in rows], generators, batch=len(rows),
+                        n_timesteps=solve.n_timesteps, solver=solve.solver, schedule=solve.schedule,
+                        sway_coef=solve.sway_coef, prompt_seconds=solve.prompt_seconds,
+                        f0_smoothing=F0Smoothing() if solve.f0_smoothing else None, trailing_silence=trailing_silence)
+
+
 def _render_group(engine: Engine, job: Job, tokens: list[list[int]], generators: list[torch.Generator] | None,
                   urgent: bool) -> list[np.ndarray]:
-    """One S3Gen render (one batch) of chunks in the call's voice with the call's solve, in a render slot."""
-    solve = job.call.solve
-    with engine.render_slots.take(urgent=urgent):
-        return engine.s3gen.render(tokens, job.voice.gen, generators, batch=len(tokens), n_timesteps=solve.n_timesteps,
-                                   solver=solve.solver, schedule=solve.schedule, sway_coef=solve.sway_coef,
-                                   prompt_seconds=solve.prompt_seconds,
-                                   f0_smoothing=F0Smoothing() if solve.f0_smoothing else None,
-                                   trailing_silence=engine.settings.trailing_silence)
+    """S3Gen for chunks of one call, in the call's voice with the call's solve, through the engine's render queue:
+    batched with other calls' chunks waiting at the same time with the same solve, up to `render_batch` rows."""
+    rows = [RenderRow(t, job.voice.gen, g) for t, g in zip(tokens, generators or [None] * len(tokens))]
+    return engine.render_queue.render((job.call.solve, generators is not None), rows, urgent=urgent)
 
 
 def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: dict[int, int]) -> dict[int, np.ndarray]:
-    """S3Gen for chunks {index: tokens}, each with the random stream of its attempt, `render_batch` chunks per
-    render. Renders take turns across calls (`render_slots`) batch by batch, so a call's first chunk waits
-    for one batch of other calls' later chunks at most, not for their whole window."""
+    """S3Gen for chunks {index: tokens}, each with the random stream of its attempt, submitted `render_batch`
+    chunks at a time. Submissions take turns across calls in the render queue batch by batch, so a call's first
+    chunk waits for one batch of other calls' later chunks at most, not for their whole window."""
     wavs = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
     spoken, step = [i for i, t in tokens.items() if t], engine.settings.render_batch
     for k in range(0, len(spoken), step):

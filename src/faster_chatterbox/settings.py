@@ -70,7 +70,9 @@ class EngineSettings:
     max_batch: int  # T3 requests per continuous batch, across calls
     urgent_rows: int  # requests beyond max_batch that only calls' first chunks may take (short calls never wait)
     render_slots: int  # S3Gen renders at once, across calls
-    render_batch: int  # chunks per S3Gen batch (batching does not pay on CPU: benchmarks/s3gen_speed.md)
+    # rows per S3Gen batch, chunks of any calls waiting together (engine.render_slots.RenderQueue); 1 on CPU,
+    # where batching does not pay (0.94x: BENCHMARKS.md section 7, benchmarks/s3gen_speed.md)
+    render_batch: int
     decode_ahead: bool  # submit the next window's T3 while this window renders
     decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
     # silence tokens after each chunk's speech tokens, as Turbo feeds its meanflow decoder (Flash feeds none)

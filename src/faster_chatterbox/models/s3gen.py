@@ -140,21 +140,28 @@ class S3Gen(nn.Module):
         return self.flow.cfg.token_mel_ratio * S3GEN_SR // MEL_HZ
 
     @torch.inference_mode()
-    def render(self, tokens: list[list[int]], ref: dict, generators: list[torch.Generator] | None = None, *,
-               batch: int = 1, n_timesteps: int | None = None, solver: str | None = None,
+    def render(self, tokens: list[list[int]], ref: dict | list[dict], generators: list[torch.Generator] | None = None,
+               *, batch: int = 1, n_timesteps: int | None = None, solver: str | None = None,
                schedule: str | None = None, sway_coef: float | None = None, prompt_seconds: float | None = None,
                f0_smoothing: F0Smoothing | None = None, trailing_silence: int = 0) -> list[np.ndarray]:
-        """The one entry from speech tokens to audio: chunks in one voice -> [(N_i,) float32 at 24 kHz].
+        """The one entry from speech tokens to audio: chunks -> [(N_i,) float32 at 24 kHz].
 
         tokens[i]: chunk i's speech tokens (< vocab_size; a chunk without any gets no audio). ref: the voice
-        (`embed_ref`'s dict), its decoder prompt cut to its first `prompt_seconds` (None: all of it, upstream's
-        10 s). generators[i]: chunk i's random stream, drawn for the flow's starting noise and then HiFT's
-        source; None: the global RNG, chunk after chunk as upstream's calls draw it. batch: chunks per flow
-        batch (needs generators). trailing_silence: silence tokens appended to each chunk (Turbo feeds its
-        meanflow decoder 3; Chatterbox-Flash feeds the same decoder none). Solve arguments as in `inference`.
+        (`embed_ref`'s dict) of every chunk, or a list of one per chunk (chunks of several calls rendered as one
+        batch), its decoder prompt cut to its first `prompt_seconds` (None: all of it, upstream's 10 s).
+        generators[i]: chunk i's random stream, drawn for the flow's starting noise and then HiFT's source; None:
+        the global RNG, chunk after chunk as upstream's calls draw it. batch: chunks per flow batch (needs
+        generators). trailing_silence: silence tokens appended to each chunk (Turbo feeds its meanflow decoder 3;
+        Chatterbox-Flash feeds the same decoder none). Solve arguments as in `inference`.
         """
+        if not isinstance(ref, (dict, list, tuple)):
+            raise TypeError(f"ref must be a voice's reference dict or a list of them, got {type(ref).__name__}")
+        refs = [ref] * len(tokens) if isinstance(ref, dict) else list(ref)
+        for name, per_chunk in (("ref", refs), ("generators", generators)):
+            if per_chunk is not None and len(per_chunk) != len(tokens):
+                raise ValueError(f"{name} must have one entry per chunk, got {len(per_chunk)} for {len(tokens)} chunks")
         if prompt_seconds is not None:
-            ref = trim_reference(ref, prompt_seconds)
+            refs = [trim_reference(r, prompt_seconds) for r in refs]
         if trailing_silence:
             tokens = [list(t) + [SILENCE_TOKEN] * trailing_silence if len(t) else t for t in tokens]
         todo = [i for i, t in enumerate(tokens) if len(t)]
@@ -164,18 +171,18 @@ class S3Gen(nn.Module):
         wavs: dict[int, torch.Tensor] = {}
         if generators is None:
             for i in todo:
-                wavs[i] = self.inference(torch.tensor(tokens[i], device=device), ref, **solve)
+                wavs[i] = self.inference(torch.tensor(tokens[i], device=device), refs[i], **solve)
         else:
-            n_prompt = int(ref["prompt_token_len"].reshape(-1)[0])
             for k in range(0, len(todo), batch):
                 group = todo[k : k + batch]
-                noises = [self.draw_noise(n_prompt, len(tokens[i]), generators[i]) for i in group]
+                noises = [self.draw_noise(int(refs[i]["prompt_token_len"].reshape(-1)[0]), len(tokens[i]),
+                                          generators[i]) for i in group]
                 if len(group) == 1:  # the unpadded path (what a batch's rows equal up to rounding)
-                    wavs[group[0]] = self.inference(torch.tensor(tokens[group[0]], device=device), ref,
+                    wavs[group[0]] = self.inference(torch.tensor(tokens[group[0]], device=device), refs[group[0]],
                                                     noise=noises[0], vocoder_generator=generators[group[0]], **solve)
                     continue
                 rendered = self.inference_batch([torch.tensor(tokens[i], device=device) for i in group],
-                                                [ref] * len(group), noises=noises,
+                                                [refs[i] for i in group], noises=noises,
                                                 vocoder_generators=[generators[i] for i in group], **solve)
                 wavs.update(zip(group, rendered))
         empty = np.zeros(0, dtype=np.float32)
