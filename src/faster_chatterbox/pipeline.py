@@ -423,9 +423,13 @@ class T3Work:
         self.outputs: dict[int, torch.Tensor] = {}
         requests = {i: _request(engine, job, i, attempt) for i in indices}
         if job.call.continuous_batching:
-            for i, request in requests.items():  # a call's first chunk is what its caller waits for first
-                self.futures[i] = engine.scheduler.submit(request, urgent=i == 0)
-                self.futures[i].add_done_callback(self._stamp)
+            # submitted as one group: the scheduler thread could otherwise admit the first chunk before the
+            # others and start the batch smaller by a timing of threads, and a bf16/int8 row rounds by its batch's
+            # shape, so a seeded call would not repeat itself on a loaded machine
+            with engine.scheduler.paused():
+                for i, request in requests.items():  # a call's first chunk is what its caller waits for first
+                    self.futures[i] = engine.scheduler.submit(request, urgent=i == 0)
+                    self.futures[i].add_done_callback(self._stamp)
         else:
             self.outputs = {i: _decode_alone(engine, r) for i, r in requests.items()}
             self.finished = time.perf_counter()
