@@ -1,15 +1,17 @@
 """Load test of `faster-chatterbox serve`: concurrent clients against the server as it ships (requests
 batched together in T3) and against the same server forced to one request at a time (--max-concurrency 1),
-side by side in one run.
+side by side in one run: both servers are up at once and every round sends each client count to one, then
+to the other.
 
-Each server is a real `serve` process on a free loopback port; each client is an asyncio task that sends
+Each server is a real `serve` process (of `--model`) on a free loopback port; each client is an asyncio task that sends
 one streamed `pcm` request (its own text and seed) and, when answered 429, waits the Retry-After and tries
 again. Per scenario: the status counts (5xx must be zero; 429 only once the queue bound is reached), p50 and
 p95 time to first audio (request sent -> first audio bytes), and aggregate audio seconds per wall second.
 Only loopback is used; every loop is bounded in count and time.
 
     python benchmarks/server_load.py [--clients 8 32] [--max-queue 16] [--tokens 50] [--random-weights small|full]
-                                     [--checkpoint DIR] [--preset fast] [--json FILE]
+                                     [--checkpoint DIR] [--model chatterbox|turbo|...] [--preset fast]
+                                     [--rounds 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,19 +45,24 @@ def free_port() -> int:
 
 def start_server(args, concurrency: int | None, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "faster_chatterbox.cli", "serve", "--port", str(port), "--preset", args.preset,
+           "--model", args.model,
            "--max-queue", str(args.max_queue), "--voices-dir", "none", "--no-watermark", "--device", "cpu",
            "--request-timeout", "600"]
-    cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else ["--random-weights", args.random_weights]
+    cmd += ["--checkpoint", args.checkpoint]  # main() makes the random one first
     if concurrency is not None:
         cmd += ["--max-concurrency", str(concurrency)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"server-load-{port}-", suffix=".log", delete=False)
+    print(f"server on port {port}: log {log.name}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)  # a file: a pipe could fill
+    proc.log_path = log.name
+    return proc
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read()}")
+            raise RuntimeError(f"the server exited: {Path(proc.log_path).read_text()[-4000:]}")
         try:
             if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
                 return
@@ -103,28 +111,37 @@ async def scenario(url: str, clients: int, tokens: int, limit_s: float) -> dict:
             "audio_s": audio, "audio_s_per_s": audio / wall}
 
 
-def run_server(args, label: str, concurrency: int | None) -> list[dict]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(args, concurrency, port)
+def run_servers(args, servers: dict[str, int | None]) -> list[dict]:
+    """Start every server {label: --max-concurrency or None}, then alternate them: each round runs each
+    client count against each server in turn."""
+    procs, urls = {}, {}
     try:
-        wait_ready(proc, url)
+        for label, concurrency in servers.items():
+            port = free_port()
+            urls[label] = f"http://127.0.0.1:{port}"
+            procs[label] = start_server(args, concurrency, port)
+        for label in servers:
+            wait_ready(procs[label], urls[label])
         rows = []
-        for clients in args.clients:
-            row = asyncio.run(scenario(url, clients, args.tokens, args.limit_s))
-            row["server"] = label
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+        for r in range(args.rounds):
+            for clients in args.clients:
+                for label in servers:
+                    row = asyncio.run(scenario(urls[label], clients, args.tokens, args.limit_s))
+                    row.update(server=label, round=r + 1, model=args.model, preset=args.preset)
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
         return rows
     finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(timeout=120)
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| server | clients | wall s | 200 | 429 | 5xx | TTFA p50 s | TTFA p95 s | audio s | audio s / s |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [f"| {r['server']} | {r['clients']} | {r['wall_s']:.1f} | {r['ok']} | {r['http_429']} | {r['http_5xx']} | "
+    head = ("| server | round | clients | wall s | 200 | 429 | 5xx | TTFA p50 s | TTFA p95 s | audio s | audio s / s |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [f"| {r['server']} | {r['round']} | {r['clients']} | {r['wall_s']:.1f} | {r['ok']} | {r['http_429']} | {r['http_5xx']} | "
              f"{r['ttfa_p50_s']:.2f} | {r['ttfa_p95_s']:.2f} | {r['audio_s']:.1f} | {r['audio_s_per_s']:.2f} |"
              for r in rows]
     return "\n".join([head, *lines])
@@ -136,13 +153,18 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=16, help="the servers' --max-queue (default 16)")
     parser.add_argument("--tokens", type=int, default=50, help="max_new_tokens per request (25 = 1 s of audio)")
     parser.add_argument("--preset", default="fast")
+    parser.add_argument("--model", default="chatterbox", help="the family member the servers load (serve --model)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of the two servers")
     parser.add_argument("--random-weights", default="small", choices=("small", "full"))
     parser.add_argument("--checkpoint", help="a checkpoint directory instead of random weights")
     parser.add_argument("--limit-s", type=float, default=300.0, help="give up on a scenario's requests after this")
     parser.add_argument("--json", help="append the rows as JSON lines to this file")
     args = parser.parse_args()
     os.environ.setdefault("FASTER_CHATTERBOX_CACHE", str(Path.home() / ".cache" / "faster-chatterbox"))
-    rows = run_server(args, "batched (default)", None) + run_server(args, "one at a time", 1)
+    if not args.checkpoint:  # written once before the two servers start (they would race to write it)
+        from faster_chatterbox.family import random_checkpoint
+        args.checkpoint = str(random_checkpoint(args.random_weights, args.model))
+    rows = run_servers(args, {"batched (default)": None, "one at a time": 1})
     print(table(rows))
     if args.json:
         with open(args.json, "a") as out:
