@@ -98,6 +98,8 @@ def test_multilingual_server_speaks_the_requested_language(multilingual):
     assert rate == SR and len(audio) > 0
     english = _speak(multilingual, model="tts-1")  # default: en
     assert english.status_code == 200 and not np.array_equal(decode(english.content)[0], audio)
+    regional = _speak(multilingual, model="multilingual", language="FR-fr")  # a regional tag speaks its language
+    assert regional.status_code == 200 and np.array_equal(decode(regional.content)[0], audio)
     message = _error(_speak(multilingual, model="multilingual", language="xx"), "language", "unsupported_language")
     assert "'xx'" in message and "fr" in message
     info = httpx.get(f"{multilingual.url}/info").json()

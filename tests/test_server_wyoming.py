@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from faster_chatterbox.server import ServerOptions
-from server_helpers import SR, LiveServer, free_port
+from server_helpers import SR, LiveServer, family_tts, free_port
 
 pytest.importorskip("wyoming")
 from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
@@ -26,6 +26,16 @@ def server(tmp_path_factory):
     with LiveServer(options=options) as live:
         live.wyoming_port = port
         yield live
+
+
+@pytest.fixture(scope="module")
+def multilingual(tmp_path_factory):
+    tts = family_tts("multilingual", tmp_path_factory.mktemp("cache"))
+    port = free_port()
+    with LiveServer(tts, ServerOptions(wyoming_port=port)) as live:
+        live.wyoming_port = port
+        yield live
+    tts.close()
 
 
 async def exchange(port: int, request, until) -> list:
@@ -70,7 +80,33 @@ def test_synthesize_streams_audio(server):
 @pytest.mark.parametrize("request_,code", [
     (Synthesize(text="Hello.", voice=SynthesizeVoice(name="nobody")), "voice_not_found"),
     (Synthesize(text="   "), "empty_input"),
+    (Synthesize(text="Hallo.", voice=SynthesizeVoice(language="de_DE")), "unsupported_language"),
 ])
 def test_bad_requests_are_error_events(server, request_, code):
     [event] = asyncio.run(exchange(server.wyoming_port, request_, lambda e: True))
     assert Error.is_type(event.type) and Error.from_event(event).code == code
+
+
+def _spoken(port: int, request) -> tuple[list, bytes]:
+    """The event types of one synthesize and its audio bytes."""
+    events = asyncio.run(exchange(port, request, lambda e: AudioStop.is_type(e.type) or Error.is_type(e.type)))
+    audio = b"".join(AudioChunk.from_event(e).audio for e in events if AudioChunk.is_type(e.type))
+    return [e.type for e in events], audio
+
+
+def test_a_multilingual_server_speaks_home_assistants_language(multilingual):
+    """Home Assistant sends the pipeline's language as a regional tag ("fr_FR") when no voice is picked (the
+    protocol carries a voice's name or its language, not both): the multilingual server speaks it in the
+    default voice, describes its 23 languages, and answers a language it lacks with an error event."""
+    [event] = asyncio.run(exchange(multilingual.wyoming_port, Describe(), lambda e: True))
+    [program] = Info.from_event(event).tts
+    assert all({"en", "fr", "zh"} <= set(v.languages) and len(v.languages) == 23 for v in program.voices)
+    french_types, french = _spoken(multilingual.wyoming_port, Synthesize(
+        text="Bonjour.", voice=SynthesizeVoice(language="fr_FR")))
+    assert french_types[0] == "audio-start" and french_types[-1] == "audio-stop" and len(french) > 0
+    _, english = _spoken(multilingual.wyoming_port, Synthesize(text="Bonjour."))
+    assert english != french  # English by default: another language tag, other tokens
+    [event] = asyncio.run(exchange(multilingual.wyoming_port, Synthesize(
+        text="Hello.", voice=SynthesizeVoice(language="xx_YY")), lambda e: True))
+    error = Error.from_event(event)
+    assert error.code == "unsupported_language" and "'xx_YY'" in error.text

@@ -75,10 +75,12 @@ def languages(tts) -> tuple[str, ...]:
 
 def language_args(tts, language: str | None = None) -> dict:
     """generate_stream's language argument for `language` (None: English; any case, as check_language takes
-    it), checked: a 400 naming it."""
-    language = DEFAULT_LANGUAGE if language is None else language.lower()
+    it; a regional tag such as Home Assistant's "fr_FR" or "pt-BR" speaks its language, "fr", "pt"), checked:
+    a 400 naming it."""
+    asked = DEFAULT_LANGUAGE if language is None else language
+    language = asked.lower().replace("_", "-").split("-")[0]
     spoken = languages(tts)
     if language not in spoken:
-        raise bad_request(f"language {language!r} is not spoken by the {model_name(tts)} model; languages: "
+        raise bad_request(f"language {asked!r} is not spoken by the {model_name(tts)} model; languages: "
                           f"{', '.join(spoken)}", "language", "unsupported_language")
     return {"language_id": language} if model_name(tts) == "multilingual" else {}

@@ -1,9 +1,12 @@
 """Wyoming (Home Assistant's voice protocol, PyPI `wyoming`) beside the HTTP API, on the same event loop
 and the same SpeechService (the same queue bound, workers and timeout).
 
-  describe    -> info: one TTS program, its voices (the built-in names and the library's), English
-  synthesize  -> audio-start (24 kHz, 16-bit, mono), audio-chunk per piece as it is made, audio-stop;
-                 a problem (unknown voice, empty or long text, a full queue) is an `error` event
+  describe    -> info: one TTS program, its voices (the built-in names and the library's), each with the
+                 loaded model's languages (English; Multilingual's 23)
+  synthesize  -> audio-start (24 kHz, 16-bit, mono), audio-chunk per piece as it is made, audio-stop, in
+                 the requested language when the request names one instead of a voice (Home Assistant
+                 sends its pipeline's, e.g. "fr_FR": French, in the default voice);
+                 a problem (unknown voice or language, empty or long text, a full queue) is an `error` event
 A client that disconnects mid-stream cancels its job as an HTTP client does.
 """
 
@@ -71,7 +74,9 @@ class _Handler(AsyncEventHandler):
             if len(text) > state.options.max_input_chars:
                 raise APIError(400, f"the text is {len(text)} characters long; at most "
                                     f"{state.options.max_input_chars} are allowed", code="string_above_max_length")
-            running = service.submit(SpeechJob(text, voice, language_args(state.tts), "pcm"))
+            # a voice's name or, without one, a language (Home Assistant's pipeline language, e.g. "fr_FR")
+            language = request.voice.language if request.voice else None
+            running = service.submit(SpeechJob(text, voice, language_args(state.tts, language), "pcm"))
         except QueueFull:
             await self.write_event(Error(text="the server is busy: retry later", code="queue_full").event())
             return
