@@ -1,4 +1,5 @@
-"""Chatterbox Multilingual: the tokenizer and front-ends, loading, errors, and generate() against upstream 0.1.7.
+"""Chatterbox Multilingual: the tokenizer and front-ends, loading, errors, and generate() against upstream
+(0.1.7 for the v2 T3, HEAD for v3: tests/upstream_head.py).
 
 Checkpoints are init-random --model multilingual ones. For upstream's waveform the T3 is small but has
 upstream's aligned heads (14 layers of 16 heads; upstream's builder is patched to those sizes, as
@@ -120,48 +121,73 @@ def test_v3_loads_without_the_guard_and_bad_pickles_are_refused(small_ckpt, tmp_
 
 
 @pytest.fixture(scope="module")
-def parity_models(oracle, tmp_path_factory):
-    """Ours (exact preset) and upstream's ChatterboxMultilingualTTS on one checkpoint: a 14-layer narrow T3,
-    full-size S3Gen and voice encoder."""
-    import chatterbox.models.t3.modules.cond_enc as cond_enc_mod
-    from chatterbox.models.t3 import llama_configs
-    from chatterbox.models.t3.modules.perceiver import Perceiver as UpPerceiver
-    from chatterbox.mtl_tts import ChatterboxMultilingualTTS as Upstream
-
-    from test_t3 import _hf_llama_dict
-
-    import chatterbox.models.tokenizers.tokenizer as upstream_tokenizer
-
+def parity_ckpt(tmp_path_factory):
+    """A checkpoint both sides build: a 14-layer narrow T3 (v2 and v3), full-size S3Gen and voice encoder."""
     config = ChatterboxConfig(t3=T3Config(llama=GUARD_LLAMA))
     ckpt = write_random_checkpoint(tmp_path_factory.mktemp("mtl-parity") / "ckpt", seed=1, model="multilingual",
                                    config=config)
     avoid_invalid_speech_ids(ckpt)
+    return ckpt
+
+
+def _upstream(ckpt: Path, load):
+    """Upstream's ChatterboxMultilingualTTS from `load(ckpt)`, built at the checkpoint's T3 size, its
+    decode capped at TOKENS and its output not watermarked."""
+    import chatterbox.models.t3.modules.cond_enc as cond_enc_mod
+    import chatterbox.models.tokenizers.tokenizer as upstream_tokenizer
+    from chatterbox.models.t3 import llama_configs
+    from chatterbox.models.t3.modules.perceiver import Perceiver as UpPerceiver
+
+    from test_t3 import _hf_llama_dict
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(upstream_tokenizer, "hf_hub_download",  # the checkpoint's Cangjie table, not the hub's
                    lambda repo_id, filename, cache_dir: str(Path(cache_dir) / filename))
         mp.setitem(llama_configs.LLAMA_CONFIGS, "Llama_520M", _hf_llama_dict(GUARD_LLAMA))
         mp.setattr(cond_enc_mod, "Perceiver", lambda: UpPerceiver(32, GUARD_LLAMA.dim, GUARD_LLAMA.dim, 4))
-        upstream = Upstream.from_local(ckpt, "cpu")
+        upstream = load(ckpt)
     upstream.watermarker.apply_watermark = lambda wav, sample_rate: wav  # compare before watermarking
     t3_inference = upstream.t3.inference
     upstream.t3.inference = lambda **kw: t3_inference(**{**kw, "max_new_tokens": TOKENS})  # upstream fixes 1000
-    ours = ChatterboxMultilingualTTS.from_local(ckpt, device="cpu", preset="exact", watermark=False, strict_text=False)
-    yield ours, upstream
+    return upstream
+
+
+def _same_waveform(ours, upstream, upstream_kwargs: dict) -> None:
+    text = "今日は良い天気です"
+    torch.manual_seed(42)
+    ref = upstream.generate(text, language_id="ja", **upstream_kwargs)
+    torch.manual_seed(42)
+    wav = ours.generate(text, "ja", max_new_tokens=TOKENS)
     ours.close()
+    assert wav.shape == ref.shape and wav.dtype == torch.float32
+    assert (wav - ref).abs().max() <= 1e-3, "waveform differs from upstream's"
 
 
 @pytest.mark.slow  # full-size S3Gen on both sides: about a minute on a quiet 2-core machine
-def test_generate_matches_upstream(parity_models):
-    """The exact preset's waveform equals upstream's within 1e-3 (float32 on both sides, the same global seed,
-    upstream's defaults: repetition_penalty 2.0, the alignment guard), through the Japanese front-end."""
-    ours, upstream = parity_models
-    text = "今日は良い天気です"
-    torch.manual_seed(42)
-    ref = upstream.generate(text, language_id="ja")
-    torch.manual_seed(42)
-    wav = ours.generate(text, "ja", max_new_tokens=TOKENS)
-    assert wav.shape == ref.shape and wav.dtype == torch.float32
-    assert (wav - ref).abs().max() <= 1e-3, "waveform differs from upstream's"
+def test_generate_matches_upstream(oracle, parity_ckpt):
+    """v2: the exact preset's waveform equals upstream 0.1.7's within 1e-3 (float32 on both sides, the same
+    global seed, upstream's defaults: repetition_penalty 2.0, the alignment guard), through the Japanese
+    front-end."""
+    from chatterbox.mtl_tts import ChatterboxMultilingualTTS as Upstream
+
+    upstream = _upstream(parity_ckpt, lambda ckpt: Upstream.from_local(ckpt, "cpu"))
+    ours = ChatterboxMultilingualTTS.from_local(parity_ckpt, device="cpu", preset="exact", watermark=False,
+                                                strict_text=False)
+    _same_waveform(ours, upstream, {})
+
+
+@pytest.mark.slow
+def test_v3_generate_matches_upstream_head(oracle, parity_ckpt):
+    """v3: the exact preset's waveform (its defaults: repetition penalty 1.2, no alignment guard, the last
+    token not voiced) equals upstream HEAD's generate with HEAD's defaults, HEAD as tests/upstream_head.py
+    reproduces it on 0.1.7."""
+    from upstream_head import emulate_multilingual_v3
+
+    upstream = _upstream(parity_ckpt, emulate_multilingual_v3)
+    ours = ChatterboxMultilingualTTS.from_local(parity_ckpt, device="cpu", t3_model="v3", preset="exact",
+                                                watermark=False, strict_text=False)
+    assert not ours.settings.alignment_guard and ours.settings.drop_final_token
+    _same_waveform(ours, upstream, {"repetition_penalty": 1.2})  # HEAD's default, not 0.1.7's
 
 
 def test_wide_scripts_get_their_token_budget():

@@ -248,6 +248,21 @@ def test_token_streaming_gives_audio_every_few_tokens(fast):
     assert measure_joins(audio, fast.sr, seams).clicks == 0
 
 
+@pytest.mark.parametrize("tokens", [1, 2, 41])
+def test_drop_final_token_leaves_the_last_tokens_audio_out_whole_and_streamed(fast, monkeypatch, tokens):
+    """EngineSettings.drop_final_token (Multilingual v3, as upstream HEAD): a chunk's audio stops one token
+    early, at least one token voiced, in synthesize and in token streaming alike."""
+    text, call = "One short sentence.", dict(seed=4, max_new_tokens=tokens, token_budget_factor=None)
+    whole = fast.synthesize(text, **call)
+    n = len(whole.chunks[0].tokens)  # speech tokens (random weights: the cap, unless a stop is drawn)
+    monkeypatch.setattr(fast.engine, "settings", replace(fast.engine.settings, drop_final_token=True))
+    cut = fast.synthesize(text, **call).audio
+    assert len(whole.audio) == n * 960 and len(cut) == max(1, n - 1) * 960
+    assert np.array_equal(cut, whole.audio[: len(cut)])  # the same render, cut
+    streamed = list(fast.generate_stream(text, **call))
+    assert sum(len(p.audio) for p in streamed) == len(cut)
+
+
 def test_a_seeded_batched_call_leaves_the_global_rng_alone(fast):
     state = torch.get_rng_state()
     first = fast.synthesize(LONG_TEXT, seed=6, max_new_tokens=10)

@@ -3,7 +3,8 @@
 Upstream 0.1.7's Turbo (chatterbox.tts_turbo, T3.inference_turbo, transformers' GPT2Model) is the oracle on
 small random GPT-2s (upstream builds any size registered in its LLAMA_CONFIGS); its generate() is checked
 once at full size. Nano is upstream HEAD only (github resemble-ai/chatterbox, tts_turbo.py: `nano=True`
-swaps in GPT2_small, 12 x 768, and t3_nano_v1.safetensors); its config is checked against those values.
+swaps in GPT2_small, 12 x 768, and t3_nano_v1.safetensors); its generate() is checked at full size against
+HEAD as tests/upstream_head.py reproduces it on 0.1.7.
 """
 
 from __future__ import annotations
@@ -310,17 +311,15 @@ def test_nano_loads_and_speaks(tmp_path):
 TOKENS = 12  # decode steps compared; random weights never sample the stop token
 
 
-@pytest.mark.slow
-def test_full_size_generate_matches_upstream(oracle, tmp_path):
-    from chatterbox.tts_turbo import ChatterboxTurboTTS as Upstream
-
-    ckpt = write_random_checkpoint(tmp_path / "full", seed=0, model="turbo")
-    upstream = Upstream.from_local(ckpt, "cpu")
+def _capped(upstream):
+    """Upstream's Turbo with its decode capped at TOKENS and its output not watermarked."""
     upstream.watermarker.apply_watermark = lambda wav, sample_rate: wav
     inference = upstream.t3.inference_turbo
     upstream.t3.inference_turbo = lambda **kw: inference(**kw, max_gen_len=TOKENS - 1)
-    ours = ChatterboxTurboTTS.from_local(ckpt, device="cpu", preset="exact", watermark=False)
-    assert torch.equal(ours.conds.t3.cond_prompt_speech_tokens.long(), upstream.conds.t3.cond_prompt_speech_tokens.long())
+    return upstream
+
+
+def _same_waveform(ours, upstream) -> None:
     text = "Oh, hello there [laugh], it is good to see you."
     torch.manual_seed(11)
     ref = upstream.generate(text)
@@ -328,6 +327,28 @@ def test_full_size_generate_matches_upstream(oracle, tmp_path):
     wav = ours.generate(text, max_new_tokens=TOKENS)
     assert wav.shape == ref.shape
     assert (wav - ref).abs().max() <= 1e-3, "waveform differs from upstream's"
+
+
+@pytest.mark.slow
+def test_full_size_nano_generate_matches_upstream_head(oracle, tmp_path):
+    from upstream_head import emulate_nano
+
+    ckpt = write_random_checkpoint(tmp_path / "nano", seed=0, model="nano")
+    upstream = _capped(emulate_nano(ckpt))
+    ours = ChatterboxTurboTTS.from_local(ckpt, device="cpu", nano=True, preset="exact", watermark=False)
+    _same_waveform(ours, upstream)
+    ours.close()
+
+
+@pytest.mark.slow
+def test_full_size_generate_matches_upstream(oracle, tmp_path):
+    from chatterbox.tts_turbo import ChatterboxTurboTTS as Upstream
+
+    ckpt = write_random_checkpoint(tmp_path / "full", seed=0, model="turbo")
+    upstream = _capped(Upstream.from_local(ckpt, "cpu"))
+    ours = ChatterboxTurboTTS.from_local(ckpt, device="cpu", preset="exact", watermark=False)
+    assert torch.equal(ours.conds.t3.cond_prompt_speech_tokens.long(), upstream.conds.t3.cond_prompt_speech_tokens.long())
+    _same_waveform(ours, upstream)
     clip = tmp_path / "clip.wav"
     sf.write(clip, synthetic_voice(12.0, 24000, seed=5), 24000)
     # upstream's norm_loudness turns the clip into float64 under NumPy 2 (float32 * np.float64 gain), which

@@ -501,7 +501,15 @@ def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: di
         if job.call.seeded_streams:
             generators = [_generator(job, i, attempts[i], engine.device, "s3gen") for i in group]
         wavs.update(zip(group, _render_group(engine, job, [tokens[i] for i in group], generators, urgent=0 in group)))
+    if engine.settings.drop_final_token:
+        spt = engine.s3gen.samples_per_token
+        wavs = {i: wav[: _voiced(len(tokens[i])) * spt] for i, wav in wavs.items()}
     return wavs
+
+
+def _voiced(n_tokens: int) -> int:
+    """Tokens of a finished chunk whose audio is kept under EngineSettings.drop_final_token (at least one)."""
+    return max(1, n_tokens - 1) if n_tokens else 0
 
 
 def _similarity(engine: Engine, job: Job, wav: np.ndarray) -> float | None:
@@ -710,7 +718,9 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
                 item = item.result().tolist()  # raises what the decode raised
             decoded = _decoded(engine, item)
             tokens = decoded.tokens
-            ready = len(tokens) if done else len(tokens) - streaming.lookahead
+            ready = len(tokens) - streaming.lookahead
+            if done:
+                ready = _voiced(len(tokens)) if engine.settings.drop_final_token else len(tokens)
             need = streaming.first_tokens if first else streaming.piece_tokens
             if ready <= emitted or (not done and ready - emitted < need):
                 continue

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from .audio.synthetic import synthetic_voice
-from .checkpoint import RANDOM_MARKER
+from .checkpoint import MTL_T3_FILES, RANDOM_MARKER
 from .config import ChatterboxConfig, flash_config, small_config, turbo_config
 from .models.s3gen import MEANFLOW_FILE, S3Gen, meanflow_config
 from .text.gpt2_tokenizer import END_OF_TEXT, FIRST_TAG_ID, PARALINGUISTIC_TAGS
@@ -224,7 +224,6 @@ def _finish(directory: Path, tts, seed: int) -> None:
 
 
 def _write_multilingual(directory: Path, seed: int, small: bool, config: ChatterboxConfig | None) -> Path:
-    from .checkpoint import MTL_T3_FILES
     from .text.multilingual import CANGJIE_FILE, TOKENIZER_FILE
     from .tts_multilingual import ChatterboxMultilingualTTS
 
@@ -260,13 +259,17 @@ def avoid_invalid_speech_ids(ckpt: Path) -> None:
 
     from .tts_multilingual import ChatterboxMultilingualTTS
 
-    tts = ChatterboxMultilingualTTS.from_local(ckpt, device="cpu", preset="exact", watermark=False)
-    with torch.inference_mode():
-        x = tts.t3.prefix_embeds(tts.conds.t3, tts.text_tokens("Bonjour", "fr"), cfg=False)
-        h = tts.t3.tfmr(x, torch.arange(x.shape[1]), tts.t3.tfmr.new_cache(1, x.shape[1])).mean(dim=(0, 1))
-    tts.close()
-    path = Path(ckpt) / "t3_mtl23ls_v2.safetensors"
-    state = load_file(path)
-    head = state["speech_head.weight"]
-    head[6561] = head[6563:] = -40 * h / h.norm()
-    save_file(state, path)
+    for version, name in MTL_T3_FILES.items():  # v2 and v3, each against its own backbone
+        path = Path(ckpt) / name
+        if not path.is_file():
+            continue
+        tts = ChatterboxMultilingualTTS.from_local(ckpt, device="cpu", t3_model=version, preset="exact",
+                                                   watermark=False)
+        with torch.inference_mode():
+            x = tts.t3.prefix_embeds(tts.conds.t3, tts.text_tokens("Bonjour", "fr"), cfg=False)
+            h = tts.t3.tfmr(x, torch.arange(x.shape[1]), tts.t3.tfmr.new_cache(1, x.shape[1])).mean(dim=(0, 1))
+        tts.close()
+        state = load_file(path)
+        head = state["speech_head.weight"]
+        head[6561] = head[6563:] = -40 * h / h.norm()
+        save_file(state, path)

@@ -80,6 +80,9 @@ class EngineSettings:
     model: str = "chatterbox"  # one of MODEL_NAMES
     sampling_order: tuple[str, ...] = LLAMA_ORDER  # the T3 logits processors' order (engine.sampling)
     alignment_guard: bool = False  # T3's stop token steered by its text alignment (Multilingual v2, as upstream 0.1.7)
+    # each chunk's audio ends before its last speech token's (Multilingual v3, as upstream HEAD: emitted just
+    # before the stop with degraded attention, that token decodes to ~40 ms of noise)
+    drop_final_token: bool = False
     block_size: int | None = None  # Chatterbox-Flash: T3 decodes blocks of this many tokens; None: autoregressive
     # the scheduler's batches draw with "multinomial" (a generator per row, upstream's draws) or "keyed"
     # (engine.sampling.keyed_sample_rows: counter-based noise, one launch per step, batch-independent)
@@ -183,10 +186,12 @@ FLASH_PRESETS = {"exact": FlashParams(), "fast": FlashParams(num_steps=5), "fast
 
 
 def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm",
-                    model: str = "chatterbox", alignment_guard: bool = False) -> EngineSettings:
+                    model: str = "chatterbox", alignment_guard: bool = False,
+                    drop_final_token: bool = False) -> EngineSettings:
     """The load-time settings of `preset` on `device` (a resolved torch device) with S3Gen's `decoder`, for
     `model` ("chatterbox", "multilingual", or "turbo" / "nano": meanflow decoder and Turbo's sampling whatever
-    `decoder`); alignment_guard: the model's T3 decodes with it (Multilingual v2)."""
+    `decoder`); alignment_guard: the model's T3 decodes with it (Multilingual v2); drop_final_token: each
+    chunk's last speech token is not voiced (Multilingual v3)."""
     row, device = _preset(preset), torch.device(device)
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
@@ -200,7 +205,7 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           render_batch=8 if cuda else 1, decode_ahead=cuda, decoder="meanflow" if turbo else decoder,
                           trailing_silence=3 if (turbo or decoder == "meanflow") and model != "flash" else 0,
                           model=model, sampling_order=TURBO_ORDER if turbo else LLAMA_ORDER,
-                          alignment_guard=alignment_guard,
+                          alignment_guard=alignment_guard, drop_final_token=drop_final_token,
                           # The keyed draws pay where the step is captured or compiled (one launch per step); on
                           # the eager step they cost more than per-row multinomials (4.8 against 2.1 ms a step at
                           # one row, BENCHMARKS.md 20). The static cache's eager step measured no faster on CPU;

@@ -328,12 +328,14 @@ def load_modules(ckpt_dir: Path, config: ChatterboxConfig, unused_t3_keys: tuple
 
 
 def _load_settings(preset: str, device: str, decoder: str, settings: EngineSettings | None, *,
-                   model: str = "chatterbox", alignment_guard: bool = False) -> EngineSettings:
+                   model: str = "chatterbox", alignment_guard: bool = False,
+                   drop_final_token: bool = False) -> EngineSettings:
     """The load-time settings: the preset's on the device, or the caller's (validated)."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
     if settings is None:
-        return engine_settings(preset, resolve_device(device), decoder, model=model, alignment_guard=alignment_guard)
+        return engine_settings(preset, resolve_device(device), decoder, model=model, alignment_guard=alignment_guard,
+                               drop_final_token=drop_final_token)
     if not isinstance(settings, EngineSettings):
         raise TypeError(f"settings must be an EngineSettings, got {type(settings).__name__}")
     return settings

@@ -9,9 +9,10 @@ The same engine as English ChatterboxTTS (this class is one): the same Llama T3 
 encoder, read from pickled state dicts (ve.pt, s3gen.pt) instead of safetensors. What differs:
   - the language is per call (`language_id`, in the call's settings): the text front-end and "[xx]" tag of
     text/multilingual.py, sentence splitting by the language's rules, English normalisation for "en" only;
-  - T3 v2 decodes with upstream 0.1.7's alignment guard (engine/alignment.py: no stop before the text's
-    end, a forced stop on long tails and repeats); v3 (upstream HEAD) without it;
-  - the default repetition penalty is upstream's 2.0.
+  - T3 v2 decodes as upstream 0.1.7 does: with its alignment guard (engine/alignment.py: no stop before the
+    text's end, a forced stop on long tails and repeats) and a default repetition penalty of 2.0;
+  - T3 v3 as upstream's HEAD (resemble-ai/chatterbox 5de7a54) does: without the guard, a default repetition
+    penalty of 1.2, and each chunk's last speech token not voiced (it decodes to ~40 ms of noise).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from .config import ChatterboxConfig
 from .tts import ChatterboxTTS, _load_settings, load_modules, read_config
 
 MTL_TEXT_VOCAB = 2454
-REPETITION_PENALTY = 2.0  # upstream 0.1.7's default for this model
+# the default repetition penalty of upstream's generate for each T3: 0.1.7's (v2) and HEAD's (v3)
+REPETITION_PENALTY = {"v2": 2.0, "v3": 1.2}
 
 __all__ = ["ChatterboxMultilingualTTS", "SUPPORTED_LANGUAGES", "resolve_t3_model"]
 
@@ -71,15 +73,18 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
         """Load a Multilingual checkpoint directory (ve.pt, t3_mtl23ls_v2/_v3.safetensors, s3gen.pt,
         grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json, conds.pt).
 
-        t3_model: see `resolve_t3_model`. alignment_guard: decode with upstream 0.1.7's alignment guard
-        (default: for every T3 but v3, whose upstream runs without). strict_text: a language front-end whose
+        t3_model: see `resolve_t3_model`; the v3 file decodes as upstream HEAD's (see the module's docstring),
+        every other as 0.1.7's v2. alignment_guard: decode with upstream 0.1.7's alignment guard (default: for
+        every T3 but v3, whose upstream runs without). strict_text: a language front-end whose
         package is missing is an error naming the extra (False: skipped with a warning, as upstream).
         settings: as ChatterboxTTS.from_local.
         """
         t3_file = resolve_t3_model(t3_model)
+        version = "v3" if Path(t3_file).name == MTL_T3_FILES["v3"] else "v2"
         if alignment_guard is None:
-            alignment_guard = Path(t3_file).name != MTL_T3_FILES["v3"]
-        settings = _load_settings(preset, device, "cfm", settings, model=cls.MODEL, alignment_guard=bool(alignment_guard))
+            alignment_guard = version == "v2"
+        settings = _load_settings(preset, device, "cfm", settings, model=cls.MODEL, alignment_guard=bool(alignment_guard),
+                                  drop_final_token=version == "v3")
         t3_path = Path(t3_file) if isinstance(t3_file, Path) else Path(ckpt_dir) / t3_file
         ckpt_dir = check_checkpoint_dir(ckpt_dir, ("ve.pt", "s3gen.pt", TOKENIZER_FILE),
                                         optional=("conds.pt", "Cangjie5_TC.json"))
@@ -91,7 +96,7 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
         tokenizer = MultilingualTokenizer(ckpt_dir / TOKENIZER_FILE, strict=strict_text)
         ve, t3, s3gen = load_modules(ckpt_dir, config, files=files)
         tts = cls._assemble(ckpt_dir, ve, t3, s3gen, tokenizer, device, settings, watermark)
-        tts.t3_file = t3_path
+        tts.t3_file, tts.t3_version = t3_path, version
         return tts
 
     @classmethod
@@ -111,10 +116,11 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
     # ---- synthesis ------------------------------------------------------------------------
     def generate(self, text: str, language_id: str, audio_prompt_path: str | Path | None = None,
                  exaggeration: float = 0.5, cfg_weight: float = 0.5, temperature: float = 0.8,
-                 repetition_penalty: float = REPETITION_PENALTY, min_p: float = 0.05, top_p: float = 1.0,
+                 repetition_penalty: float | None = None, min_p: float = 0.05, top_p: float = 1.0,
                  **kwargs) -> torch.Tensor:
         """Speak `text` in `language_id` (a key of SUPPORTED_LANGUAGES); returns (1, N) float32 at `self.sr`.
-        Upstream's arguments, plus ChatterboxTTS.generate's keyword extras (voice, seed, max_new_tokens,
+        Upstream's arguments (repetition_penalty None: upstream's default for this T3, 2.0 for v2 and 1.2 for
+        v3), plus ChatterboxTTS.generate's keyword extras (voice, seed, max_new_tokens,
         n_timesteps, watermark, fast_inference, optimize_quality)."""
         result = self.synthesize(text, language_id, audio_prompt_path=audio_prompt_path, exaggeration=exaggeration,
                                  cfg_weight=cfg_weight, temperature=temperature, repetition_penalty=repetition_penalty,
@@ -135,13 +141,14 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
         """T3's input for one chunk in `language_id`: (L,) ids wrapped in the start/stop text tokens."""
         return self.engine.text_tokens(text, check_language(language_id))
 
-    @staticmethod
-    def _language(language_id, settings: CallSettings | None, kwargs: dict) -> dict:
-        """The call's keyword arguments with its language (and this model's default repetition penalty)."""
+    def _language(self, language_id, settings: CallSettings | None, kwargs: dict) -> dict:
+        """The call's keyword arguments with its language (and this T3's default repetition penalty)."""
         if settings is not None:
             if language_id is not None and check_language(language_id) != settings.language:
                 raise ValueError(f"language_id {language_id!r} differs from the settings' {settings.language!r}")
             return kwargs
         if language_id is None:
             raise TypeError("language_id is required: one of " + ", ".join(SUPPORTED_LANGUAGES))
-        return {"repetition_penalty": REPETITION_PENALTY, **kwargs, "language": check_language(language_id)}
+        if kwargs.get("repetition_penalty") is None:
+            kwargs = {**kwargs, "repetition_penalty": REPETITION_PENALTY[self.t3_version]}
+        return {**kwargs, "language": check_language(language_id)}

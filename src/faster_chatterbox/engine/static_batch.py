@@ -100,15 +100,17 @@ def decode_step(t3: T3, cache: LlamaCache, state: StepState, kv_len: int) -> Ten
     return tokens
 
 
-_compiled_step = None
+_compiled_steps: dict = {}
 
 
-def compiled_step(backend: str = "inductor"):
-    """decode_step compiled whole (no graph breaks) for static shapes: one graph per bucket."""
-    global _compiled_step
-    if _compiled_step is None or _compiled_step[0] != backend:
-        _compiled_step = backend, torch.compile(decode_step, fullgraph=True, dynamic=False, backend=backend)
-    return _compiled_step[1]
+def compiled_step(backend: str = "inductor", options: dict | None = None):
+    """decode_step compiled whole (no graph breaks) for static shapes: one graph per bucket. options:
+    inductor's (for example freezing and max_autotune)."""
+    key = backend, tuple(sorted((options or {}).items()))
+    if key not in _compiled_steps:
+        _compiled_steps[key] = torch.compile(decode_step, fullgraph=True, dynamic=False, backend=backend,
+                                             options=options)
+    return _compiled_steps[key]
 
 
 def _bucket(n: int, low: int) -> int:
@@ -128,7 +130,7 @@ class StaticDecodeBatch:
     """Requests sampling together on a static cache (see the module docstring); DecodeBatch's API. The
     keyed sampler only: a generator per row cannot be drawn from inside a captured step."""
 
-    def __init__(self, t3: T3, check_every: int = 4, step: str = "static"):
+    def __init__(self, t3: T3, check_every: int = 4, step: str = "static", compile_options: dict | None = None):
         if not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         if step not in STEPS[1:]:
@@ -137,6 +139,7 @@ class StaticDecodeBatch:
         if step == "cuda_graph" and device.type != "cuda":
             raise ValueError(f"step 'cuda_graph' needs a CUDA model, this one is on {device}")
         self.t3, self.check_every, self.step_mode = t3, check_every, step
+        self.compile_options = compile_options  # inductor's, for step "inductor"
         self.slots: list[_Slot | None] = []
         self.cache: LlamaCache | None = None
         self.state = StepState.empty(0, t3.cfg.speech_tokens_dict_size, device)
@@ -271,7 +274,7 @@ class StaticDecodeBatch:
         if self.step_mode == "cuda_graph":
             return self._replay()
         if self.step_mode == "inductor":
-            return compiled_step()(self.t3, self.cache, self.state, self.cache.max_seq_len)
+            return compiled_step(options=self.compile_options)(self.t3, self.cache, self.state, self.cache.max_seq_len)
         window = max(slot.length for slot in self.live) + 1
         return decode_step(self.t3, self.cache, self.state, min(self.cache.max_seq_len, -(-window // WINDOW) * WINDOW))
 
