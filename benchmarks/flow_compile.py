@@ -6,7 +6,8 @@ steps on the sway grid, CFG fused: batch 2) over `--frames` mel frames (default 
 tokens, section 1's job). The compiled side pads to a multiple of `--bucket` frames. The first compiled
 solve (compilation) is timed apart.
 
-    python benchmarks/flow_compile.py [--threads 2] [--frames 648] [--bucket 64] [--rounds 3] [--autotune]
+    python benchmarks/flow_compile.py [--threads 2] [--frames 648] [--bucket 64] [--rounds 3]
+                                      [--variants default freezing autotune]
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from faster_chatterbox.models.cfm_estimator import CFMEstimatorConfig
 from faster_chatterbox.random_checkpoint import _randomize_
 
 SOLVE = dict(n_timesteps=8, solver="ab2", schedule="sway", sway_coef=-0.6)
-# weights folded in as constants (prepacked for oneDNN) and matmuls autotuned against inductor's C++ AMX GEMMs
-AUTOTUNE = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# inductor's options per compiled variant: its defaults; the weights folded in as constants (prepacked for
+# oneDNN); and those with the matmuls autotuned against inductor's C++ AMX GEMMs
+VARIANTS = {"default": None, "freezing": {"freezing": True},
+            "autotune": {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}}
 
 
 def main() -> None:
@@ -36,15 +39,19 @@ def main() -> None:
     ap.add_argument("--bucket", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--autotune", action="store_true", help="inductor's freezing and max_autotune (its C++ GEMMs)")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["default"],
+                    help="compiled variants, each against eager in the same rounds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     eager = CausalConditionalCFM(CFMEstimatorConfig(), cfg_rate=0.7).eval()
     _randomize_(eager, torch.Generator().manual_seed(0))
     eager = eager.to(torch.bfloat16)
-    compiled = CausalConditionalCFM(CFMEstimatorConfig(), cfg_rate=0.7).eval().to(torch.bfloat16)
-    compiled.load_state_dict(eager.state_dict())
-    compiled.compile_estimator(args.bucket, options=AUTOTUNE if args.autotune else None)
+    compiled = {}
+    for variant in args.variants:
+        model = CausalConditionalCFM(CFMEstimatorConfig(), cfg_rate=0.7).eval().to(torch.bfloat16)
+        model.load_state_dict(eager.state_dict())
+        model.compile_estimator(args.bucket, options=VARIANTS[variant])
+        compiled[f"compiled bf16 ({variant}), bucket {args.bucket}"] = model
     g = torch.Generator().manual_seed(1)
     T = args.frames
     inputs = (torch.randn(1, 80, T, generator=g), torch.randn(1, 80, T, generator=g).bfloat16(),
@@ -57,30 +64,30 @@ def main() -> None:
             out = model(*inputs, **SOLVE)
         return time.perf_counter() - start, out
 
-    t0 = time.perf_counter()
     _, ref = run(eager)
-    first, out = run(compiled)
-    print(f"first solves: eager {time.perf_counter() - t0 - first:.1f} s, compiled (compiling) {first:.1f} s",
-          file=sys.stderr, flush=True)
-    label = ", freezing + max_autotune" if args.autotune else ""
-    times = {"eager bf16": [], f"compiled bf16{label}, bucket {args.bucket}": []}
+    firsts, diffs = {}, {}
+    for name, model in compiled.items():
+        firsts[name], out = run(model)
+        diffs[name] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        print(f"{name}: first solve (compiling) {firsts[name]:.1f} s", file=sys.stderr, flush=True)
+    models = {"eager bf16": eager, **compiled}
+    times = {name: [] for name in models}
     for r in range(args.rounds):
-        for name, model in zip(times, (eager, compiled)):
+        for name, model in models.items():
             dt, _ = run(model)
             times[name].append(dt)
             print(f"round {r + 1}: {name} {dt:.2f} s", file=sys.stderr, flush=True)
-    diff = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     base = statistics.median(times["eager bf16"])
-    print(f"| variant | s per solve (median of {args.rounds}) | rounds | vs eager |")
-    print("|---|---:|---|---:|")
+    print(f"| variant | s per solve (median of {args.rounds}) | rounds | vs eager | compile s | rel. diff to eager |")
+    print("|---|---:|---|---:|---:|---:|")
     for name, t in times.items():
-        print(f"| {name} | {statistics.median(t):.2f} | {[round(x, 2) for x in t]} | {base / statistics.median(t):.2f}x |")
-    print(f"compile (first solve) {first:.1f} s; relative difference compiled vs eager output {diff:.2e}")
+        extra = f"{firsts[name]:.0f} | {diffs[name]:.1e}" if name in compiled else " | "
+        print(f"| {name} | {statistics.median(t):.2f} | {[round(x, 2) for x in t]} | "
+              f"{base / statistics.median(t):.2f}x | {extra} |")
     if args.json:
         with args.json.open("a") as f:
-            f.write(json.dumps({"frames": T, "bucket": args.bucket, "threads": args.threads, "first_s": first,
-                                "autotune": args.autotune,
-                                "times": times, "rel_diff": diff}) + "\n")
+            f.write(json.dumps({"frames": T, "bucket": args.bucket, "threads": args.threads, "first_s": firsts,
+                                "times": times, "rel_diff": diffs}) + "\n")
 
 
 if __name__ == "__main__":
