@@ -208,8 +208,9 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           alignment_guard=alignment_guard, drop_final_token=drop_final_token,
                           # The keyed draws pay where the step is captured or compiled (one launch per step); on
                           # the eager step they cost more than per-row multinomials (4.8 against 2.1 ms a step at
-                          # one row, BENCHMARKS.md 20). The static cache's eager step measured no faster on CPU;
-                          # the compiled and captured steps await their measurement (gpu-check's t3_static).
+                          # one row, BENCHMARKS.md 20). On CPU neither the static cache's eager step nor its
+                          # inductor-compiled one (with or without freezing and autotuning) measured faster
+                          # (0.88-0.98x, BENCHMARKS.md 29); the captured step awaits gpu-check's t3_static.
                           t3_sampler="multinomial", t3_step="dynamic")
 
 
