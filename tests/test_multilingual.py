@@ -97,12 +97,18 @@ def test_bad_language_lists_the_supported_ones(small_ckpt):
     tts.close()
 
 
-def test_v3_loads_without_the_guard_and_bad_pickles_are_refused(small_ckpt, tmp_path):
+def test_v3_and_other_t3_files_decode_as_head_and_bad_pickles_are_refused(small_ckpt, tmp_path):
     v2 = ChatterboxMultilingualTTS.from_local(small_ckpt, device="cpu", watermark=False)
     v3 = ChatterboxMultilingualTTS.from_local(small_ckpt, device="cpu", t3_model="v3", watermark=False)
     assert v2.settings.alignment_guard and not v3.settings.alignment_guard
+    assert not v2.settings.drop_final_token and v3.settings.drop_final_token
     assert not torch.equal(v2.t3.speech_head.weight, v3.t3.speech_head.weight)
     v2.close(), v3.close()
+    pack = tmp_path / "t3_zh_finetune.safetensors"  # any T3 file but v2's (a language pack's): HEAD's rules
+    pack.symlink_to(small_ckpt / "t3_mtl23ls_v3.safetensors")
+    tuned = ChatterboxMultilingualTTS.from_local(small_ckpt, device="cpu", t3_model=pack, watermark=False)
+    assert (tuned.t3_version, tuned.settings.alignment_guard, tuned.settings.drop_final_token) == ("v3", False, True)
+    tuned.close()
     bad = tmp_path / "bad"
     bad.mkdir()
     for f in small_ckpt.iterdir():

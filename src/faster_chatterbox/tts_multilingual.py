@@ -11,8 +11,9 @@ encoder, read from pickled state dicts (ve.pt, s3gen.pt) instead of safetensors.
     text/multilingual.py, sentence splitting by the language's rules, English normalisation for "en" only;
   - T3 v2 decodes as upstream 0.1.7 does: with its alignment guard (engine/alignment.py: no stop before the
     text's end, a forced stop on long tails and repeats) and a default repetition penalty of 2.0;
-  - T3 v3 as upstream's HEAD (resemble-ai/chatterbox 5de7a54) does: without the guard, a default repetition
-    penalty of 1.2, and each chunk's last speech token not voiced (it decodes to ~40 ms of noise).
+  - T3 v3 (and any other T3 file: a language pack's, a fine-tune) as upstream's HEAD (resemble-ai/chatterbox
+    5de7a54) does: without the guard, a default repetition penalty of 1.2, and each chunk's last speech token
+    not voiced (it decodes to ~40 ms of noise).
 """
 
 from __future__ import annotations
@@ -73,14 +74,16 @@ class ChatterboxMultilingualTTS(ChatterboxTTS):
         """Load a Multilingual checkpoint directory (ve.pt, t3_mtl23ls_v2/_v3.safetensors, s3gen.pt,
         grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json, conds.pt).
 
-        t3_model: see `resolve_t3_model`; the v3 file decodes as upstream HEAD's (see the module's docstring),
-        every other as 0.1.7's v2. alignment_guard: decode with upstream 0.1.7's alignment guard (default: for
-        every T3 but v3, whose upstream runs without). strict_text: a language front-end whose
+        t3_model: see `resolve_t3_model`; the v2 file decodes as upstream 0.1.7's, any other T3 file (v3, a
+        language pack's) as upstream HEAD's (see the module's docstring). alignment_guard: decode with upstream
+        0.1.7's alignment guard (default: for v2 only, as upstream). strict_text: a language front-end whose
         package is missing is an error naming the extra (False: skipped with a warning, as upstream).
         settings: as ChatterboxTTS.from_local.
         """
         t3_file = resolve_t3_model(t3_model)
-        version = "v3" if Path(t3_file).name == MTL_T3_FILES["v3"] else "v2"
+        # the v2 file decodes as upstream 0.1.7 does; any other (v3, a language pack's, a local fine-tune) as
+        # upstream HEAD, the only upstream that loads them
+        version = "v2" if Path(t3_file).name == MTL_T3_FILES["v2"] else "v3"
         if alignment_guard is None:
             alignment_guard = version == "v2"
         settings = _load_settings(preset, device, "cfm", settings, model=cls.MODEL, alignment_guard=bool(alignment_guard),
