@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from faster_chatterbox.bench import chapter_text, device_watch, job_texts
-from faster_chatterbox.engine.batch_decode import DecodeRequest, generate_speech_tokens_batch
+from faster_chatterbox.engine.batch_decode import DecodeRequest, decode_alone, generate_speech_tokens_batch
 from faster_chatterbox.engine.static_batch import StaticDecodeBatch
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
@@ -180,10 +180,7 @@ class Check:
     def parity_fp32(self) -> dict:
         tts, n, tokens = self.tts("fp32"), self.sizes["parity_requests"], self.sizes["parity_tokens"]
         with torch.inference_mode():
-            exact = [generate_speech_tokens(tts.t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens,
-                                            generator=r.generator, temperature=r.temperature, cfg_weight=r.cfg_weight,
-                                            repetition_penalty=r.repetition_penalty, min_p=r.min_p, top_p=r.top_p)
-                     for r in self.requests(tts, n, tokens)]
+            exact = [decode_alone(tts.t3, r) for r in self.requests(tts, n, tokens)]
             r = self.requests(tts, n, tokens)
             batched = [t for k in range(0, n, 8) for t in generate_speech_tokens_batch(tts.t3, r[k : k + 8])]
         out = self._compare(exact, batched)

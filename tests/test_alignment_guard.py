@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from faster_chatterbox.engine.batch_decode import DecodeRequest, generate_speech_tokens_batch
+from faster_chatterbox.engine.sampling import SamplingParams
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.models.llama import LlamaConfig
 from faster_chatterbox.models.t3 import T3, T3Cond, T3Config
@@ -61,9 +62,10 @@ def test_guarded_tokens_match_upstream_analyzer(oracle, text_len, temperature, p
     unguarded = generate_speech_tokens(ours, T3Cond(**cond), text, max_new_tokens=60, **kw)
     assert got.tolist() == ref.tolist()
     assert got.tolist() != unguarded.tolist(), got  # the guard changed the outcome
-    batch = generate_speech_tokens_batch(ours, [DecodeRequest(T3Cond(**cond), text, max_new_tokens=60,
+    batch = generate_speech_tokens_batch(ours, [DecodeRequest(T3Cond(**cond), text, SamplingParams(**kw),
+                                                              max_new_tokens=60,
                                                               generator=torch.Generator().manual_seed(s),
-                                                              alignment_guard=True, **kw) for s in (1, 2)])
+                                                              alignment_guard=True) for s in (1, 2)])
     for s, tokens in zip((1, 2), batch):
         alone = generate_speech_tokens(ours, T3Cond(**cond), text, max_new_tokens=60, alignment_guard=True,
                                        generator=torch.Generator().manual_seed(s), **kw)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from faster_chatterbox.engine.batch_decode import BatchDecoder, DecodeRequest, generate_speech_tokens_batch
+from dataclasses import fields, replace
+
+from faster_chatterbox.engine.batch_decode import (BatchDecoder, DecodeRequest, decode_alone,
+                                                 generate_speech_tokens_batch)
 from faster_chatterbox.engine.sampling import RowSamplingParams, SamplingParams, next_token_probs, next_token_probs_rows
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.models.t3 import T3, T3Cond, T3Config
@@ -46,16 +49,13 @@ def _requests(budgets=(20, 25, 30, 35), seed: int = 100) -> list[DecodeRequest]:
         cond["emotion_adv"] = (0.3 + 0.2 * k) * torch.ones(1, 1, 1)
         if k == 2:
             del cond["cond_prompt_speech_tokens"]
-        requests.append(DecodeRequest(T3Cond(**cond), text, max_new_tokens=budget,
-                                      generator=torch.Generator().manual_seed(seed + k), **kw))
+        requests.append(DecodeRequest(T3Cond(**cond), text, SamplingParams(**kw), max_new_tokens=budget,
+                                      generator=torch.Generator().manual_seed(seed + k)))
     return requests
 
 
 def _solo(t3: T3, r: DecodeRequest, seed: int) -> torch.Tensor:
-    return generate_speech_tokens(t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens,
-                                  generator=torch.Generator().manual_seed(seed), temperature=r.temperature,
-                                  cfg_weight=r.cfg_weight, repetition_penalty=r.repetition_penalty, min_p=r.min_p,
-                                  top_p=r.top_p)
+    return decode_alone(t3, replace(r, generator=torch.Generator().manual_seed(seed)))
 
 
 @pytest.mark.parametrize("cases", [GEN_CASES, [kw for kw in GEN_CASES if kw["top_p"] == 1.0]])
@@ -79,7 +79,7 @@ def test_teacher_forced_logits_match_single_sequence(t3):
     steps, join_at, joining, drop_at, dropped = 12, 3, 2, 6, 1
     forced = torch.randint(0, 6561, (len(requests), steps), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
-        ref = [t3(r.cond, r.text_tokens, forced[j], cfg=r.cfg_weight > 0) for j, r in enumerate(requests)]
+        ref = [t3(r.cond, r.text_tokens, forced[j], cfg=r.rows == 2) for j, r in enumerate(requests)]
         decoder = BatchDecoder(t3)
         live = [j for j in range(len(requests)) if j != joining]
         cond, uncond = decoder.admit([requests[j] for j in live])
@@ -119,7 +119,8 @@ def test_sampled_tokens_match_single_sequence(t3, check_every):
     torch.manual_seed(100)
     r = requests[0]
     assert torch.equal(ref[0], generate_speech_tokens(t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens,
-                                                      temperature=r.temperature, cfg_weight=r.cfg_weight))
+                                                      temperature=r.sampling.temperature,
+                                                      cfg_weight=r.sampling.cfg_weight))
 
 
 def test_tokens_are_reported_as_they_come(t3):
@@ -170,8 +171,13 @@ def test_rows_finish_independently(check_every, monkeypatch):
 
 def _bad(t3, **change) -> list[DecodeRequest]:
     requests = _requests(budgets=(4, 4, 4, 4))
+    sampling = {f.name for f in fields(SamplingParams)}
     for name, value in change.items():
-        setattr(requests[1], name, value(requests[1]) if callable(value) else value)
+        value = value(requests[1]) if callable(value) else value
+        if name in sampling:
+            requests[1].sampling = replace(requests[1].sampling, **{name: value})
+        else:
+            setattr(requests[1], name, value)
     return requests
 
 

@@ -9,6 +9,8 @@ import threading
 import pytest
 import torch
 
+from dataclasses import asdict
+
 from faster_chatterbox.engine.batch_decode import generate_speech_tokens_batch
 from faster_chatterbox.engine.scheduler import T3Scheduler
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
@@ -90,9 +92,7 @@ def test_a_reused_cache_decodes_as_a_new_one(t3):
     for j in (3, 0, 1, 3, 2):
         r = requests[j]
         got = generate_speech_tokens(t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens,
-                                     generator=torch.Generator().manual_seed(30 + j), temperature=r.temperature,
-                                     cfg_weight=r.cfg_weight, repetition_penalty=r.repetition_penalty,
-                                     min_p=r.min_p, top_p=r.top_p, cache=cache)
+                                     generator=torch.Generator().manual_seed(30 + j), cache=cache, **asdict(r.sampling))
         assert torch.equal(got, ref[j]), j
 
 

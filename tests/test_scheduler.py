@@ -10,6 +10,7 @@ import sys
 import threading
 import weakref
 from concurrent.futures import CancelledError
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -165,7 +166,7 @@ def test_scheduler_cancellation_and_callback_errors(t3):
 def test_scheduler_rejects_bad_requests_and_submits_after_close(t3):
     scheduler = T3Scheduler(t3, max_batch=2)
     bad = _requests(budgets=(4, 4, 4, 4))[0]
-    bad.temperature = 0.0
+    bad.sampling = replace(bad.sampling, temperature=0.0)
     with pytest.raises(ValueError, match="temperature"):
         scheduler.submit(bad)
     scheduler.close()

@@ -16,7 +16,9 @@ import torch
 
 from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.checkpoint import CheckpointError
-from faster_chatterbox.engine.batch_decode import DecodeRequest, generate_speech_tokens_batch
+from dataclasses import replace
+
+from faster_chatterbox.engine.batch_decode import DecodeRequest, decode_alone, generate_speech_tokens_batch
 from faster_chatterbox.engine.quantize import Int8Linear
 from faster_chatterbox.engine.sampling import (TURBO_ORDER, RowSamplingParams, SamplingParams, next_token_probs,
                                                next_token_probs_rows)
@@ -182,16 +184,14 @@ def small_t3():
 
 def test_batched_turbo_rows_decode_as_alone(small_t3):
     requests = [DecodeRequest(T3Cond(**_cond(seed=10 + j, prompt_len=375 - 40 * j)), _text(20 + j, 5 + 7 * j),
-                              temperature=0.7 + 0.2 * j, cfg_weight=0.0, repetition_penalty=1.0 + 0.3 * j, min_p=0.0,
-                              top_p=0.9 + 0.03 * j, top_k=(1000, 0, 20)[j], processors=TURBO_ORDER,
+                              SamplingParams(temperature=0.7 + 0.2 * j, cfg_weight=0.0, repetition_penalty=1.0 + 0.3 * j,
+                                             min_p=0.0, top_p=0.9 + 0.03 * j, top_k=(1000, 0, 20)[j],
+                                             processors=TURBO_ORDER),
                               max_new_tokens=18 + 6 * j, generator=torch.Generator().manual_seed(50 + j))
                 for j in range(3)]
     batched = generate_speech_tokens_batch(small_t3, requests, check_every=3)
     for j, r in enumerate(requests):
-        alone = generate_speech_tokens(small_t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens,
-                                       temperature=r.temperature, cfg_weight=0.0, repetition_penalty=r.repetition_penalty,
-                                       min_p=0.0, top_p=r.top_p, top_k=r.top_k, processors=TURBO_ORDER,
-                                       generator=torch.Generator().manual_seed(50 + j))
+        alone = decode_alone(small_t3, replace(r, generator=torch.Generator().manual_seed(50 + j)))
         assert torch.equal(batched[j], alone), j
 
 

@@ -42,13 +42,12 @@ from .audio.joins import join_chunks, remove_dc, trim_edges
 from .audio.postprocess import normalize_loudness
 from .audio.sinc_resample import sinc_resample
 from .checks import Failure, audio_failure, speaker_similarity, token_budget, token_failure
-from .engine.batch_decode import DecodeRequest
+from .engine.batch_decode import DecodeRequest, decode_alone
 from .engine.render_slots import RenderQueue
 from .engine.block_diffusion import FlashBatch, FlashRequest, generate_block_diffusion, request_problem, \
     uncond_block_prior
 from .engine.scheduler import T3Scheduler
 from .engine.static_batch import new_decode_batch
-from .engine.t3_decode import generate_speech_tokens
 from .models.hift import F0Smoothing
 from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
 from .models.t3 import T3, T3Cond
@@ -398,16 +397,13 @@ def _budget(job: Job, text: str) -> int:
 
 def _request(engine: Engine, job: Job, index: int, attempt: int) -> DecodeRequest | FlashRequest:
     text = job.chunks[index].text
-    s = job.call.sampling
     if job.call.flash is not None:  # the reference's budget: 6 speech tokens per text token, at least 300
         tokens = engine.text_tokens(text)
         budget = min(_budget(job, text), max(6 * len(tokens), 300))
         return FlashRequest(job.voice.t3, tokens, job.call.flash, max_new_tokens=budget,
                             generator=_generator(job, index, attempt, engine.device, "t3"))
-    return DecodeRequest(job.voice.t3, engine.text_tokens(text, job.call.language), temperature=s.temperature,
-                         cfg_weight=s.cfg_weight, repetition_penalty=s.repetition_penalty, min_p=s.min_p,
-                         top_p=s.top_p, top_k=s.top_k, processors=s.processors, max_new_tokens=_budget(job, text),
-                         generator=_generator(job, index, attempt, engine.device, "t3"),
+    return DecodeRequest(job.voice.t3, engine.text_tokens(text, job.call.language), job.call.sampling,
+                         max_new_tokens=_budget(job, text), generator=_generator(job, index, attempt, engine.device, "t3"),
                          alignment_guard=engine.settings.alignment_guard)
 
 
@@ -457,11 +453,7 @@ def _decode_alone(engine: Engine, r: DecodeRequest | FlashRequest) -> torch.Tens
     if isinstance(r, FlashRequest):
         return generate_block_diffusion(engine.t3, [r], block_size=engine.settings.block_size,
                                         prior=engine.flash_prior)[0]
-    return generate_speech_tokens(engine.t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens,
-                                  temperature=r.temperature, cfg_weight=r.cfg_weight,
-                                  repetition_penalty=r.repetition_penalty, min_p=r.min_p, top_p=r.top_p,
-                                  top_k=r.top_k, processors=r.processors, generator=r.generator,
-                                  alignment_guard=r.alignment_guard)
+    return decode_alone(engine.t3, r)
 
 
 def _decoded(engine: Engine, tokens: list[int]) -> Decoded:

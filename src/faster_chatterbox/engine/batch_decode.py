@@ -28,7 +28,7 @@ batches may run on it at the same time. Admitting requests either succeeds or le
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -37,21 +37,16 @@ from torch import Tensor
 from ..models.llama import AttentionProbe, LlamaCache
 from ..models.t3 import T3, T3Cond
 from .alignment import AlignmentGuard, aligned_heads
-from .sampling import (LLAMA_ORDER, PROCESSORS, SAMPLERS, SAMPLING_RANGES, TOP_K_MAX, RowSamplingParams,
+from .sampling import (PROCESSORS, SAMPLERS, SAMPLING_RANGES, TOP_K_MAX, RowSamplingParams,
                        SamplingParams, check_range, keyed_sample_rows, next_token_probs_rows, sample_rows)
+from .t3_decode import generate_speech_tokens
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a misspelt or removed field is an error, not a silent new attribute
 class DecodeRequest:
     cond: T3Cond  # one voice
     text_tokens: Tensor  # (L,) wrapped in start/stop text tokens
-    temperature: float = 0.8
-    cfg_weight: float = 0.5
-    repetition_penalty: float = 1.2
-    min_p: float = 0.05
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    processors: tuple[str, ...] = LLAMA_ORDER  # the model's processor order (engine/sampling.py)
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # with the model's processor order
     max_new_tokens: int = 1000
     # The request's own random stream; None: a generator seeded from the global RNG (one draw per such
     # request, in request order), so seeding the global RNG still makes the batch reproducible.
@@ -59,14 +54,15 @@ class DecodeRequest:
     alignment_guard: bool = False  # the multilingual v2 stop-token guard (engine/alignment.py), as upstream 0.1.7
 
     @property
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.cfg_weight, self.repetition_penalty, self.min_p, self.top_p,
-                              self.top_k, self.processors)
-
-    @property
     def rows(self) -> int:
         """Backbone rows: the CFG pair, or the conditional row alone when cfg_weight == 0."""
-        return 2 if self.cfg_weight > 0 else 1
+        return 2 if self.sampling.cfg_weight > 0 else 1
+
+
+def decode_alone(t3: T3, r: DecodeRequest) -> Tensor:
+    """`r` decoded by itself (`generate_speech_tokens`, on r's generator): what its batched decode equals."""
+    return generate_speech_tokens(t3, r.cond, r.text_tokens, max_new_tokens=r.max_new_tokens, generator=r.generator,
+                                  alignment_guard=r.alignment_guard, **asdict(r.sampling))
 
 
 class BatchDecoder:
@@ -406,15 +402,18 @@ def validate_requests(t3: T3, requests: list, problem: Callable[[T3, object], st
 def request_problem(t3: T3, r: DecodeRequest) -> str | None:
     if not isinstance(r, DecodeRequest):
         return f"expected a DecodeRequest, got {type(r).__name__}"
+    s = r.sampling
+    if not isinstance(s, SamplingParams):
+        return f"sampling must be a SamplingParams, got {type(s).__name__}"
     for name, limits in SAMPLING_RANGES.items():
         try:
-            check_range(name, getattr(r, name), *limits)
+            check_range(name, getattr(s, name), *limits)
         except ValueError as exc:
             return str(exc)
-    if not isinstance(r.top_k, int) or isinstance(r.top_k, bool) or not 0 <= r.top_k <= TOP_K_MAX:
-        return f"top_k must be an integer in [0, {TOP_K_MAX}], got {r.top_k!r}"
-    if not isinstance(r.processors, tuple) or not set(r.processors) <= set(PROCESSORS):
-        return f"processors must be a tuple of names from {PROCESSORS}, got {r.processors!r}"
+    if not isinstance(s.top_k, int) or isinstance(s.top_k, bool) or not 0 <= s.top_k <= TOP_K_MAX:
+        return f"top_k must be an integer in [0, {TOP_K_MAX}], got {s.top_k!r}"
+    if not isinstance(s.processors, tuple) or not set(s.processors) <= set(PROCESSORS):
+        return f"processors must be a tuple of names from {PROCESSORS}, got {s.processors!r}"
     return input_problem(t3, r)
 
 

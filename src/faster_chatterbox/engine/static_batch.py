@@ -165,7 +165,7 @@ class StaticDecodeBatch:
         need_slots = len(self.slots) + max(0, len(requests) - len(free))
         need_len = max([len_ + r.max_new_tokens for len_, r in zip(lengths, requests)]
                        + [s.length + s.request.max_new_tokens - len(s.tokens) for s in self.live])
-        self._reserve(need_slots, need_len, any(r.top_p < 1.0 for r in requests))
+        self._reserve(need_slots, need_len, any(r.sampling.top_p < 1.0 for r in requests))
         free = [s for s, slot in enumerate(self.slots) if slot is None][: len(requests)]
         # the prefixes right-padded in one prefill: a query at position p sees only slots <= p, so the
         # padding after a prefix never reaches its logits, and its slots are overwritten before they are read
