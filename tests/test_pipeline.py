@@ -60,9 +60,12 @@ def test_long_text_is_chunked_joined_and_reproducible(fast):
 
 
 def test_chunk_does_not_depend_on_its_batch(fast_fp32, monkeypatch):
-    """A chunk's tokens come from its own random stream: batched 8 at a time or one by one, the same."""
+    """A chunk's tokens come from its own random stream: batched 8 at a time or one by one, the same. (Its
+    audio too when each chunk renders alone: a joint render is of the window's chunks, see below.)"""
     fast = fast_fp32
-    together = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30)
+    call = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30).settings
+    call = replace(call, solve=replace(call.solve, joint_render=False))
+    together = fast.synthesize(LONG_TEXT, settings=call)
     original = fast.engine._job
 
     def one_by_one(*args, **kwargs):
@@ -71,7 +74,7 @@ def test_chunk_does_not_depend_on_its_batch(fast_fp32, monkeypatch):
         return job
 
     monkeypatch.setattr(fast.engine, "_job", one_by_one)
-    alone = fast.synthesize(LONG_TEXT, seed=11, max_new_tokens=30)
+    alone = fast.synthesize(LONG_TEXT, settings=call)
     for a, b in zip(together.chunks, alone.chunks):
         assert torch.equal(a.tokens, b.tokens)
         # the same noise and source draws; the bf16 decoder rounds differently in a batch of 4 than alone
@@ -246,6 +249,42 @@ def test_token_streaming_gives_audio_every_few_tokens(fast):
     assert len(audio) == n * 960 and np.isfinite(audio).all()
     seams = [(int(p.start_s * fast.sr) - 480, int(p.start_s * fast.sr) + 480) for p in pieces[1:-1]]
     assert measure_joins(audio, fast.sr, seams).clicks == 0
+
+
+def test_joint_sequences_are_runs_of_consecutive_chunks_within_the_cap():
+    n = pipeline.JOINT_MAX_TOKENS
+    tokens = {0: [1] * 10, 1: [1] * 20, 2: [], 3: [1] * 5, 4: [1] * 7, 5: [1] * (n - 12 - 2 * pipeline.JOIN_SILENCE),
+              6: [1] * 2}
+    assert pipeline._sequences(tokens, joint=False) == [[0], [1], [3], [4], [5], [6]]
+    # the empty chunk 2 breaks the run (chunks either side of it are not neighbours), 5 fills 4's sequence
+    # to the cap exactly, so 6 starts another
+    assert pipeline._sequences(tokens, joint=True) == [[0, 1], [3, 4, 5], [6]]
+    assert pipeline._sequences({7: [1] * (n + 5)}, joint=True) == [[7]]  # a chunk alone may exceed the cap
+
+
+def test_joint_render_renders_a_window_once_and_cuts_each_chunk_out(fast, monkeypatch):
+    """SolveSettings.joint_render: a window's chunks are one S3Gen sequence (the decoder prompt once), each
+    chunk's audio the stretch from its first token to the next chunk's; the same T3 tokens as separate
+    renders, reproducible from the seed."""
+    text = " ".join(SENTENCE.format(i) for i in range(1, 4))
+    voice, joint = fast._call(text, None, seed=5, max_new_tokens=12, token_budget_factor=None)
+    call = joint
+    joint = replace(call, solve=replace(call.solve, joint_render=True))
+    rendered = []
+    render = fast.engine.s3gen.render
+    monkeypatch.setattr(fast.engine.s3gen, "render", lambda tokens, *a, **kw: rendered.append(
+        [len(t) for t in tokens]) or render(tokens, *a, **kw))
+    apart = fast.engine.synthesize(text, voice, call, trim=False)
+    together = fast.engine.synthesize(text, voice, joint, trim=False)
+    n = [len(c.tokens) for c in apart.chunks]  # speech tokens of each chunk (the cap, unless a stop is drawn)
+    silence = pipeline.JOIN_SILENCE
+    assert len(n) == 3 and rendered == [[n[0]], [n[1]], [n[2]], [n[0] + silence + n[1] + silence + n[2]]]
+    for a, b in zip(apart.chunks, together.chunks):
+        assert torch.equal(a.tokens, b.tokens)
+    assert [len(c.audio) for c in together.chunks] == [(n[0] + silence) * 960, (n[1] + silence) * 960, n[2] * 960]
+    assert all(np.isfinite(c.audio).all() for c in together.chunks)
+    again = fast.engine.synthesize(text, voice, joint, trim=False)
+    assert np.array_equal(again.audio, together.audio)
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 41])

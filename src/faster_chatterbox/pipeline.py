@@ -49,7 +49,7 @@ from .engine.block_diffusion import FlashBatch, FlashRequest, generate_block_dif
 from .engine.scheduler import T3Scheduler
 from .engine.static_batch import new_decode_batch
 from .models.hift import F0Smoothing
-from .models.s3gen import S3GEN_SR, S3_SR, S3Gen
+from .models.s3gen import S3GEN_SR, S3_SR, SILENCE_TOKEN, S3Gen
 from .models.t3 import T3, T3Cond
 from .models.voice_encoder import VoiceEncoder
 from .settings import CallSettings, EngineSettings, SolveSettings, stream_seed, torch_seed
@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 # it. Reading 30 s keeps upstream's voice for every clip up to 30 s and bounds a long one's cost (an hour-long
 # clip: 13 s and 1.9 GB read whole); beyond 30 s the speaker embedding averages the first 30 s only.
 VOICE_SECONDS = 30.0
+# SolveSettings.joint_render: consecutive chunks rendered as one S3Gen sequence, with this many silence tokens
+# between them (what Turbo's decoder gets after a chunk's speech), up to upstream's longest render (40 s)
+JOIN_SILENCE = 3
+JOINT_MAX_TOKENS = 1000
 
 
 class NoSpeechError(ValueError):
@@ -486,17 +490,39 @@ def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: di
     chunks at a time. Submissions take turns across calls in the render queue batch by batch, so a call's first
     chunk waits for one batch of other calls' later chunks at most, not for their whole window."""
     wavs = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
-    spoken, step = [i for i, t in tokens.items() if t], engine.settings.render_batch
-    for k in range(0, len(spoken), step):
-        group = spoken[k : k + step]
+    sequences, step = _sequences(tokens, job.call.solve.joint_render), engine.settings.render_batch
+    spt = engine.s3gen.samples_per_token
+    for k in range(0, len(sequences), step):
+        group = sequences[k : k + step]
         generators = None
-        if job.call.seeded_streams:
-            generators = [_generator(job, i, attempts[i], engine.device, "s3gen") for i in group]
-        wavs.update(zip(group, _render_group(engine, job, [tokens[i] for i in group], generators, urgent=0 in group)))
+        if job.call.seeded_streams:  # a sequence draws from its first chunk's stream
+            generators = [_generator(job, seq[0], attempts[seq[0]], engine.device, "s3gen") for seq in group]
+        joined = [[t for j, i in enumerate(seq) for t in ([SILENCE_TOKEN] * JOIN_SILENCE if j else []) + tokens[i]]
+                  for seq in group]
+        rendered = _render_group(engine, job, joined, generators, urgent=any(0 in seq for seq in group))
+        for seq, wav in zip(group, rendered):
+            starts = np.cumsum([0] + [len(tokens[i]) + JOIN_SILENCE for i in seq[:-1]]) * spt
+            ends = [*starts[1:], len(wav)]  # a chunk's audio runs to the next one's start (or the end)
+            wavs.update((i, wav[a:b]) for i, a, b in zip(seq, starts, ends))
     if engine.settings.drop_final_token:
-        spt = engine.s3gen.samples_per_token
         wavs = {i: wav[: _voiced(len(tokens[i])) * spt] for i, wav in wavs.items()}
     return wavs
+
+
+def _sequences(tokens: dict[int, list[int]], joint: bool) -> list[list[int]]:
+    """The chunks (indices, in order) of each S3Gen sequence: one chunk each, or (SolveSettings.joint_render)
+    runs of consecutive chunks up to JOINT_MAX_TOKENS, spoken with JOIN_SILENCE silence tokens between."""
+    sequences: list[list[int]] = []
+    size = 0
+    for i in sorted(i for i, t in tokens.items() if t):
+        n = len(tokens[i])
+        if joint and sequences and sequences[-1][-1] == i - 1 and size + JOIN_SILENCE + n <= JOINT_MAX_TOKENS:
+            sequences[-1].append(i)
+            size += JOIN_SILENCE + n
+        else:
+            sequences.append([i])
+            size = n
+    return sequences
 
 
 def _voiced(n_tokens: int) -> int:

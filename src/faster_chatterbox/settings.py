@@ -102,6 +102,9 @@ class SolveSettings:
     sway_coef: float | None = None
     f0_smoothing: bool = False  # optimize_quality: smooth the vocoder's F0 (against robotic pitch jitter)
     prompt_seconds: float | None = None  # decoder prompt cut to the voice's first N s (None: upstream's 10 s)
+    # consecutive chunks of a window rendered as one sequence (silence tokens between, the decoder prompt once),
+    # each chunk's audio cut out of it; False: each chunk its own render, with the prompt, as upstream's calls
+    joint_render: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,7 @@ def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temper
         top_p=top_p).items()}, top_k=integer("top_k", top_k, 0, TOP_K_MAX), processors=engine.sampling_order)
     solve = row.solve
     if engine.decoder == "meanflow":  # distilled for its own 2-step solve: only the prompt cut applies
-        solve = SolveSettings(prompt_seconds=solve.prompt_seconds)
+        solve = SolveSettings(prompt_seconds=solve.prompt_seconds, joint_render=solve.joint_render)
     if n_timesteps is not None:
         solve = replace(solve, n_timesteps=integer("n_timesteps", n_timesteps, 1, 1000))
     if optimize_quality:
