@@ -486,8 +486,9 @@ def _render_group(engine: Engine, job: Job, tokens: list[list[int]], generators:
 
 
 def _render(engine: Engine, job: Job, tokens: dict[int, list[int]], attempts: dict[int, int]) -> dict[int, np.ndarray]:
-    """S3Gen for chunks {index: tokens}, each with the random stream of its attempt, submitted `render_batch`
-    chunks at a time. Submissions take turns across calls in the render queue batch by batch, so a call's first
+    """S3Gen for chunks {index: tokens}, each with the random stream of its attempt (under joint_render, runs of
+    consecutive chunks as one sequence on its first chunk's stream, each chunk's audio cut out of it),
+    submitted `render_batch` sequences at a time. Submissions take turns across calls in the render queue batch by batch, so a call's first
     chunk waits for one batch of other calls' later chunks at most, not for their whole window."""
     wavs = {i: np.zeros(0, dtype=np.float32) for i, t in tokens.items() if not t}
     sequences, step = _sequences(tokens, job.call.solve.joint_render), engine.settings.render_batch
