@@ -140,9 +140,10 @@ def batched_renders(small_ckpt):
 
 def test_concurrent_calls_in_different_voices_share_a_render_batch(batched_renders, monkeypatch):
     """Three calls on three threads, each its own voice, seed and text (one of two chunks), waiting for S3Gen
-    together: their four chunks go through the flow as one padded batch, and each call's audio is what it
-    gets alone (the unpadded path for one-chunk calls) within 1e-4. A fourth call with another solve (4 flow
-    steps) waits with them and renders alone."""
+    together: their sequences (four chunks; under the preset's joint render the two-chunk call's are one)
+    go through the flow as one padded batch, and each call's audio is what it gets alone (the unpadded path
+    for one-sequence calls) within 1e-4. A fourth call with another solve (4 flow steps) waits with them and
+    renders alone."""
     with one_intra_op_thread():
         _calls_share_a_render_batch(batched_renders, monkeypatch)
 
@@ -156,13 +157,14 @@ def _calls_share_a_render_batch(tts, monkeypatch):
              dict(text=SENTENCE.format(4), voice=voices[0], seed=34, n_timesteps=4)]
     alone = [tts.synthesize(max_new_tokens=30, **kw) for kw in calls]
     assert [len(r.chunks) for r in alone] == [1, 1, 2, 1]
+    sequences = 3 if alone[2].settings.solve.joint_render else 4  # of the first three calls
     rows, inference_batch = [], tts.s3gen.inference_batch
     monkeypatch.setattr(tts.s3gen, "inference_batch",
                         lambda tokens, *a, **kw: rows.append(len(tokens)) or inference_batch(tokens, *a, **kw))
     queue = tts.engine.render_queue  # the renders start once all five chunks wait (not a race on timing)
-    together = _concurrently(tts, calls, queue.paused(), lambda: _waits_for(lambda: queue.waiting == 5),
+    together = _concurrently(tts, calls, queue.paused(), lambda: _waits_for(lambda: queue.waiting == sequences + 1),
                              max_new_tokens=30)
-    assert rows == [4]  # one batch of the first three calls' four chunks; the fourth call's chunk alone
+    assert rows == [sequences]  # one batch of the first three calls' sequences; the fourth call's alone
     for a, b in zip(together, alone):
         for x, y in zip(a.chunks, b.chunks, strict=True):
             assert torch.equal(x.tokens, y.tokens)
@@ -172,10 +174,15 @@ def _calls_share_a_render_batch(tts, monkeypatch):
 
 @pytest.mark.parametrize("preset", ["exact", "fast_fp32"])
 def test_stream_gives_the_same_audio_as_synthesize(request, preset, monkeypatch):
+    """Chunk-level streaming joins the chunks as synthesize does, exactly, where both render the same
+    sequences: each chunk its own render (under joint_render a stream's first chunk renders alone, as its
+    audio is wanted first, while synthesize joins it to its window)."""
     tts = request.getfixturevalue(preset)
-    whole = tts.synthesize(LONG_TEXT, seed=2, max_new_tokens=25)
-    pieces = list(tts.generate_stream(LONG_TEXT, seed=2, max_new_tokens=25, token_streaming=False,
-                                      first_chunk_chars=tts.MAX_CHARS))  # the same chunks as synthesize
+    _, call = tts._call(LONG_TEXT, None, seed=2, max_new_tokens=25)
+    call = replace(call, solve=replace(call.solve, joint_render=False), token_streaming=None,
+                   first_chunk_chars=tts.MAX_CHARS)  # the same chunks as synthesize
+    whole = tts.synthesize(LONG_TEXT, settings=call)
+    pieces = list(tts.generate_stream(LONG_TEXT, settings=call))
     assert pieces[-1].last and not any(p.last for p in pieces[:-1])
     assert [p.ready_s for p in pieces] == sorted(p.ready_s for p in pieces)
     starts = np.cumsum([0] + [len(p.audio) for p in pieces[:-1]]) / tts.sr
@@ -267,9 +274,8 @@ def test_joint_render_renders_a_window_once_and_cuts_each_chunk_out(fast, monkey
     chunk's audio the stretch from its first token to the next chunk's; the same T3 tokens as separate
     renders, reproducible from the seed."""
     text = " ".join(SENTENCE.format(i) for i in range(1, 4))
-    voice, joint = fast._call(text, None, seed=5, max_new_tokens=12, token_budget_factor=None)
-    call = joint
-    joint = replace(call, solve=replace(call.solve, joint_render=True))
+    voice, call = fast._call(text, None, seed=5, max_new_tokens=12, token_budget_factor=None)
+    joint, call = (replace(call, solve=replace(call.solve, joint_render=on)) for on in (True, False))
     rendered = []
     render = fast.engine.s3gen.render
     monkeypatch.setattr(fast.engine.s3gen, "render", lambda tokens, *a, **kw: rendered.append(

@@ -18,7 +18,9 @@ The presets, measured on this project's 2-core AVX512-BF16 CPU (BENCHMARKS.md):
            len / rows characters, whole sentences; its T3 time is its longest sentence's, section 21); the
            CFM solved with Adams-Bashforth 2 on a sway grid in 8 estimator calls (no larger error than
            upstream's 10 Euler steps in every setting of section 3); the flow decoder in bf16 (mel 5.6e-4
-           relative) and HiFT's convolutions in bf16 (43 dB SNR); English number/abbreviation normalisation.
+           relative) and HiFT's convolutions in bf16 (43 dB SNR); a window's consecutive chunks rendered as
+           one S3Gen sequence, the decoder prompt once, as upstream renders a whole text of up to 40 s in one
+           call (`joint_render`: S3Gen 1.36-1.46x, section 30); English number/abbreviation normalisation.
   fastest  also the lossy ones, their cost stated: T3 weights in int8 (CPU; KL 1.6e-3, top-1 85% on random
            weights; steps of 5 to 64 rows, where the weight-only kernel slows down, round the rows to int8
            too, each row by its own scale: KL 3.2e-3, section 27), 6 CFM estimator calls (0.9-1.5x the error of upstream's 10), the decoder prompt cut to the
@@ -169,11 +171,11 @@ class _Preset:
 
 
 _EXACT = _Preset()
-_FAST = _Preset("bf16", torch.bfloat16, solve=SolveSettings(8, "ab2", "sway", -0.6), normalize_text=True,
+_FAST = _Preset("bf16", torch.bfloat16, solve=SolveSettings(8, "ab2", "sway", -0.6, joint_render=True), normalize_text=True,
                 chunk_short_text=True, continuous_batching=True, seeded_streams=True, max_retries=2,
                 budget_factor=2.5, token_streaming=TokenStreaming(), fill_batch=True)
 _FASTEST = replace(_FAST, t3_precision="int8", tokenize_voice_once=True,
-                   solve=SolveSettings(6, "ab2", "sway", -0.6, prompt_seconds=5.0))
+                   solve=SolveSettings(6, "ab2", "sway", -0.6, prompt_seconds=5.0, joint_render=True))
 _PRESETS = {"exact": _EXACT, "fast": _FAST, "fastest": _FASTEST}
 
 
