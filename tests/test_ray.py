@@ -180,8 +180,9 @@ def test_book_killed_mid_way_resumes_to_the_uninterrupted_audio(cluster, checkpo
     try:
         _wait(lambda: len(_done(out)) >= 2, "two chunks", log)
         os.kill(_wait(_chunk_workers, "a busy worker", log)[0], signal.SIGKILL)  # a worker, mid-chunk
-        # its chunk is submitted again (the job retries it), then the driver itself is killed
-        _wait(lambda: any(e["job_retries"] for e in _done(out).values()), "a retried chunk", log)
+        # its chunk is submitted again (the job retries it: test_book checks the retry's record), then the driver
+        # itself is killed, before the retried chunk, now last in line, is done with the rest
+        _wait(lambda: "retrying" in log.read_text(), "a retried chunk", log)
         driver.kill()
         driver.wait(30)
     finally:
@@ -190,7 +191,7 @@ def test_book_killed_mid_way_resumes_to_the_uninterrupted_audio(cluster, checkpo
     before = _done(out)
     model = BookModel(str(checkpoint), device="cpu")
     total = len(plan_book(read_book(book), model, Speech(max_new_tokens=TOKENS), VoiceClip(), seed=5))
-    assert 3 <= len(before) < total, (before, log.read_text())
+    assert 2 <= len(before) < total, (before, log.read_text())
     assert "retrying" in log.read_text()
 
     with log.open("w") as f:
