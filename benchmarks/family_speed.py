@@ -17,9 +17,12 @@ never sample the stop token, so every decode runs to its cap:
             loaded as upstream's HEAD loads Nano (resemble-ai/chatterbox 5de7a54, tts_turbo.py: the GPT2_small
             config, 12 x 768, and t3_nano_v1.safetensors), which is all HEAD changes.
 Variants are interleaved over --rounds rounds; medians. RTF = wall seconds / audio seconds.
+--native-settings PRESET...: also those presets with the settings of a CPU with native bf16 (bf16 S3Gen, bf16
+prefills, int8 for fastest) whatever this CPU has, to measure on an AVX2 CPU what resolving the settings
+by the CPU (devices.native_bf16) changes.
 
     python benchmarks/family_speed.py --model turbo|nano|multilingual [--checkpoint DIR] [--tokens N] [--rounds 3]
-                                      [--threads 2] [--json F]
+                                      [--threads 2] [--native-settings fast fastest] [--json F]
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from unittest import mock
+
 import torch
 
+import faster_chatterbox.settings as settings_module
 from faster_chatterbox.bench import _machine
 from faster_chatterbox.checks import expected_tokens
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.random_checkpoint import avoid_invalid_speech_ids, write_random_checkpoint
+from faster_chatterbox.settings import engine_settings
 from faster_chatterbox.tts_multilingual import ChatterboxMultilingualTTS
 from faster_chatterbox.tts_turbo import ChatterboxTurboTTS
 
@@ -124,8 +131,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-upstream", action="store_true")
+    ap.add_argument("--native-settings", nargs="*", default=[], choices=("exact", "fast", "fastest"))
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.native_settings and args.model == "multilingual":
+        ap.error("--native-settings is for turbo and nano (a multilingual load also resolves its T3 file's rules)")
     torch.set_num_threads(args.threads)
     model = MODELS[args.model]
     ckpt = Path(args.checkpoint or Path(tempfile.gettempdir()) / f"faster-chatterbox-{args.model}-random")
@@ -135,6 +145,11 @@ def main() -> None:
             avoid_invalid_speech_ids(ckpt)
     models = {preset: model["cls"].from_local(ckpt, device="cpu", preset=preset, watermark=False, **model.get("load", {}))
               for preset in ("exact", "fast", "fastest")}
+    for preset in args.native_settings:
+        with mock.patch.object(settings_module, "native_bf16", lambda device: True):
+            native = engine_settings(preset, "cpu", model="nano" if model.get("load") else args.model)
+        models[f"{preset} (native-bf16 settings)"] = model["cls"].from_local(
+            ckpt, device="cpu", watermark=False, settings=native, **model.get("load", {}))
     upstream = None
     if not args.no_upstream:
         venv = Path(os.environ.get("FASTER_CHATTERBOX_ORACLE_VENV", Path(__file__).parents[1] / ".oracle-venv"))

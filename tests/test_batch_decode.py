@@ -7,7 +7,7 @@ import torch
 
 from dataclasses import fields, replace
 
-from faster_chatterbox.engine.batch_decode import (BatchDecoder, DecodeRequest, decode_alone,
+from faster_chatterbox.engine.batch_decode import (BatchDecoder, DecodeRequest, PrefixCache, decode_alone,
                                                  generate_speech_tokens_batch)
 from faster_chatterbox.engine.sampling import RowSamplingParams, SamplingParams, next_token_probs, next_token_probs_rows
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
@@ -72,15 +72,22 @@ def test_row_processors_bit_identical_to_single_row(cases):
     assert torch.equal(got, ref)
 
 
-def test_teacher_forced_logits_match_single_sequence(t3):
+@pytest.mark.parametrize("shared_voice", [False, True])
+@pytest.mark.parametrize("cached", [False, True])
+def test_teacher_forced_logits_match_single_sequence(t3, cached, shared_voice):
     """Rows of different prefix lengths, voices and CFG settings, one joining the running batch at step 3 and
-    one dropped at step 6: each row's logits at every step are those of its sequence run alone."""
+    one dropped at step 6: each row's logits at every step are those of its sequence run alone. cached: the
+    voices' prefixes come from a PrefixCache (shared_voice: requests 0 and 3 speak in one voice, the CFG pair
+    of one and the single row of the other copying one entry)."""
     requests = _requests()
+    if shared_voice:
+        requests[3] = replace(requests[3], cond=requests[0].cond)
     steps, join_at, joining, drop_at, dropped = 12, 3, 2, 6, 1
     forced = torch.randint(0, 6561, (len(requests), steps), generator=torch.Generator().manual_seed(2))
+    prefixes = PrefixCache(t3) if cached else None
     with torch.inference_mode():
         ref = [t3(r.cond, r.text_tokens, forced[j], cfg=r.rows == 2) for j, r in enumerate(requests)]
-        decoder = BatchDecoder(t3)
+        decoder = BatchDecoder(t3, prefixes)
         live = [j for j in range(len(requests)) if j != joining]
         cond, uncond = decoder.admit([requests[j] for j in live])
         assert decoder.seq_start.tolist() == [21, 21, 14, 14, 0]  # left padding of the shorter prefixes
@@ -104,6 +111,26 @@ def test_teacher_forced_logits_match_single_sequence(t3):
         expected = {dropped: drop_at + 1, joining: steps - join_at + 1}.get(j, steps + 1)
         assert len(got[j]) == expected
         assert rel_error(rows, ref[j][:, : rows.shape[1]]) < 1e-5
+    assert prefixes is None or len(prefixes) == len({id(r.cond) for r in requests})
+
+
+def test_prefix_cache_keeps_the_recent_voices_while_they_live(t3):
+    """At most `size` voices, the least recently used dropped first; a voice that is gone leaves the cache
+    (so a new voice at its address is never served its keys)."""
+    conds = [r.cond for r in _requests()]
+    cache = PrefixCache(t3, size=2)
+    with torch.inference_mode():
+        first = cache.get(conds[0])
+        assert cache.get(conds[0]) is first and first.batch == 1
+        assert first.max_seq_len == t3.cond_embeds(conds[0]).shape[1]
+        cache.get(conds[1])
+        cache.get(conds[0])  # now the most recent
+        cache.get(conds[2])
+        assert len(cache) == 2 and cache.get(conds[0]) is first  # conds[1] went
+        del conds[0], first
+        import gc
+        gc.collect()
+        assert len(cache) == 1
 
 
 @pytest.mark.parametrize("check_every", [1, 4])

@@ -12,6 +12,7 @@ import torch
 from faster_chatterbox import CallSettings, ChatterboxTTS, NoSpeechError, Voice
 from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
+import faster_chatterbox.settings as settings_module
 from faster_chatterbox.settings import call_settings, engine_settings, stream_seed
 
 TEXT = "A voice of its own, for this call alone."
@@ -193,7 +194,8 @@ def test_voice_library(fast, clips, tmp_path):
     assert isinstance(library.get("saved one"), Voice)
 
 
-def test_settings_are_resolved_in_one_place():
+def test_settings_are_resolved_in_one_place(monkeypatch):
+    monkeypatch.setattr(settings_module, "native_bf16", lambda device: True)  # an AVX512-BF16 or AMX CPU
     fast_cpu = engine_settings("fast", "cpu")
     assert fast_cpu.t3_precision == "bf16" and fast_cpu.kv_dtype == torch.float32 and fast_cpu.max_batch == 8
     exact = call_settings(engine_settings("exact", "cpu"), seed=1)
@@ -206,6 +208,32 @@ def test_settings_are_resolved_in_one_place():
     assert turbo.t3_precision == "int8"  # GPT-2's layers become Linears, which int8 takes
     with pytest.raises(ValueError, match="unknown preset"):
         engine_settings("fastest-ever", "cpu")
+    assert fast_cpu.s3gen_dtype == torch.bfloat16 and fast_cpu.t3_upcast_rows is None
+
+
+@pytest.mark.parametrize("model", ["chatterbox", "turbo"])
+def test_cpus_that_emulate_bf16_keep_s3gen_in_float32_and_upcast_prefills(monkeypatch, model):
+    """An AVX2 CPU (devices.native_bf16 False): S3Gen float32, T3 bf16 with prefills in float32, and
+    fastest's int8 becomes bf16 (its kernels take emulated bf16 rows); exact is untouched."""
+    monkeypatch.setattr(settings_module, "native_bf16", lambda device: False)
+    for preset in ("fast", "fastest"):
+        s = engine_settings(preset, "cpu", model=model)
+        assert (s.t3_precision, s.s3gen_dtype, s.t3_upcast_rows, s.kv_dtype) == (
+            "bf16", torch.float32, 16, torch.float32)
+    exact = engine_settings("exact", "cpu", model=model)
+    assert (exact.t3_precision, exact.s3gen_dtype, exact.t3_upcast_rows) == ("fp32", torch.float32, None)
+
+
+def test_native_bf16_reads_the_cpu(monkeypatch):
+    import faster_chatterbox.devices as devices
+    assert devices.native_bf16(torch.device("cuda")) and devices.native_bf16(torch.device("mps"))
+    for avx512_bf16, amx, native in [(True, False, True), (False, True, True), (False, False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert devices.native_bf16(torch.device("cpu")) is native
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert devices.native_bf16(torch.device("cpu")) is False  # a torch without the checks: float32 is safe
 
 
 def _rss_mb() -> float:

@@ -15,6 +15,7 @@ from torch import nn
 from faster_chatterbox.engine.quantize import (
     DYNAMIC_MAX_ROWS,
     PACKED_MAX_ROWS,
+    Bf16Linear,
     Float32Linear,
     Int8Linear,
     int8_mm_dynamic,
@@ -174,6 +175,39 @@ def test_to_bf16_keeps_the_logits_and_the_state_dict_names(t3_fp32):
 
     unguarded = to_bf16_(copy.deepcopy(t3_fp32), fp32_logits=False)
     assert type(unguarded.speech_head) is nn.Linear and unguarded.speech_head.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 37])
+def test_bf16_linear_upcasts_inputs_of_more_than_its_rows(rows):
+    """Bf16Linear (CPUs that emulate bf16): up to upcast_rows rows the bf16 GEMM, past them the same products
+    in float32 (bf16 values cast up exactly), rounded to bf16; numpy-sized leading dims count as rows."""
+    linear = nn.Linear(48, 24).to(torch.bfloat16)
+    layer = Bf16Linear.from_linear(linear, upcast_rows=8)
+    x = torch.randn(1, rows, 48, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+    y = layer(x)
+    if rows <= 8:
+        expected = F.linear(x, linear.weight, linear.bias)
+    else:
+        expected = F.linear(x.float(), linear.weight.float(), linear.bias.float()).to(torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
+    assert layer.weight is linear.weight and "upcast_rows=8" in repr(layer)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduce_precision_upcasts_the_bf16_linears_where_asked(t3_fp32, inputs, precision):
+    """upcast_rows: every bf16 nn.Linear (the backbone's under bf16, the perceiver's and embeddings' side
+    Linears under both) becomes a Bf16Linear; int8 layers and the float32 speech head stay; the logits of a
+    prefill stay within bf16's rounding of the plain bf16 model's."""
+    plain = reduce_precision_(copy.deepcopy(t3_fp32), precision)
+    upcast = reduce_precision_(copy.deepcopy(t3_fp32), precision, upcast_rows=4)
+    kinds = lambda t3: {name: type(m) for name, m in t3.named_modules() if isinstance(m, (nn.Linear, Int8Linear))}
+    assert kinds(plain).keys() == kinds(upcast).keys()
+    for name, kind in kinds(plain).items():
+        assert kinds(upcast)[name] is (Bf16Linear if kind is nn.Linear else kind), name
+    assert Bf16Linear in set(kinds(upcast).values())
+    with torch.inference_mode():
+        a, b = (t3(*inputs, torch.zeros(3, dtype=torch.long), cfg=True).float() for t3 in (plain, upcast))
+    assert rel_error(b, a) < 2e-2
 
 
 def test_reduce_precision_rejects_bad_input(t3_fp32):

@@ -18,13 +18,14 @@ from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.checkpoint import CheckpointError
 from dataclasses import replace
 
-from faster_chatterbox.engine.batch_decode import DecodeRequest, decode_alone, generate_speech_tokens_batch
+from faster_chatterbox.engine.batch_decode import DecodeRequest, PrefixCache, decode_alone, generate_speech_tokens_batch
 from faster_chatterbox.engine.quantize import Int8Linear
 from faster_chatterbox.engine.sampling import (TURBO_ORDER, RowSamplingParams, SamplingParams, next_token_probs,
                                                next_token_probs_rows)
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.models.gpt2 import Conv1D, GPT2Config
 from faster_chatterbox.models.t3 import T3, T3Cond, T3Config
+import faster_chatterbox.settings as settings_module
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 from faster_chatterbox.text.gpt2_tokenizer import FIRST_TAG_ID, PARALINGUISTIC_TAGS, GPT2Tokenizer
 from faster_chatterbox.text.normalize import TURBO_REPLACEMENTS, punc_norm
@@ -182,17 +183,24 @@ def small_t3():
     return t3
 
 
-def test_batched_turbo_rows_decode_as_alone(small_t3):
-    requests = [DecodeRequest(T3Cond(**_cond(seed=10 + j, prompt_len=375 - 40 * j)), _text(20 + j, 5 + 7 * j),
+@pytest.mark.parametrize("cached", [False, True])
+def test_batched_turbo_rows_decode_as_alone(small_t3, cached):
+    """Rows of three voices (prompts of 375, 335 and 295 tokens), each as it decodes alone; with a PrefixCache
+    the voices' prompts are computed once each (here the third voice is the first's again) and copied."""
+    conds = [T3Cond(**_cond(seed=10 + j, prompt_len=375 - 40 * j)) for j in range(2)]
+    conds.append(conds[0])
+    requests = [DecodeRequest(conds[j], _text(20 + j, 5 + 7 * j),
                               SamplingParams(temperature=0.7 + 0.2 * j, cfg_weight=0.0, repetition_penalty=1.0 + 0.3 * j,
                                              min_p=0.0, top_p=0.9 + 0.03 * j, top_k=(1000, 0, 20)[j],
                                              processors=TURBO_ORDER),
                               max_new_tokens=18 + 6 * j, generator=torch.Generator().manual_seed(50 + j))
                 for j in range(3)]
-    batched = generate_speech_tokens_batch(small_t3, requests, check_every=3)
+    prefixes = PrefixCache(small_t3) if cached else None
+    batched = generate_speech_tokens_batch(small_t3, requests, check_every=3, prefix_cache=prefixes)
     for j, r in enumerate(requests):
         alone = decode_alone(small_t3, replace(r, generator=torch.Generator().manual_seed(50 + j)))
         assert torch.equal(batched[j], alone), j
+    assert prefixes is None or len(prefixes) == 2
 
 
 # ---- tokenizer -------------------------------------------------------------------------------------
@@ -248,7 +256,8 @@ def turbo_dir(tmp_path_factory):
     return write_random_checkpoint(tmp_path_factory.mktemp("turbo") / "ckpt", seed=0, small=True, model="turbo")
 
 
-def test_turbo_exact_and_fast_speak(turbo_dir, tmp_path, caplog):
+def test_turbo_exact_and_fast_speak(turbo_dir, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(settings_module, "native_bf16", lambda device: True)  # the int8 path (not AVX2's)
     exact = ChatterboxTurboTTS.from_local(turbo_dir, device="cpu", preset="exact", watermark=False)
     assert exact.settings.decoder == "meanflow" and exact.settings.sampling_order == TURBO_ORDER
     torch.manual_seed(3)

@@ -27,3 +27,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 in hardware. CPUs without AVX512-BF16 or AMX (every AVX2 CPU:
+    AMD before Zen 4, Intel's consumer chips) emulate it: there a bf16 GEMM of a prefill's rows runs ~6x
+    slower than float32 and S3Gen 5-7x (BENCHMARKS.md 31). GPUs and MPS are taken to have it."""
+    if device.type != "cpu":
+        return True
+    cpu = torch.cpu
+    checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)

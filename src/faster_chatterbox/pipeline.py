@@ -42,7 +42,7 @@ from .audio.joins import join_chunks, remove_dc, trim_edges
 from .audio.postprocess import normalize_loudness
 from .audio.sinc_resample import sinc_resample
 from .checks import Failure, audio_failure, speaker_similarity, token_budget, token_failure
-from .engine.batch_decode import DecodeRequest, decode_alone
+from .engine.batch_decode import DecodeRequest, PrefixCache, decode_alone
 from .engine.render_slots import RenderQueue
 from .engine.block_diffusion import FlashBatch, FlashRequest, generate_block_diffusion, request_problem, \
     uncond_block_prior
@@ -189,7 +189,7 @@ class Engine:
             prior, block_size = self.flash_prior, self.settings.block_size
             return dict(new_batch=lambda every: FlashBatch(t3, prior, block_size),
                         problem=lambda r: request_problem(t3, r))
-        return dict(new_batch=new_decode_batch(t3, self.settings.t3_step, self.settings.t3_sampler))
+        return dict(new_batch=new_decode_batch(t3, self.settings.t3_step, self.settings.t3_sampler, PrefixCache(t3)))
 
     def close(self) -> None:
         """Stop the scheduler thread and drop its batch; later calls raise."""

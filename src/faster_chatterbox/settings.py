@@ -33,6 +33,9 @@ Turbo and Nano (model="turbo" | "nano") resolve the same rows onto their own mod
 with its 2 steps (no solver settings), Turbo's processor order with top_k. exact = upstream's `inference_turbo`
 loop in float32 (Hugging Face's Conv1D layers); fast = T3 in bf16 (its Conv1D layers as Linears) with
 continuous batching; fastest = int8 weights on CPU.
+On CPUs that emulate bf16 (AVX2 without AVX512-BF16 or AMX: `devices.native_bf16`) fast and fastest keep S3Gen
+in float32, T3's weights in bf16 (fastest too: its int8 kernels take emulated bf16 rows) and multiply
+prefills in float32 (BENCHMARKS.md 31).
 On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
 more: 32 requests per T3 batch, two S3Gen renders at a time, 8 chunks per render, T3 decoded a window ahead.
 """
@@ -49,6 +52,7 @@ import numpy as np
 import torch
 
 from .checks import CheckLimits
+from .devices import native_bf16
 from .engine.block_diffusion import FlashParams, params_problem
 from .engine.sampling import LLAMA_ORDER, SAMPLING_RANGES, TOP_K_MAX, TURBO_ORDER, SamplingParams, check_range
 from .text.multilingual import check_language
@@ -92,6 +96,9 @@ class EngineSettings:
     # how the scheduler's batches decode (engine.static_batch.STEPS): "dynamic" (DecodeBatch, a resized cache),
     # "static" (a static cache, eager step), "inductor" (the step compiled), "cuda_graph" (captured)
     t3_step: str = "dynamic"
+    # CPUs that emulate bf16 (engine.quantize.Bf16Linear): T3's bf16 Linears multiply inputs of more rows than
+    # this (prefills) in float32; None: always bf16
+    t3_upcast_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -201,11 +208,15 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
     turbo = model in TURBO_MODELS
-    cuda = device.type == "cuda"
-    precision = "bf16" if cuda and row.t3_precision == "int8" else row.t3_precision
+    cuda, emulated = device.type == "cuda", not native_bf16(device)
+    # int8 does not pay without fused kernels on CUDA, nor where its kernels' bf16 rows are emulated (AVX2: a
+    # Turbo step 289 ms against bf16's 98, BENCHMARKS.md 31)
+    precision = "bf16" if (cuda or emulated) and row.t3_precision == "int8" else row.t3_precision
     # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster (BENCHMARKS.md 4)
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
-    return EngineSettings(preset, str(device), precision, kv_dtype, row.s3gen_dtype, row.tokenize_voice_once,
+    # an emulated bf16 S3Gen is 5-7x slower than float32 (BENCHMARKS.md 31): it stays float32 there
+    s3gen_dtype = torch.float32 if emulated else row.s3gen_dtype
+    return EngineSettings(preset, str(device), precision, kv_dtype, s3gen_dtype, row.tokenize_voice_once,
                           max_batch=32 if cuda else 8, urgent_rows=8 if cuda else 1, render_slots=2 if cuda else 1,
                           render_batch=8 if cuda else 1, decode_ahead=cuda, decoder="meanflow" if turbo else decoder,
                           trailing_silence=3 if (turbo or decoder == "meanflow") and model != "flash" else 0,
@@ -216,7 +227,10 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           # one row, BENCHMARKS.md 20). On CPU neither the static cache's eager step nor its
                           # inductor-compiled one (with or without freezing and autotuning) measured faster
                           # (0.88-0.98x, BENCHMARKS.md 29); the captured step awaits gpu-check's t3_static.
-                          t3_sampler="multinomial", t3_step="dynamic")
+                          t3_sampler="multinomial", t3_step="dynamic",
+                          # a decode step's few rows are bound by reading the weights: bf16 (half the bytes) is
+                          # faster even emulated, up to ~16 rows; a prefill is bound by the arithmetic
+                          t3_upcast_rows=16 if emulated and precision != "fp32" else None)
 
 
 def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,

@@ -20,6 +20,11 @@ max_new_tokens; every `check_every` steps (one host sync) finished requests leav
 cache and waiting ones may join. Rows that finished since the last check run on until it, and what they
 sample is discarded.
 
+Every sequence begins with its voice's conditioning (T3.cond_embeds: speaker, prompt speech, exaggeration;
+Turbo's is 375 prompt tokens, 15 s), whose keys and values depend on the voice alone: with a `PrefixCache`
+they are computed once per voice and copied under each sequence that begins with it, so a prefill runs over
+the text alone (a window of 4 Turbo chunks in one voice: ~500 positions instead of ~1,600).
+
 The batch owns its KV cache (`BatchDecoder.cache`); the model is only read, so exact-path decodes and other
 batches may run on it at the same time. Admitting requests either succeeds or leaves the batch as it was
 (its live requests go on), so that a failing joiner fails alone.
@@ -27,6 +32,9 @@ batches may run on it at the same time. Admitting requests either succeeds or le
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -65,17 +73,56 @@ def decode_alone(t3: T3, r: DecodeRequest) -> Tensor:
                                   alignment_guard=r.alignment_guard, **asdict(r.sampling))
 
 
+class PrefixCache:
+    """The KV cache of voices' conditioning prefixes (T3.cond_embeds, positions 0..V-1), the `size` most
+    recently used, by voice (the T3Cond object: a call's chunks share it, a voice library's calls too).
+    Shared by the batches of one model (the scheduler's, one after another); entries live no longer than
+    their voice. A prefix computed alone rounds as a 1-row forward does: in float32 its keys and values
+    equal a batched prefill's to ~1e-7, as batched matmuls round anyway (module docstring)."""
+
+    def __init__(self, t3: T3, size: int = 8):
+        self.t3, self.size = t3, size
+        self._entries: OrderedDict[int, tuple[weakref.ref, LlamaCache]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, cond: T3Cond) -> LlamaCache:
+        """One row, V slots: the keys and values of `cond`'s conditioning positions."""
+        key = id(cond)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0]() is cond:
+                self._entries.move_to_end(key)
+                return entry[1]
+        emb = self.t3.cond_embeds(cond)  # (1, V, D)
+        prefix = self.t3.tfmr.new_cache(1, emb.shape[1])
+        self.t3.tfmr(emb, torch.arange(emb.shape[1], device=emb.device), prefix)
+        with self._lock:
+            self._entries[key] = (weakref.ref(cond, lambda _, key=key: self._forget(key)), prefix)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return prefix
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0]() is None:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class BatchDecoder:
     """The backbone side of a batch: prefixes in, one step per token, requests joining and leaving.
 
     Works on the live requests, in order; `admit` returns the joining requests' logits for their token 0,
     `step` every live request's logits for its next token: conditional and unconditional, (N, V) each
     (the conditional ones twice for a request without CFG). `cache` holds the live rows (None when there
-    are none).
+    are none). prefix_cache: voices' conditioning computed once (`PrefixCache`); None: every prefill whole.
     """
 
-    def __init__(self, t3: T3):
-        self.t3 = t3
+    def __init__(self, t3: T3, prefix_cache: PrefixCache | None = None):
+        self.t3, self.prefix_cache = t3, prefix_cache
         self.device = device = t3.speech_emb.weight.device
         self.cache: LlamaCache | None = None
         self.seq_start = torch.zeros(0, dtype=torch.long, device=device)  # (B,) each row's first slot
@@ -112,7 +159,11 @@ class BatchDecoder:
             starts = torch.tensor([next_slot - p.shape[1] for p in prefixes for _ in range(p.shape[0])],
                                   device=self.device)
             x = torch.cat([F.pad(p, (0, 0, width - p.shape[1], 0)) for p in prefixes])  # (R, width, D)
-            slots = torch.arange(next_slot - width, next_slot, device=self.device)
+            run = (width if self.prefix_cache is None
+                   else self._cached_prefixes(requests, prefixes, cache, old_rows, next_slot))
+            # the last `run` slots are computed: every row's text and what of its voice (or padding) lies there
+            x = x[:, width - run :]
+            slots = torch.arange(next_slot - run, next_slot, device=self.device)
             h = t3.tfmr(x, slots, cache, kv_len=next_slot, seq_start=starts,
                         rows=slice(old_rows, old_rows + new_rows), probe=self.probe if watch else None)[:, -1]
             logits = self._out(h)  # (R, V)
@@ -131,6 +182,21 @@ class BatchDecoder:
         local = [f - old_rows for f in first]
         self._watched(watch, local, starts[local])
         return logits[local], logits[[f + r.rows - 1 for f, r in zip(local, requests)]]
+
+    def _cached_prefixes(self, requests: list[DecodeRequest], prefixes: list[Tensor], cache: LlamaCache,
+                         first_row: int, next_slot: int) -> int:
+        """Copy each joining request's voice prefix from the prefix cache into its rows' slots (its sequence's
+        first V); the prefill positions still to compute: the longest prefix past its voice. The padding in
+        front of a shorter sequence that the computed positions do not cover is zeroed (read masked)."""
+        voices = [self.prefix_cache.get(r.cond) for r in requests]
+        run = max(p.shape[1] - v.max_seq_len for p, v in zip(prefixes, voices))
+        row = first_row
+        for p, r, voice in zip(prefixes, requests, voices):
+            rows, start = slice(row, row + r.rows), next_slot - p.shape[1]
+            cache.zero_slots(rows, min(start, next_slot - run))
+            cache.write_slots(rows, start, voice)
+            row += r.rows
+        return run
 
     def _watched(self, watch: bool, rows, starts: Tensor) -> None:
         self.attention = [w[rows] for w in self.probe.weights] if watch else []
@@ -222,13 +288,14 @@ class DecodeBatch:
     `advance` runs the batch to its next check, reporting new tokens and dropping finished requests.
     sampler: "multinomial" (one draw per row on its generator) or "keyed" (sampling.SAMPLERS)."""
 
-    def __init__(self, t3: T3, check_every: int = 4, sampler: str = "multinomial"):
+    def __init__(self, t3: T3, check_every: int = 4, sampler: str = "multinomial",
+                 prefix_cache: PrefixCache | None = None):
         if not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         self.t3, self.check_every, self.sampler = t3, check_every, sampler
-        self.decoder = BatchDecoder(t3)
+        self.decoder = BatchDecoder(t3, prefix_cache)
         self.live: list[_Live] = []
         device, vocab = self.decoder.device, t3.cfg.speech_tokens_dict_size
         self._params = RowSamplingParams.stack([], device)
@@ -352,17 +419,17 @@ class DecodeBatch:
 @torch.inference_mode()
 def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check_every: int = 4,
                                  on_tokens: Callable[[int, list[int]], None] | None = None,
-                                 sampler: str = "multinomial") -> list[Tensor]:
+                                 sampler: str = "multinomial", prefix_cache: PrefixCache | None = None) -> list[Tensor]:
     """Sample speech tokens for every request in one batch; returns each request's tokens (N_j,), the stop
     token included when it was sampled, as `generate_speech_tokens` returns them.
 
     check_every: steps between the host syncs that find finished requests and drop them from the batch.
     on_tokens: called at every such sync as on_tokens(j, tokens of request j so far) for each request that
     got new tokens (token-level streaming); the list must not be modified.
-    sampler: "multinomial" or "keyed" (DecodeBatch).
+    sampler: "multinomial" or "keyed" (DecodeBatch). prefix_cache: voices' prefixes computed once (`PrefixCache`).
     """
     validate_requests(t3, requests, request_problem, "DecodeRequest")
-    return decode_all(DecodeBatch(t3, check_every, sampler), requests, on_tokens)
+    return decode_all(DecodeBatch(t3, check_every, sampler, prefix_cache), requests, on_tokens)
 
 
 def decode_all(batch, requests: list, on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Tensor]:

@@ -10,6 +10,8 @@ result (`load_weights` would cast float weights into the int8 buffers).
   quantize_int8_(m)   every nn.Linear under `m` -> `Int8Linear` (int8 weights, one scale per output row).
   conv1d_to_linear_(m)  GPT-2's Conv1D layers -> nn.Linear (the layout the bf16 and int8 kernels read fast).
   reduce_precision_(t3, "fp32" | "bf16" | "int8")   the presets: int8 = int8 backbone Linears + to_bf16_.
+  upcast_rows=N       on CPUs that emulate bf16: bf16 Linears multiply inputs of more than N rows in float32
+                      (`Bf16Linear`).
 
 benchmarks/t3_precision.py measures speed and quality against float32 for each.
 """
@@ -119,6 +121,33 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, scales={self.scales.dtype}"
 
 
+class Bf16Linear(nn.Linear):
+    """A bf16 Linear for CPUs that emulate bf16 arithmetic (AVX2): an input of more than `upcast_rows` rows (a
+    prefill) is multiplied in float32 by the weights cast up, which is exact, as a native bf16 GEMM's products
+    are (only the sums run in another order), and 2-6x faster there than the emulated GEMM; fewer rows (decode
+    steps, bound by reading the weights) stay bf16, half float32's bytes. Rows measured on a 2-core AVX2 EPYC,
+    GPT-2 medium's Linears, ms per pass (BENCHMARKS.md 31): 16 rows 572 bf16 / 592 upcast, 32: 1117 / 693,
+    400: 13252 / 2210 (float32 weights)."""
+
+    upcast_rows: int  # set by from_linear
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, upcast_rows: int) -> Bf16Linear:
+        out = torch.nn.utils.skip_init(cls, linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                       device=linear.weight.device, dtype=linear.weight.dtype)
+        out.weight, out.bias, out.upcast_rows = linear.weight, linear.bias, upcast_rows
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.numel() // self.in_features <= self.upcast_rows:
+            return F.linear(x, self.weight, self.bias)
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, upcast_rows={self.upcast_rows}"
+
+
 class Float32Linear(nn.Linear):
     """A Linear that stays float32 inside a bf16 model: casts its input up and returns float32."""
 
@@ -185,12 +214,13 @@ def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
     return t3
 
 
-def reduce_precision_(t3: T3, precision: str) -> T3:
+def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None) -> T3:
     """One of PRECISIONS, in place, on a loaded float32 T3.
 
     fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (q/k/v/o, gate/up/down; GPT-2's q/k/v,
     projections and MLP) to int8 with bf16 scales, then `to_bf16_` (bf16 activations, float32 logits).
     A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`).
+    upcast_rows (CPUs that emulate bf16): every bf16 nn.Linear becomes a `Bf16Linear` with that threshold.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -204,4 +234,9 @@ def reduce_precision_(t3: T3, precision: str) -> T3:
         quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
     if precision != "fp32":
         to_bf16_(t3)
+    if precision != "fp32" and upcast_rows is not None:
+        for name, child in list(t3.named_modules()):
+            if type(child) is nn.Linear:
+                parent_name, _, attr = name.rpartition(".")
+                setattr(t3.get_submodule(parent_name), attr, Bf16Linear.from_linear(child, upcast_rows))
     return t3

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..models.llama import LlamaCache
 from ..models.t3 import T3
-from .batch_decode import DecodeBatch, DecodeRequest, stream_key, _generator_from_global_rng
+from .batch_decode import DecodeBatch, DecodeRequest, PrefixCache, stream_key, _generator_from_global_rng
 from .sampling import RowSamplingParams, SamplingParams, keyed_sample_rows, next_token_probs_rows
 
 STEPS = ("dynamic", "static", "inductor", "cuda_graph")  # "dynamic": DecodeBatch, the resized cache
@@ -300,13 +300,13 @@ class StaticDecodeBatch:
         return out.clone()
 
 
-def new_decode_batch(t3: T3, step: str, sampler: str):
+def new_decode_batch(t3: T3, step: str, sampler: str, prefix_cache: PrefixCache | None = None):
     """The scheduler's batch maker (`T3Scheduler(new_batch=)`) for EngineSettings.t3_step / t3_sampler:
-    check_every -> a batch of `t3`."""
+    check_every -> a batch of `t3`; the dynamic batches share `prefix_cache` (voices' prefixes once)."""
     if step not in STEPS:
         raise ValueError(f"t3_step must be one of {', '.join(STEPS)}, got {step!r}")
     if step == "dynamic":
-        return lambda check_every: DecodeBatch(t3, check_every, sampler)
+        return lambda check_every: DecodeBatch(t3, check_every, sampler, prefix_cache)
     if sampler != "keyed":
         raise ValueError(f"t3_step {step!r} draws with the keyed sampler, not {sampler!r}")
     return lambda check_every: StaticDecodeBatch(t3, check_every, step)

@@ -216,6 +216,22 @@ class LlamaCache:
                 layer.k[rows, :, :n] = src.k
                 layer.v[rows, :, :n] = src.v
 
+    def write_slots(self, rows: slice, start: int, source: LlamaCache) -> None:
+        """Rows `rows` of this cache take `source`'s one row at slots [start, start + source.max_seq_len): a
+        voice's conditioning prefix, computed once, under the sequences that begin with it."""
+        n = source.max_seq_len
+        with torch.inference_mode(False):
+            for layer, src in zip(self.layers, source.layers):
+                layer.k[rows, :, start : start + n] = src.k
+                layer.v[rows, :, start : start + n] = src.v
+
+    def zero_slots(self, rows: slice, end: int) -> None:
+        """Zero rows `rows` at slots [0, end): slots a forward reads masked without writing (`KVCache`)."""
+        with torch.inference_mode(False):
+            for layer in self.layers:
+                layer.k[rows, :, :end].zero_()
+                layer.v[rows, :, :end].zero_()
+
     def keep_rows(self, rows: list[int], kv_len: int | None = None) -> None:
         """Shrink the batch to len(rows) rows: row i takes what row rows[i] held in cache slots [0, kv_len)
         (default: all). Only rows that change are copied, in place, so dropping finished sequences by
