@@ -9,11 +9,14 @@ medium's 302 M with --gpt2):
   int8        the three int8 kernels `fastest` chooses between by the number of rows (engine/quantize.py):
               packed weight-only (`_weight_int8pack_mm`, bf16 rows), rows quantized to int8 too (per row,
               `_int_mm`), and dequantize-then-bf16-matmul; at 1 to 16 rows and at prefill-like 32 to 256
+  prefill     F.linear at 32 / 64 / 400 rows (a prefill's) in float32 and bf16, and `Bf16Linear` (bf16 weights
+              multiplied in float32 past 16 rows: what CPUs that emulate bf16 run, settings.py) at 16 to 400
+              rows; --prefill-rounds timings each
   inductor    the bf16 stack compiled with freezing + max_autotune (inductor's C++ AMX GEMM templates),
               --inductor (its compilation takes a minute or more)
 Each figure: the median of --rounds timings of one pass, in ms, and the GB/s of weights it reads.
 
-    python benchmarks/gemv_floor.py [--threads 2] [--rounds 5] [--gpt2] [--inductor] [--json FILE]
+    python benchmarks/gemv_floor.py [--threads 2] [--rounds 5] [--prefill-rounds 2] [--gpt2] [--inductor] [--json FILE]
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import time
 import torch
 from torch import nn
 
+from faster_chatterbox.devices import native_bf16
 from faster_chatterbox.engine.quantize import (
+    Bf16Linear,
     int8_mm_dequant,
     int8_mm_dynamic,
     int8_mm_packed,
@@ -64,6 +69,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--gpt2", action="store_true", help="GPT-2 medium's layers (Turbo) instead of the Llama's")
     ap.add_argument("--inductor", action="store_true")
+    ap.add_argument("--prefill-rounds", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,10 +90,19 @@ def main() -> None:
     with torch.inference_mode():
         for dtype in (torch.float32, torch.bfloat16):
             stack = Stack(shapes, dtype).eval()
-            for rows in rows_list:
+            for rows in rows_list + (32, 64, 400):
                 x = {n: torch.randn(rows, n, dtype=dtype) for n in (1024, 4096)}
-                record(f"linear {str(dtype)[6:]} {rows} rows", timed(lambda: stack(x), args.rounds),
+                record(f"linear {str(dtype)[6:]} {rows} rows",
+                       timed(lambda: stack(x), args.rounds if rows <= 16 else args.prefill_rounds),
                        params * dtype.itemsize)
+            if dtype == torch.bfloat16:
+                upcast = Stack([], dtype)
+                upcast.layers = nn.ModuleList(Bf16Linear.from_linear(layer, upcast_rows=16) for layer in stack.layers)
+                for rows in (16, 32, 64, 400):
+                    x = {n: torch.randn(rows, n, dtype=dtype) for n in (1024, 4096)}
+                    record(f"Bf16Linear (upcast past 16) {rows} rows", timed(lambda: upcast(x), args.prefill_rounds),
+                           params * dtype.itemsize)
+                del upcast
             if dtype == torch.bfloat16:
                 weights = [(torch.randint(-127, 128, l.weight.shape, dtype=torch.int8),
                             torch.rand(l.out_features, dtype=dtype) / 100) for l in stack.layers]
@@ -115,6 +130,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps({"layers": "gpt2-medium" if args.gpt2 else "llama-t3", "params": params,
+                                "cpu": torch.backends.cpu.get_cpu_capability(),
+                                "native_bf16": native_bf16(torch.device("cpu")),
                                 "threads": args.threads, "rounds": args.rounds, "ms": out}) + "\n")
 
 

@@ -213,13 +213,13 @@ def test_settings_are_resolved_in_one_place(monkeypatch):
 
 @pytest.mark.parametrize("model", ["chatterbox", "turbo"])
 def test_cpus_that_emulate_bf16_keep_s3gen_in_float32_and_upcast_prefills(monkeypatch, model):
-    """An AVX2 CPU (devices.native_bf16 False): S3Gen float32, T3 bf16 with prefills in float32, and
-    fastest's int8 becomes bf16 (its kernels take emulated bf16 rows); exact is untouched."""
+    """An AVX2 CPU (devices.native_bf16 False): S3Gen float32, T3's prefills in float32 past 16 rows, the
+    weights as the preset has them (bf16, int8); exact is untouched."""
     monkeypatch.setattr(settings_module, "native_bf16", lambda device: False)
-    for preset in ("fast", "fastest"):
+    for preset, precision in (("fast", "bf16"), ("fastest", "int8")):
         s = engine_settings(preset, "cpu", model=model)
         assert (s.t3_precision, s.s3gen_dtype, s.t3_upcast_rows, s.kv_dtype) == (
-            "bf16", torch.float32, 16, torch.float32)
+            precision, torch.float32, 16, torch.float32)
     exact = engine_settings("exact", "cpu", model=model)
     assert (exact.t3_precision, exact.s3gen_dtype, exact.t3_upcast_rows) == ("fp32", torch.float32, None)
 

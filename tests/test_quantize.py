@@ -193,6 +193,23 @@ def test_bf16_linear_upcasts_inputs_of_more_than_its_rows(rows):
     assert layer.weight is linear.weight and "upcast_rows=8" in repr(layer)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
+def test_int8_linear_on_a_cpu_that_emulates_bf16(rows):
+    """upcast_rows (a CPU that emulates bf16): the packed kernel up to that many rows, past them (and for
+    float32 inputs) the dequantized weights in float32; the bias added in the activations' dtype."""
+    g = torch.Generator().manual_seed(rows)
+    layer = Int8Linear.from_linear(nn.Linear(64, 24), scale_dtype=torch.bfloat16)
+    layer.upcast_rows = 16
+    x = torch.randn(2, rows, 64, generator=g)[:1].to(torch.bfloat16)
+    flat = x.reshape(rows, 64)
+    if rows <= 16:
+        expected = torch.ops.aten._weight_int8pack_mm(flat, layer.weight, layer.scales)
+    else:
+        expected = F.linear(flat.float(), layer.dequantized()).to(torch.bfloat16)
+    assert torch.equal(layer(x), (expected + layer.bias).view(1, rows, 24))
+    assert torch.equal(layer(x.float()), F.linear(x.float(), layer.dequantized()) + layer.bias.float())
+
+
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_reduce_precision_upcasts_the_bf16_linears_where_asked(t3_fp32, inputs, precision):
     """upcast_rows: every bf16 nn.Linear (the backbone's under bf16, the perceiver's and embeddings' side
@@ -205,6 +222,7 @@ def test_reduce_precision_upcasts_the_bf16_linears_where_asked(t3_fp32, inputs, 
     for name, kind in kinds(plain).items():
         assert kinds(upcast)[name] is (Bf16Linear if kind is nn.Linear else kind), name
     assert Bf16Linear in set(kinds(upcast).values())
+    assert all(m.upcast_rows == 4 for m in upcast.modules() if isinstance(m, (Bf16Linear, Int8Linear)))
     with torch.inference_mode():
         a, b = (t3(*inputs, torch.zeros(3, dtype=torch.long), cfg=True).float() for t3 in (plain, upcast))
     assert rel_error(b, a) < 2e-2

@@ -41,6 +41,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from .devices import native_bf16
+
 
 TEXT = ("Faster Chatterbox reads this sentence aloud so that every stage of the pipeline can be timed, "
         "from the voice to the waveform.")
@@ -349,7 +351,9 @@ def _machine(device: str) -> dict:
     import torch
 
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(torch.device("cpu"))}  # what the CPU's settings resolve by
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

@@ -34,8 +34,8 @@ with its 2 steps (no solver settings), Turbo's processor order with top_k. exact
 loop in float32 (Hugging Face's Conv1D layers); fast = T3 in bf16 (its Conv1D layers as Linears) with
 continuous batching; fastest = int8 weights on CPU.
 On CPUs that emulate bf16 (AVX2 without AVX512-BF16 or AMX: `devices.native_bf16`) fast and fastest keep S3Gen
-in float32, T3's weights in bf16 (fastest too: its int8 kernels take emulated bf16 rows) and multiply
-prefills in float32 (BENCHMARKS.md 31).
+in float32 and multiply T3's prefills (more than 16 rows) in float32; decode steps keep the bf16 or packed
+int8 weights, whose reads still win there (BENCHMARKS.md 31).
 On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
 more: 32 requests per T3 batch, two S3Gen renders at a time, 8 chunks per render, T3 decoded a window ahead.
 """
@@ -209,9 +209,7 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
     turbo = model in TURBO_MODELS
     cuda, emulated = device.type == "cuda", not native_bf16(device)
-    # int8 does not pay without fused kernels on CUDA, nor where its kernels' bf16 rows are emulated (AVX2: a
-    # Turbo step 289 ms against bf16's 98, BENCHMARKS.md 31)
-    precision = "bf16" if (cuda or emulated) and row.t3_precision == "int8" else row.t3_precision
+    precision = "bf16" if cuda and row.t3_precision == "int8" else row.t3_precision
     # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster (BENCHMARKS.md 4)
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     # an emulated bf16 S3Gen is 5-7x slower than float32 (BENCHMARKS.md 31): it stays float32 there
@@ -228,8 +226,9 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           # inductor-compiled one (with or without freezing and autotuning) measured faster
                           # (0.88-0.98x, BENCHMARKS.md 29); the captured step awaits gpu-check's t3_static.
                           t3_sampler="multinomial", t3_step="dynamic",
-                          # a decode step's few rows are bound by reading the weights: bf16 (half the bytes) is
-                          # faster even emulated, up to ~16 rows; a prefill is bound by the arithmetic
+                          # a decode step's few rows are bound by reading the weights: bf16 (half the bytes) and
+                          # the packed int8 kernel are faster even emulated, up to ~16 rows; a prefill is bound
+                          # by the arithmetic, which float32 does at full speed (BENCHMARKS.md 31)
                           t3_upcast_rows=16 if emulated and precision != "fp32" else None)
 
 

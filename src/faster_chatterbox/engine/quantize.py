@@ -11,7 +11,7 @@ result (`load_weights` would cast float weights into the int8 buffers).
   conv1d_to_linear_(m)  GPT-2's Conv1D layers -> nn.Linear (the layout the bf16 and int8 kernels read fast).
   reduce_precision_(t3, "fp32" | "bf16" | "int8")   the presets: int8 = int8 backbone Linears + to_bf16_.
   upcast_rows=N       on CPUs that emulate bf16: bf16 Linears multiply inputs of more than N rows in float32
-                      (`Bf16Linear`).
+                      (`Bf16Linear`); int8 ones the packed kernel up to N rows, float32 past them.
 
 benchmarks/t3_precision.py measures speed and quality against float32 for each.
 """
@@ -80,10 +80,13 @@ class Int8Linear(nn.Module):
 
     On CPU with bf16 activations: `int8_mm_packed` for up to PACKED_MAX_ROWS rows (a decode step of one
     chunk), `int8_mm_dynamic` for batches up to DYNAMIC_MAX_ROWS; elsewhere (prefill, float32 activations,
-    CUDA) `int8_mm_dequant`.
+    CUDA) `int8_mm_dequant`. With `upcast_rows` (a CPU that emulates bf16, and has no VNNI for the integer
+    rows): the packed kernel up to that many rows, where it beats every other kernel there (GPT-2 medium's
+    Linears: 50-63 ms at 1-4 rows, 290 at 16, against bf16's 68-195 and 702, BENCHMARKS.md 31), and past it
+    the dequantized weights multiplied in float32.
     """
 
-    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None = None):
+    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None = None, upcast_rows: int | None = None):
         super().__init__()
         if weight.dtype != torch.int8 or weight.dim() != 2 or scales.shape != weight.shape[:1]:
             raise ValueError(f"Int8Linear wants int8 weights (out, in) and scales (out,), got {weight.dtype} "
@@ -94,6 +97,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", weight)  # (out, in) int8
         self.register_buffer("scales", scales)  # (out,) floating point
         self.register_buffer("bias", bias)  # (out,) floating point (GPT-2's layers have one) or None
+        self.upcast_rows = upcast_rows
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scale_dtype: torch.dtype | None = None) -> Int8Linear:
@@ -110,9 +114,16 @@ class Int8Linear(nn.Module):
         # x: (..., in) -> (..., out)
         scales = self.scales.to(x.dtype)
         rows = x.numel() // self.in_features
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and rows <= DYNAMIC_MAX_ROWS:
+        flat = x.reshape(rows, self.in_features)
+        if x.device.type == "cpu" and self.upcast_rows is not None:  # a CPU that emulates bf16
+            if x.dtype == torch.bfloat16 and rows <= self.upcast_rows:
+                y = int8_mm_packed(flat, self.weight, scales)
+            else:
+                y = F.linear(flat.float(), self.dequantized()).to(x.dtype)
+            y = y.view(*x.shape[:-1], self.out_features)
+        elif x.device.type == "cpu" and x.dtype == torch.bfloat16 and rows <= DYNAMIC_MAX_ROWS:
             kernel = int8_mm_packed if rows <= PACKED_MAX_ROWS else int8_mm_dynamic
-            y = kernel(x.reshape(rows, self.in_features), self.weight, scales).view(*x.shape[:-1], self.out_features)
+            y = kernel(flat, self.weight, scales).view(*x.shape[:-1], self.out_features)
         else:
             y = int8_mm_dequant(x, self.weight, scales)
         return y if self.bias is None else y + self.bias.to(x.dtype)
@@ -220,7 +231,8 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None) ->
     fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (q/k/v/o, gate/up/down; GPT-2's q/k/v,
     projections and MLP) to int8 with bf16 scales, then `to_bf16_` (bf16 activations, float32 logits).
     A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`).
-    upcast_rows (CPUs that emulate bf16): every bf16 nn.Linear becomes a `Bf16Linear` with that threshold.
+    upcast_rows (CPUs that emulate bf16): every bf16 nn.Linear becomes a `Bf16Linear` with that threshold,
+    and the Int8Linears take it (packed kernel up to it, float32 past it).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -236,7 +248,9 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None) ->
         to_bf16_(t3)
     if precision != "fp32" and upcast_rows is not None:
         for name, child in list(t3.named_modules()):
-            if type(child) is nn.Linear:
+            if isinstance(child, Int8Linear):
+                child.upcast_rows = upcast_rows
+            elif type(child) is nn.Linear:
                 parent_name, _, attr = name.rpartition(".")
                 setattr(t3.get_submodule(parent_name), attr, Bf16Linear.from_linear(child, upcast_rows))
     return t3
