@@ -60,8 +60,8 @@ def test_joining_takes_free_slots_and_grows_by_buckets_only(t3, monkeypatch):
     ref = _reference(t3, _requests(budgets=(40, 12, 30, 300), seed=21))
     writes = []
     write_rows = LlamaCache.write_rows
-    monkeypatch.setattr(LlamaCache, "write_rows", lambda self, rows, src: (writes.append(len(rows)),
-                                                                            write_rows(self, rows, src))[1])
+    monkeypatch.setattr(LlamaCache, "write_rows", lambda self, rows, src, start=0: (writes.append(len(rows)),
+                                                                                     write_rows(self, rows, src, start))[1])
     batch = StaticDecodeBatch(t3, 4)
     assert _run(batch, requests, join_late={1: 1, 2: 2, 3: 3}) == ref
     # rows copied: prefills into their slots (2 rows each) and 3 bucket moves (slots 1 -> 2 -> 4, then request

@@ -328,7 +328,8 @@ class Engine:
     def stream(self, text: str, voice: Voice, call: CallSettings) -> Iterator[Piece]:
         """The audio of `text` piece by piece as soon as each is ready; together exactly what `synthesize`
         (trim=True) gives where both render the same sequences (under joint_render the first chunk renders
-        alone here, as its audio is wanted first; later windows render jointly as in synthesize). The first chunk is cut to at most `call.first_chunk_chars` and decoded alone; with
+        alone here, as its audio is wanted first; later windows render jointly as in synthesize). The first
+        chunk is cut to at most `call.first_chunk_chars` and decoded alone; with
         `call.token_streaming` (and continuous batching) its audio comes every few tokens, otherwise when the
         chunk is done. The next window's T3 is decoded while the current one is rendered."""
         with self._rng_turn(call), torch.inference_mode():

@@ -194,7 +194,7 @@ class BatchDecoder:
         for p, r, voice in zip(prefixes, requests, voices):
             rows, start = slice(row, row + r.rows), next_slot - p.shape[1]
             cache.zero_slots(rows, min(start, next_slot - run))
-            cache.write_slots(rows, start, voice)
+            cache.write_rows(rows, voice, start)
             row += r.rows
         return run
 

@@ -136,9 +136,9 @@ class Bf16Linear(nn.Linear):
     """A bf16 Linear for CPUs that emulate bf16 arithmetic (AVX2): an input of more than `upcast_rows` rows (a
     prefill) is multiplied in float32 by the weights cast up, which is exact, as a native bf16 GEMM's products
     are (only the sums run in another order), and 2-6x faster there than the emulated GEMM; fewer rows (decode
-    steps, bound by reading the weights) stay bf16, half float32's bytes. Rows measured on a 2-core AVX2 EPYC,
-    GPT-2 medium's Linears, ms per pass (BENCHMARKS.md 31): 16 rows 572 bf16 / 592 upcast, 32: 1117 / 693,
-    400: 13252 / 2210 (float32 weights)."""
+    steps, bound by reading the weights) stay bf16, half float32's bytes. GPT-2 medium's Linears on a 2-core
+    AVX2 EPYC, ms per pass (BENCHMARKS.md 31): 64 rows bf16 2460 / this 957, 400 rows 17103 / 4791; the two
+    cross at ~16 rows."""
 
     upcast_rows: int  # set by from_linear
 

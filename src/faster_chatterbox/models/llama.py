@@ -207,18 +207,11 @@ class LlamaCache:
                     cache[:, :, dst : dst + n].copy_(buffer)
                     cache[:, :, :dst].zero_()  # beyond the old history when moved further than it: unwritten
 
-    def write_rows(self, rows: Tensor, source: LlamaCache) -> None:
-        """Rows `rows` (R,) of this cache take all of `source`'s (R rows) slots [0, source.max_seq_len): a
-        prefill made in a cache of its own moving into a static batch's rows, or a batch into a larger one."""
-        n = source.max_seq_len
-        with torch.inference_mode(False):
-            for layer, src in zip(self.layers, source.layers):
-                layer.k[rows, :, :n] = src.k
-                layer.v[rows, :, :n] = src.v
-
-    def write_slots(self, rows: slice, start: int, source: LlamaCache) -> None:
-        """Rows `rows` of this cache take `source`'s one row at slots [start, start + source.max_seq_len): a
-        voice's conditioning prefix, computed once, under the sequences that begin with it."""
+    def write_rows(self, rows: Tensor | slice, source: LlamaCache, start: int = 0) -> None:
+        """Rows `rows` of this cache take `source`'s slots [0, source.max_seq_len) at [start, start + that): a
+        prefill made in a cache of its own moving into a static batch's rows, a batch into a larger one (one
+        source row per row), or a voice's conditioning prefix, computed once, under every sequence that
+        begins with it (one source row for all)."""
         n = source.max_seq_len
         with torch.inference_mode(False):
             for layer, src in zip(self.layers, source.layers):
