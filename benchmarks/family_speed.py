@@ -20,9 +20,13 @@ Variants are interleaved over --rounds rounds; medians. RTF = wall seconds / aud
 --native-settings PRESET...: also those presets with the settings of a CPU with native bf16 (bf16 S3Gen, bf16
 prefills, int8 for fastest) whatever this CPU has, to measure on an AVX2 CPU what resolving the settings
 by the CPU (devices.native_bf16) changes.
+--unpacked PRESET...: also those presets resolved as if FBGEMM's fp16 GEMM did not run here (devices.fbgemm_fp16
+False: T3's bf16 Linears on oneDNN's bf16 GEMM, fastest in int8), to measure on an x86 CPU that emulates bf16
+what packing T3's weights for FBGEMM changes.
 
     python benchmarks/family_speed.py --model turbo|nano|multilingual [--checkpoint DIR] [--tokens N] [--rounds 3]
-                                      [--threads 2] [--native-settings fast fastest] [--json F]
+                                      [--threads 2] [--native-settings fast fastest] [--unpacked fast fastest]
+                                      [--json F]
 """
 
 from __future__ import annotations
@@ -132,10 +136,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-upstream", action="store_true")
     ap.add_argument("--native-settings", nargs="*", default=[], choices=("exact", "fast", "fastest"))
+    ap.add_argument("--unpacked", nargs="*", default=[], choices=("fast", "fastest"))
     ap.add_argument("--json")
     args = ap.parse_args()
-    if args.native_settings and args.model == "multilingual":
-        ap.error("--native-settings is for turbo and nano (a multilingual load also resolves its T3 file's rules)")
+    if (args.native_settings or args.unpacked) and args.model == "multilingual":
+        ap.error("--native-settings and --unpacked are for turbo and nano (a multilingual load also resolves its "
+                 "T3 file's rules)")
     torch.set_num_threads(args.threads)
     model = MODELS[args.model]
     ckpt = Path(args.checkpoint or Path(tempfile.gettempdir()) / f"faster-chatterbox-{args.model}-random")
@@ -145,11 +151,13 @@ def main() -> None:
             avoid_invalid_speech_ids(ckpt)
     models = {preset: model["cls"].from_local(ckpt, device="cpu", preset=preset, watermark=False, **model.get("load", {}))
               for preset in ("exact", "fast", "fastest")}
-    for preset in args.native_settings:
-        with mock.patch.object(settings_module, "native_bf16", lambda device: True):
-            native = engine_settings(preset, "cpu", model="nano" if model.get("load") else args.model)
-        models[f"{preset} (native-bf16 settings)"] = model["cls"].from_local(
-            ckpt, device="cpu", watermark=False, settings=native, **model.get("load", {}))
+    variants = [(preset, "native_bf16", True, "native-bf16 settings") for preset in args.native_settings]
+    variants += [(preset, "fbgemm_fp16", False, "unpacked") for preset in args.unpacked]
+    for preset, check, answer, label in variants:
+        with mock.patch.object(settings_module, check, lambda device: answer):
+            settings = engine_settings(preset, "cpu", model="nano" if model.get("load") else args.model)
+        models[f"{preset} ({label})"] = model["cls"].from_local(
+            ckpt, device="cpu", watermark=False, settings=settings, **model.get("load", {}))
     upstream = None
     if not args.no_upstream:
         venv = Path(os.environ.get("FASTER_CHATTERBOX_ORACLE_VENV", Path(__file__).parents[1] / ".oracle-venv"))

@@ -12,6 +12,10 @@ medium's 302 M with --gpt2):
   prefill     F.linear at 32 / 64 / 400 rows (a prefill's) in float32 and bf16, and `Bf16Linear` (bf16 weights
               multiplied in float32 past 16 rows: what CPUs that emulate bf16 run, settings.py) at 16 to 400
               rows; --prefill-rounds timings each
+  fp16 packed the bf16 stack as `PackedFp16Linear` (FBGEMM's fp16 GEMM, float32 rows: what x86 CPUs that emulate
+              bf16 run) at 1 to 16 rows and at 32 / 64 / 400; skipped where FBGEMM does not run
+  head        the float32 speech head (Turbo's 6563 x 1024), F.linear against `Float32Linear` (the weight as
+              the left operand up to 16 rows), at 1 / 4 / 8 rows
   inductor    the bf16 stack compiled with freezing + max_autotune (inductor's C++ AMX GEMM templates),
               --inductor (its compilation takes a minute or more)
 Each figure: the median of --rounds timings of one pass, in ms, and the GB/s of weights it reads.
@@ -29,9 +33,11 @@ import time
 import torch
 from torch import nn
 
-from faster_chatterbox.devices import native_bf16
+from faster_chatterbox.devices import fbgemm_fp16, native_bf16
 from faster_chatterbox.engine.quantize import (
     Bf16Linear,
+    Float32Linear,
+    PackedFp16Linear,
     int8_mm_dequant,
     int8_mm_dynamic,
     int8_mm_packed,
@@ -103,6 +109,15 @@ def main() -> None:
                     record(f"Bf16Linear (upcast past 16) {rows} rows", timed(lambda: upcast(x), args.prefill_rounds),
                            params * dtype.itemsize)
                 del upcast
+                if fbgemm_fp16(torch.device("cpu")):
+                    packed = Stack([], dtype)
+                    packed.layers = nn.ModuleList(PackedFp16Linear.from_linear(layer) for layer in stack.layers)
+                    for rows in rows_list + (32, 64, 400):
+                        x = {n: torch.randn(rows, n, dtype=dtype) for n in (1024, 4096)}
+                        record(f"PackedFp16Linear {rows} rows",
+                               timed(lambda: packed(x), args.rounds if rows <= 16 else args.prefill_rounds),
+                               params * dtype.itemsize)
+                    del packed
             if dtype == torch.bfloat16:
                 weights = [(torch.randint(-127, 128, l.weight.shape, dtype=torch.int8),
                             torch.rand(l.out_features, dtype=dtype) / 100) for l in stack.layers]
@@ -127,6 +142,13 @@ def main() -> None:
                                params * dtype.itemsize)
                     print(f"(inductor: compiled and autotuned in {time.perf_counter() - start:.0f} s)")
             del stack
+        heads = [nn.Linear(1024, 6563, bias=False) for _ in range(8)]  # 8 distinct heads: 215 MB, past the caches
+        ours = [Float32Linear.from_linear(head) for head in heads]
+        for rows in (1, 4, 8):
+            x = torch.randn(rows, 1024)
+            for name, layers in (("F.linear", heads), ("Float32Linear", ours)):
+                record(f"head float32 {name} {rows} rows",
+                       timed(lambda: [layer(x) for layer in layers], args.rounds) / len(layers), 6563 * 1024 * 4)
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps({"layers": "gpt2-medium" if args.gpt2 else "llama-t3", "params": params,

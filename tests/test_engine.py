@@ -209,19 +209,36 @@ def test_settings_are_resolved_in_one_place(monkeypatch):
     with pytest.raises(ValueError, match="unknown preset"):
         engine_settings("fastest-ever", "cpu")
     assert fast_cpu.s3gen_dtype == torch.bfloat16 and fast_cpu.t3_upcast_rows is None
+    assert not fast_cpu.t3_packed_fp16 and not engine_settings("fast", "cuda").t3_packed_fp16
 
 
 @pytest.mark.parametrize("model", ["chatterbox", "turbo"])
-def test_cpus_that_emulate_bf16_keep_s3gen_in_float32_and_upcast_prefills(monkeypatch, model):
-    """An AVX2 CPU (devices.native_bf16 False): S3Gen float32, T3's prefills in float32 past 16 rows, the
-    weights as the preset has them (bf16, int8); exact is untouched."""
+@pytest.mark.parametrize("fbgemm", [True, False])
+def test_cpus_that_emulate_bf16_keep_s3gen_in_float32_and_pack_or_upcast_t3(monkeypatch, model, fbgemm):
+    """An AVX2 CPU (devices.native_bf16 False): S3Gen float32. With FBGEMM (x86) T3's bf16 weights are packed
+    for its fp16 GEMM, fastest's too (int8 is no faster there); without it (ARM) the preset's weights (bf16,
+    int8) with prefills in float32 past 16 rows. Exact is untouched."""
     monkeypatch.setattr(settings_module, "native_bf16", lambda device: False)
-    for preset, precision in (("fast", "bf16"), ("fastest", "int8")):
+    monkeypatch.setattr(settings_module, "fbgemm_fp16", lambda device: fbgemm)
+    for preset, precision in (("fast", "bf16"), ("fastest", "bf16" if fbgemm else "int8")):
         s = engine_settings(preset, "cpu", model=model)
-        assert (s.t3_precision, s.s3gen_dtype, s.t3_upcast_rows, s.kv_dtype) == (
-            precision, torch.float32, 16, torch.float32)
+        assert (s.t3_precision, s.s3gen_dtype, s.t3_upcast_rows, s.kv_dtype, s.t3_packed_fp16) == (
+            precision, torch.float32, 16, torch.float32, fbgemm)
     exact = engine_settings("exact", "cpu", model=model)
-    assert (exact.t3_precision, exact.s3gen_dtype, exact.t3_upcast_rows) == ("fp32", torch.float32, None)
+    assert (exact.t3_precision, exact.s3gen_dtype, exact.t3_upcast_rows, exact.t3_packed_fp16) == (
+        "fp32", torch.float32, None, False)
+
+
+def test_fbgemm_fp16_is_found_on_x86_cpus_only(monkeypatch):
+    import faster_chatterbox.devices as devices
+    assert not devices.fbgemm_fp16(torch.device("cuda")) and not devices.fbgemm_fp16(torch.device("mps"))
+    x86 = "fbgemm" in torch.backends.quantized.supported_engines
+    assert devices.fbgemm_fp16(torch.device("cpu")) is (x86 and devices._fbgemm_fp16_runs())
+
+    def no_fbgemm(*args):
+        raise RuntimeError("Your CPU does not support FBGEMM.")  # what torch says on a CPU without AVX2
+    monkeypatch.setattr(torch.ops.quantized, "linear_prepack_fp16", no_fbgemm)
+    assert devices._fbgemm_fp16_runs.__wrapped__() is False  # the trial run, uncached
 
 
 def test_native_bf16_reads_the_cpu(monkeypatch):

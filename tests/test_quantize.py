@@ -18,12 +18,14 @@ from faster_chatterbox.engine.quantize import (
     Bf16Linear,
     Float32Linear,
     Int8Linear,
+    PackedFp16Linear,
     int8_mm_dynamic,
     quantize_int8_,
     quantize_weight,
     reduce_precision_,
     to_bf16_,
 )
+from faster_chatterbox.devices import fbgemm_fp16
 from faster_chatterbox.engine.sampling import (
     SamplingParams,
     cfg_combine,
@@ -226,6 +228,84 @@ def test_reduce_precision_upcasts_the_bf16_linears_where_asked(t3_fp32, inputs, 
     with torch.inference_mode():
         a, b = (t3(*inputs, torch.zeros(3, dtype=torch.long), cfg=True).float() for t3 in (plain, upcast))
     assert rel_error(b, a) < 2e-2
+
+
+needs_fbgemm = pytest.mark.skipif(not fbgemm_fp16(torch.device("cpu")), reason="FBGEMM's fp16 GEMM (x86 CPUs)")
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (3, 37), (400,)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_fp16_linear_multiplies_the_bf16_weights_in_float32(shape, bias):
+    """PackedFp16Linear: the bf16 layer's own weights (fp16 holds every bf16 value of magnitude 2^-17 and up),
+    rows and sums in float32: it equals float32 F.linear on the bf16 weights to float32's rounding, far closer
+    than the bf16 GEMM, and returns the input's dtype whatever the leading dims."""
+    g = torch.Generator().manual_seed(len(shape) * 10 + shape[-1])
+    linear = nn.Linear(96, 40, bias=bias)
+    with torch.no_grad():
+        linear.weight.mul_(torch.logspace(-6, 0, 96))  # weights down to ~1e-8: under fp16's normal range
+    linear = linear.to(torch.bfloat16)
+    layer = PackedFp16Linear.from_linear(linear)
+    x = torch.randn(*shape, 96, generator=g).to(torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (*shape, 40)
+    exact = F.linear(x.double(), linear.weight.double(), None if linear.bias is None else linear.bias.double())
+    packed_error = (layer(x.float()).double() - exact).abs().max().item()
+    bf16_error = (F.linear(x, linear.weight, linear.bias).double() - exact).abs().max().item()
+    assert packed_error < 1e-5 * exact.abs().max().item() and packed_error < bf16_error / 10
+    assert "fp16 packed" in repr(layer) and not dict(layer.state_dict())
+
+
+@needs_fbgemm
+def test_packed_fp16_refuses_weights_past_fp16s_range(t3_fp32):
+    """A weight past 65504 would saturate in fp16: PackedFp16Linear refuses it by name, and reduce_precision_
+    keeps such a layer a Bf16Linear (exact, slower) while the others are packed."""
+    big = nn.Linear(8, 4).to(torch.bfloat16)
+    with torch.no_grad():
+        big.weight[0, 0] = 70000.0
+    with pytest.raises(ValueError, match="fp16's range"):
+        PackedFp16Linear.from_linear(big)
+    t3 = copy.deepcopy(t3_fp32)
+    with torch.no_grad():
+        t3.tfmr.layers[0].mlp.up_proj.weight[0, 0] = 70000.0
+    reduce_precision_(t3, "bf16", upcast_rows=16, packed_fp16=True)
+    assert type(t3.tfmr.layers[0].mlp.up_proj) is Bf16Linear
+    assert type(t3.tfmr.layers[0].mlp.down_proj) is PackedFp16Linear
+
+
+@needs_fbgemm
+def test_reduce_precision_packs_the_bf16_linears_where_asked(t3_fp32, inputs):
+    """packed_fp16: every bf16 nn.Linear becomes a PackedFp16Linear, the float32 speech head stays; the logits
+    of a prefill stay within bf16's rounding of the plain bf16 model's and nearer float32's than they are."""
+    plain = reduce_precision_(copy.deepcopy(t3_fp32), "bf16")
+    packed = reduce_precision_(copy.deepcopy(t3_fp32), "bf16", upcast_rows=16, packed_fp16=True)
+    kinds = lambda t3: {name: type(m) for name, m in t3.named_modules()
+                        if isinstance(m, (nn.Linear, PackedFp16Linear))}
+    assert kinds(plain).keys() == kinds(packed).keys()
+    for name, kind in kinds(plain).items():
+        assert kinds(packed)[name] is (PackedFp16Linear if kind is nn.Linear else kind), name
+    assert {f"tfmr.{name}" for name in BACKBONE_LINEARS} <= {n for n, k in kinds(packed).items()
+                                                             if k is PackedFp16Linear}
+    with torch.inference_mode():
+        ref, a, b = (t3(*inputs, torch.zeros(3, dtype=torch.long), cfg=True).float()
+                     for t3 in (t3_fp32, plain, packed))
+    assert rel_error(b, a) < 2e-2 and rel_error(b, ref) < rel_error(a, ref)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
+@pytest.mark.parametrize("bias", [True, False])
+def test_float32_linear_swaps_the_operands_for_few_rows(rows, bias):
+    """Float32Linear on CPU: up to 16 rows the weight is the GEMM's left operand (faster with MKL there): the
+    same float32 product as F.linear to its rounding, contiguous, for bf16 and float32 inputs of any
+    leading dims."""
+    linear = nn.Linear(64, 33, bias=bias)
+    layer = Float32Linear.from_linear(linear)
+    x = torch.randn(1, rows, 64, generator=torch.Generator().manual_seed(rows))
+    for inp in (x, x.to(torch.bfloat16)):
+        y = layer(inp)
+        expected = F.linear(inp.float(), linear.weight, linear.bias)
+        assert y.dtype == torch.float32 and y.shape == (1, rows, 33) and y.is_contiguous()
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_reduce_precision_rejects_bad_input(t3_fp32):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -38,3 +40,19 @@ def native_bf16(device: torch.device) -> bool:
     cpu = torch.cpu
     checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
     return any(check is not None and check() for check in checks)
+
+
+@functools.cache
+def _fbgemm_fp16_runs() -> bool:
+    try:  # x86 builds have it, on CPUs with AVX2; a tiny layer packed and run says whether this one does
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.ones(8, 8), None)
+        return bool(torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 8), packed).sum() == 64)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def fbgemm_fp16(device: torch.device) -> bool:
+    """Whether `device` runs FBGEMM's fp16-weight GEMM (`torch.ops.quantized.linear_dynamic_fp16`: float32 rows,
+    fp16 weights): x86 CPUs with AVX2, not ARM ones or GPUs. Where bf16 is emulated it multiplies a bf16 layer's
+    weights 2.5-4x faster than the bf16 GEMM from 4 rows up (engine.quantize.PackedFp16Linear)."""
+    return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines and _fbgemm_fp16_runs()

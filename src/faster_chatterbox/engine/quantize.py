@@ -12,6 +12,7 @@ result (`load_weights` would cast float weights into the int8 buffers).
   reduce_precision_(t3, "fp32" | "bf16" | "int8")   the presets: int8 = int8 backbone Linears + to_bf16_.
   upcast_rows=N       on CPUs that emulate bf16: bf16 Linears multiply inputs of more than N rows in float32
                       (`Bf16Linear`); int8 ones the packed kernel up to N rows, float32 past them.
+  packed_fp16=True    on x86 CPUs that emulate bf16: bf16 Linears run FBGEMM's fp16 GEMM (`PackedFp16Linear`).
 
 benchmarks/t3_precision.py measures speed and quality against float32 for each.
 """
@@ -33,6 +34,8 @@ PRECISIONS = ("fp32", "bf16", "int8")
 # from ~128 rows, and without rounding the activations).
 PACKED_MAX_ROWS = 4
 DYNAMIC_MAX_ROWS = 64
+FP16_MAX = 65504.0  # the largest finite fp16
+FEW_ROWS = 16  # Float32Linear: up to this many rows the weight is the GEMM's left operand on CPU
 
 
 def quantize_weight(weight: Tensor, scale_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -159,6 +162,42 @@ class Bf16Linear(nn.Linear):
         return f"{super().extra_repr()}, upcast_rows={self.upcast_rows}"
 
 
+class PackedFp16Linear(nn.Module):
+    """A bf16 Linear for x86 CPUs that emulate bf16 (AVX2): its weights packed for FBGEMM's fp16 GEMM
+    (`torch.ops.quantized.linear_dynamic_fp16`, what dynamic fp16 quantization runs), which multiplies float32
+    rows by fp16 weights with float32 sums. The weights are the bf16 ones unchanged: a bf16 number's 8
+    significant bits fit fp16's 11 for magnitudes from 2^-17 to 65504 (smaller ones move by less than 2^-25;
+    `fits` refuses larger ones), so this is the bf16 layer with its rows and sums kept in float32 instead of
+    rounded to bf16. The same bytes as bf16, and on a 2-core AVX2 EPYC 2.5-4x faster than the emulated bf16
+    GEMM from 4 rows up, and faster than the float32 one at every row count to a prefill's 400
+    (BENCHMARKS.md 32). Returns the input's dtype. The packed weights are a TorchScript object, not a buffer:
+    they stay on the CPU and out of the state dict."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        super().__init__()
+        if not self.fits(weight):
+            raise ValueError(f"PackedFp16Linear wants 2-d weights within fp16's range (|w| <= {FP16_MAX}), got "
+                             f"{tuple(weight.shape)} with max |w| {weight.detach().abs().max().item():g}")
+        self.out_features, self.in_features = weight.shape
+        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float(),
+                                                              None if bias is None else bias.detach().float())
+
+    @staticmethod
+    def fits(weight: Tensor) -> bool:
+        return weight.dim() == 2 and bool(weight.detach().abs().max() <= FP16_MAX)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> PackedFp16Linear:
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (..., in) -> (..., out)
+        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed for FBGEMM"
+
+
 class Float32Linear(nn.Linear):
     """A Linear that stays float32 inside a bf16 model: casts its input up and returns float32."""
 
@@ -172,7 +211,18 @@ class Float32Linear(nn.Linear):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x.float(), self.weight, self.bias)
+        # x: (..., in) -> (..., out) float32
+        x = x.float()
+        rows = x.numel() // self.in_features
+        if x.device.type != "cpu" or rows > FEW_ROWS:
+            return F.linear(x, self.weight, self.bias)
+        # A decode step's few rows: MKL multiplies (rows, in) by the transposed weight at 2.5-4 GB/s on an AVX2
+        # EPYC, and the same product with the operands swapped, weight (out, in) @ rows^T, 1.3-4x faster (the
+        # speech head, 6563 x 1024: 3.3 / 14.7 ms against 2.7 / 3.4 at 1 / 4 rows, BENCHMARKS.md 32).
+        flat = x.reshape(rows, self.in_features)
+        y = (torch.mm(self.weight, flat.t()) if self.bias is None
+             else torch.addmm(self.bias[:, None], self.weight, flat.t()))  # (out, rows)
+        return y.t().contiguous().view(*x.shape[:-1], self.out_features)
 
 
 def conv1d_to_linear_(module: nn.Module) -> list[str]:
@@ -225,7 +275,7 @@ def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
     return t3
 
 
-def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None) -> T3:
+def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, packed_fp16: bool = False) -> T3:
     """One of PRECISIONS, in place, on a loaded float32 T3.
 
     fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (q/k/v/o, gate/up/down; GPT-2's q/k/v,
@@ -233,6 +283,8 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None) ->
     A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`).
     upcast_rows (CPUs that emulate bf16): every bf16 nn.Linear becomes a `Bf16Linear` with that threshold,
     and the Int8Linears take it (packed kernel up to it, float32 past it).
+    packed_fp16 (x86 CPUs that emulate bf16): every bf16 nn.Linear becomes a `PackedFp16Linear` instead (one
+    whose weights exceed fp16's range a `Bf16Linear`, with upcast_rows).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -246,11 +298,18 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None) ->
         quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
     if precision != "fp32":
         to_bf16_(t3)
-    if precision != "fp32" and upcast_rows is not None:
-        for name, child in list(t3.named_modules()):
-            if isinstance(child, Int8Linear):
-                child.upcast_rows = upcast_rows
-            elif type(child) is nn.Linear:
-                parent_name, _, attr = name.rpartition(".")
-                setattr(t3.get_submodule(parent_name), attr, Bf16Linear.from_linear(child, upcast_rows))
+    if precision == "fp32" or (upcast_rows is None and not packed_fp16):
+        return t3
+    for name, child in list(t3.named_modules()):
+        if isinstance(child, Int8Linear):
+            child.upcast_rows = upcast_rows
+        elif type(child) is nn.Linear:
+            if packed_fp16 and PackedFp16Linear.fits(child.weight):
+                replacement = PackedFp16Linear.from_linear(child)
+            elif upcast_rows is not None:
+                replacement = Bf16Linear.from_linear(child, upcast_rows)
+            else:
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            setattr(t3.get_submodule(parent_name), attr, replacement)
     return t3
