@@ -258,8 +258,8 @@ def test_packed_fp16_linear_multiplies_the_bf16_weights_in_float32(shape, bias):
 
 @needs_fbgemm
 def test_packed_fp16_refuses_weights_past_fp16s_range(t3_fp32):
-    """A weight past 65504 would saturate in fp16: PackedFp16Linear refuses it by name, and reduce_precision_
-    keeps such a layer a Bf16Linear (exact, slower) while the others are packed."""
+    """A weight past 65504 would saturate in fp16: PackedFp16Linear refuses it by name, and pack_fp16_ keeps
+    such a layer a float32 Linear of its bf16-rounded weights while the others are packed."""
     big = nn.Linear(8, 4).to(torch.bfloat16)
     with torch.no_grad():
         big.weight[0, 0] = 70000.0
@@ -268,15 +268,18 @@ def test_packed_fp16_refuses_weights_past_fp16s_range(t3_fp32):
     t3 = copy.deepcopy(t3_fp32)
     with torch.no_grad():
         t3.tfmr.layers[0].mlp.up_proj.weight[0, 0] = 70000.0
+    expected = t3.tfmr.layers[0].mlp.up_proj.weight.to(torch.bfloat16).float()
     reduce_precision_(t3, "bf16", upcast_rows=16, packed_fp16=True)
-    assert type(t3.tfmr.layers[0].mlp.up_proj) is Bf16Linear
+    kept = t3.tfmr.layers[0].mlp.up_proj
+    assert type(kept) is nn.Linear and kept.weight.dtype == torch.float32 and torch.equal(kept.weight, expected)
     assert type(t3.tfmr.layers[0].mlp.down_proj) is PackedFp16Linear
 
 
 @needs_fbgemm
-def test_reduce_precision_packs_the_bf16_linears_where_asked(t3_fp32, inputs):
-    """packed_fp16: every bf16 nn.Linear becomes a PackedFp16Linear, the float32 speech head stays; the logits
-    of a prefill stay within bf16's rounding of the plain bf16 model's and nearer float32's than they are."""
+def test_reduce_precision_packs_the_bf16_weights_in_a_float32_t3(t3_fp32, inputs):
+    """packed_fp16: every nn.Linear of the bf16 model becomes a PackedFp16Linear, the speech head stays a
+    float32 Float32Linear, everything else stays float32; the logits of a prefill stay within bf16's rounding
+    of the plain bf16 model's and nearer float32's than they are. int8 weights cannot be packed."""
     plain = reduce_precision_(copy.deepcopy(t3_fp32), "bf16")
     packed = reduce_precision_(copy.deepcopy(t3_fp32), "bf16", upcast_rows=16, packed_fp16=True)
     kinds = lambda t3: {name: type(m) for name, m in t3.named_modules()
@@ -286,10 +289,13 @@ def test_reduce_precision_packs_the_bf16_linears_where_asked(t3_fp32, inputs):
         assert kinds(packed)[name] is (PackedFp16Linear if kind is nn.Linear else kind), name
     assert {f"tfmr.{name}" for name in BACKBONE_LINEARS} <= {n for n, k in kinds(packed).items()
                                                              if k is PackedFp16Linear}
+    assert {p.dtype for p in packed.parameters()} == {torch.float32}
     with torch.inference_mode():
         ref, a, b = (t3(*inputs, torch.zeros(3, dtype=torch.long), cfg=True).float()
                      for t3 in (t3_fp32, plain, packed))
     assert rel_error(b, a) < 2e-2 and rel_error(b, ref) < rel_error(a, ref)
+    with pytest.raises(ValueError, match="packed_fp16 packs bf16 weights"):
+        reduce_precision_(copy.deepcopy(t3_fp32), "int8", packed_fp16=True)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])

@@ -101,7 +101,8 @@ class EngineSettings:
     # CPUs that emulate bf16 (engine.quantize.Bf16Linear): T3's bf16 Linears multiply inputs of more rows than
     # this (prefills) in float32; None: always bf16
     t3_upcast_rows: int | None = None
-    # x86 CPUs that emulate bf16: T3's bf16 Linears run FBGEMM's fp16 GEMM (engine.quantize.PackedFp16Linear)
+    # x86 CPUs that emulate bf16: T3's bf16 weights on FBGEMM's fp16 GEMM, its activations float32
+    # (engine.quantize.pack_fp16_)
     t3_packed_fp16: bool = False
 
 
@@ -239,7 +240,7 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           t3_upcast_rows=16 if emulated and precision != "fp32" else None,
                           # on x86 ones FBGEMM's fp16 GEMM multiplies the same weights 2.5-4.5x faster than
                           # emulated bf16 from 4 rows up, and 1.5x faster than float32 at a prefill's 400 rows
-                          t3_packed_fp16=packed_fp16 and precision != "fp32")
+                          t3_packed_fp16=packed_fp16 and precision == "bf16")
 
 
 def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,

@@ -12,7 +12,8 @@ result (`load_weights` would cast float weights into the int8 buffers).
   reduce_precision_(t3, "fp32" | "bf16" | "int8")   the presets: int8 = int8 backbone Linears + to_bf16_.
   upcast_rows=N       on CPUs that emulate bf16: bf16 Linears multiply inputs of more than N rows in float32
                       (`Bf16Linear`); int8 ones the packed kernel up to N rows, float32 past them.
-  packed_fp16=True    on x86 CPUs that emulate bf16: bf16 Linears run FBGEMM's fp16 GEMM (`PackedFp16Linear`).
+  pack_fp16_(t3)      on x86 CPUs that emulate bf16: the bf16 weights on FBGEMM's fp16 GEMM (`PackedFp16Linear`),
+                      the rest of T3 and the activations float32 (reduce_precision_(..., packed_fp16=True)).
 
 benchmarks/t3_precision.py measures speed and quality against float32 for each.
 """
@@ -170,7 +171,7 @@ class PackedFp16Linear(nn.Module):
     `fits` refuses larger ones), so this is the bf16 layer with its rows and sums kept in float32 instead of
     rounded to bf16. The same bytes as bf16, and on a 2-core AVX2 EPYC 2.5-4x faster than the emulated bf16
     GEMM from 4 rows up, and faster than the float32 one at every row count to a prefill's 400
-    (BENCHMARKS.md 32). Returns the input's dtype. The packed weights are a TorchScript object, not a buffer:
+    (BENCHMARKS.md 32). Returns the input's dtype (float32 in `pack_fp16_`'s T3). The packed weights are a TorchScript object, not a buffer:
     they stay on the CPU and out of the state dict."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
@@ -275,6 +276,34 @@ def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
     return t3
 
 
+def pack_fp16_(t3: T3) -> T3:
+    """bf16 weights in a float32 T3, in place, for x86 CPUs that emulate bf16: every Linear's weights (and
+    bias) rounded to bf16, as `to_bf16_` rounds them, and packed for FBGEMM's fp16 GEMM (`PackedFp16Linear`; a
+    layer with a weight past fp16's range keeps its rounded weights in float32); the speech head a
+    `Float32Linear`; embeddings, norms and the activations float32. The Linears multiply by the bf16 preset's
+    weights, the rest is nearer float32 than `to_bf16_`'s model, and a 4-row Turbo step is ~7% faster than
+    with bf16 activations there, whose elementwise ops are emulated too (BENCHMARKS.md 32)."""
+    for name, child in list(t3.named_modules()):
+        if type(child) is not nn.Linear:
+            continue
+        with torch.no_grad():
+            weight = child.weight.to(torch.bfloat16).float()
+            bias = None if child.bias is None else child.bias.to(torch.bfloat16).float()
+        if name == "speech_head":
+            replacement = Float32Linear.from_linear(child)  # float32 weights, as to_bf16_ keeps them
+        elif PackedFp16Linear.fits(weight):
+            replacement = PackedFp16Linear(weight, bias)
+        else:  # past fp16's range: the rounded weights, multiplied in float32
+            with torch.no_grad():
+                child.weight.copy_(weight)
+                if bias is not None:
+                    child.bias.copy_(bias)
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(t3.get_submodule(parent_name), attr, replacement)
+    return t3
+
+
 def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, packed_fp16: bool = False) -> T3:
     """One of PRECISIONS, in place, on a loaded float32 T3.
 
@@ -283,33 +312,29 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, pa
     A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`).
     upcast_rows (CPUs that emulate bf16): every bf16 nn.Linear becomes a `Bf16Linear` with that threshold,
     and the Int8Linears take it (packed kernel up to it, float32 past it).
-    packed_fp16 (x86 CPUs that emulate bf16): every bf16 nn.Linear becomes a `PackedFp16Linear` instead (one
-    whose weights exceed fp16's range a `Bf16Linear`, with upcast_rows).
+    packed_fp16 (x86 CPUs that emulate bf16; bf16 only): `pack_fp16_` instead of `to_bf16_`.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if packed_fp16 and precision != "bf16":
+        raise ValueError(f"packed_fp16 packs bf16 weights: it needs precision 'bf16', not {precision!r}")
     dtype = t3.speech_emb.weight.dtype
     if dtype != torch.float32 or type(t3.speech_head) is not nn.Linear:
         raise ValueError(f"reduce_precision_ wants a float32 T3 as loaded, not one already converted "
                          f"({dtype} weights, speech head {type(t3.speech_head).__name__})")
     if precision != "fp32":
         conv1d_to_linear_(t3.tfmr)
+    if packed_fp16:
+        return pack_fp16_(t3)
     if precision == "int8":
         quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
     if precision != "fp32":
         to_bf16_(t3)
-    if precision == "fp32" or (upcast_rows is None and not packed_fp16):
-        return t3
-    for name, child in list(t3.named_modules()):
-        if isinstance(child, Int8Linear):
-            child.upcast_rows = upcast_rows
-        elif type(child) is nn.Linear:
-            if packed_fp16 and PackedFp16Linear.fits(child.weight):
-                replacement = PackedFp16Linear.from_linear(child)
-            elif upcast_rows is not None:
-                replacement = Bf16Linear.from_linear(child, upcast_rows)
-            else:
-                continue
-            parent_name, _, attr = name.rpartition(".")
-            setattr(t3.get_submodule(parent_name), attr, replacement)
+    if precision != "fp32" and upcast_rows is not None:
+        for name, child in list(t3.named_modules()):
+            if isinstance(child, Int8Linear):
+                child.upcast_rows = upcast_rows
+            elif type(child) is nn.Linear:
+                parent_name, _, attr = name.rpartition(".")
+                setattr(t3.get_submodule(parent_name), attr, Bf16Linear.from_linear(child, upcast_rows))
     return t3
