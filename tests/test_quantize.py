@@ -279,7 +279,7 @@ def test_packed_fp16_refuses_weights_past_fp16s_range(t3_fp32):
 def test_reduce_precision_packs_the_bf16_weights_in_a_float32_t3(t3_fp32, inputs):
     """packed_fp16: every nn.Linear of the bf16 model becomes a PackedFp16Linear, the speech head stays a
     float32 Float32Linear, everything else stays float32; the logits of a prefill stay within bf16's rounding
-    of the plain bf16 model's and nearer float32's than they are. int8 weights cannot be packed."""
+    of the plain bf16 model's and nearer float32's than they are. fp32 and int8 weights are left as they are."""
     plain = reduce_precision_(copy.deepcopy(t3_fp32), "bf16")
     packed = reduce_precision_(copy.deepcopy(t3_fp32), "bf16", upcast_rows=16, packed_fp16=True)
     kinds = lambda t3: {name: type(m) for name, m in t3.named_modules()
@@ -294,8 +294,9 @@ def test_reduce_precision_packs_the_bf16_weights_in_a_float32_t3(t3_fp32, inputs
         ref, a, b = (t3(*inputs, torch.zeros(3, dtype=torch.long), cfg=True).float()
                      for t3 in (t3_fp32, plain, packed))
     assert rel_error(b, a) < 2e-2 and rel_error(b, ref) < rel_error(a, ref)
-    with pytest.raises(ValueError, match="packed_fp16 packs bf16 weights"):
-        reduce_precision_(copy.deepcopy(t3_fp32), "int8", packed_fp16=True)
+    for precision in ("fp32", "int8"):  # nothing to pack (settings replaced by hand may still ask)
+        asked = reduce_precision_(copy.deepcopy(t3_fp32), precision, packed_fp16=True)
+        assert kinds(asked) == kinds(reduce_precision_(copy.deepcopy(t3_fp32), precision)), precision
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])

@@ -312,19 +312,18 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, pa
     A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`).
     upcast_rows (CPUs that emulate bf16): every bf16 nn.Linear becomes a `Bf16Linear` with that threshold,
     and the Int8Linears take it (packed kernel up to it, float32 past it).
-    packed_fp16 (x86 CPUs that emulate bf16; bf16 only): `pack_fp16_` instead of `to_bf16_`.
+    packed_fp16 (x86 CPUs that emulate bf16): bf16 by `pack_fp16_` instead of `to_bf16_`; fp32 and int8 weights
+    have nothing to pack, and ignore it as fp32 ignores upcast_rows.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if packed_fp16 and precision != "bf16":
-        raise ValueError(f"packed_fp16 packs bf16 weights: it needs precision 'bf16', not {precision!r}")
     dtype = t3.speech_emb.weight.dtype
     if dtype != torch.float32 or type(t3.speech_head) is not nn.Linear:
         raise ValueError(f"reduce_precision_ wants a float32 T3 as loaded, not one already converted "
                          f"({dtype} weights, speech head {type(t3.speech_head).__name__})")
     if precision != "fp32":
         conv1d_to_linear_(t3.tfmr)
-    if packed_fp16:
+    if packed_fp16 and precision == "bf16":
         return pack_fp16_(t3)
     if precision == "int8":
         quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
