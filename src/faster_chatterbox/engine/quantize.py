@@ -169,10 +169,10 @@ class PackedFp16Linear(nn.Module):
     rows by fp16 weights with float32 sums. The weights are the bf16 ones unchanged: a bf16 number's 8
     significant bits fit fp16's 11 for magnitudes from 2^-17 to 65504 (smaller ones move by less than 2^-25;
     `fits` refuses larger ones), so this is the bf16 layer with its rows and sums kept in float32 instead of
-    rounded to bf16. The same bytes as bf16, and on a 2-core AVX2 EPYC 2.5-4x faster than the emulated bf16
+    rounded to bf16. The same bytes as bf16, and on a 2-core AVX2 EPYC 2.5-4.6x faster than the emulated bf16
     GEMM from 4 rows up, and faster than the float32 one at every row count to a prefill's 400
-    (BENCHMARKS.md 32). Returns the input's dtype (float32 in `pack_fp16_`'s T3). The packed weights are a TorchScript object, not a buffer:
-    they stay on the CPU and out of the state dict."""
+    (BENCHMARKS.md 32). Returns the input's dtype (float32 in `pack_fp16_`'s T3). The packed weights are a
+    TorchScript object, not a buffer: they stay on the CPU and out of the state dict (and pickle)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()
@@ -217,9 +217,10 @@ class Float32Linear(nn.Linear):
         rows = x.numel() // self.in_features
         if x.device.type != "cpu" or rows > FEW_ROWS:
             return F.linear(x, self.weight, self.bias)
-        # A decode step's few rows: MKL multiplies (rows, in) by the transposed weight at 2.5-4 GB/s on an AVX2
-        # EPYC, and the same product with the operands swapped, weight (out, in) @ rows^T, 1.3-4x faster (the
-        # speech head, 6563 x 1024: 3.3 / 14.7 ms against 2.7 / 3.4 at 1 / 4 rows, BENCHMARKS.md 32).
+        # A decode step's few rows: MKL multiplies (rows, in) by the transposed weight at ~2 GB/s on an AVX2
+        # EPYC past one row, and the same product with the operands swapped, weight (out, in) @ rows^T, faster
+        # (the speech head, 6563 x 1024: 3.5 / 12.2 / 12.7 ms against 3.1 / 3.7 / 5.0 at 1 / 4 / 8 rows,
+        # BENCHMARKS.md 32).
         flat = x.reshape(rows, self.in_features)
         y = (torch.mm(self.weight, flat.t()) if self.bias is None
              else torch.addmm(self.bias[:, None], self.weight, flat.t()))  # (out, rows)
@@ -281,8 +282,9 @@ def pack_fp16_(t3: T3) -> T3:
     bias) rounded to bf16, as `to_bf16_` rounds them, and packed for FBGEMM's fp16 GEMM (`PackedFp16Linear`; a
     layer with a weight past fp16's range keeps its rounded weights in float32); the speech head a
     `Float32Linear`; embeddings, norms and the activations float32. The Linears multiply by the bf16 preset's
-    weights, the rest is nearer float32 than `to_bf16_`'s model, and a 4-row Turbo step is ~7% faster than
-    with bf16 activations there, whose elementwise ops are emulated too (BENCHMARKS.md 32)."""
+    weights, the rest is nearer float32 than `to_bf16_`'s model (logits 4.4x nearer), and a 4-row Turbo step
+    is 1.19x faster than with bf16 activations there, whose elementwise ops are emulated too (BENCHMARKS.md
+    32)."""
     for name, child in list(t3.named_modules()):
         if type(child) is not nn.Linear:
             continue
