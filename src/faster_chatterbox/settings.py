@@ -35,7 +35,7 @@ loop in float32 (Hugging Face's Conv1D layers); fast = T3 in bf16 (its Conv1D la
 continuous batching; fastest = int8 weights on CPU.
 On CPUs that emulate bf16 (AVX2 without AVX512-BF16 or AMX: `devices.native_bf16`) fast and fastest keep S3Gen
 in float32 (BENCHMARKS.md 31). On x86 ones (FBGEMM: `devices.fbgemm_fp16`) T3's bf16 weights are packed for
-FBGEMM's fp16 GEMM, which multiplies them exactly, in float32, 2.5-4.5x faster than emulated bf16 from 4 rows
+FBGEMM's fp16 GEMM, which multiplies them exactly, in float32, 2.5-4.6x faster than emulated bf16 from 4 rows
 up and as fast as packed int8, so fastest's T3 is bf16 there too (BENCHMARKS.md 32); on others (ARM) decode
 steps keep the bf16 or packed int8 weights and prefills (more than 16 rows) multiply in float32.
 On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
@@ -99,7 +99,8 @@ class EngineSettings:
     # "static" (a static cache, eager step), "inductor" (the step compiled), "cuda_graph" (captured)
     t3_step: str = "dynamic"
     # CPUs that emulate bf16 (engine.quantize.Bf16Linear): T3's bf16 Linears multiply inputs of more rows than
-    # this (prefills) in float32; None: always bf16
+    # this (prefills) in float32, and int8 ones their dequantized weights; None: always bf16. Unused where
+    # t3_packed_fp16 (its kernel serves prefills too)
     t3_upcast_rows: int | None = None
     # x86 CPUs that emulate bf16: T3's bf16 weights on FBGEMM's fp16 GEMM, its activations float32
     # (engine.quantize.pack_fp16_)
@@ -238,7 +239,7 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           # the packed int8 kernel are faster even emulated, up to ~16 rows; a prefill is bound
                           # by the arithmetic, which float32 does at full speed (BENCHMARKS.md 31)
                           t3_upcast_rows=16 if emulated and precision != "fp32" else None,
-                          # on x86 ones FBGEMM's fp16 GEMM multiplies the same weights 2.5-4.5x faster than
+                          # on x86 ones FBGEMM's fp16 GEMM multiplies the same weights 2.5-4.6x faster than
                           # emulated bf16 from 4 rows up, and 1.5x faster than float32 at a prefill's 400 rows
                           t3_packed_fp16=packed_fp16 and precision == "bf16")
 
