@@ -73,12 +73,13 @@ def test_row_processors_bit_identical_to_single_row(cases):
 
 
 @pytest.mark.parametrize("shared_voice", [False, True])
-@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("cached", [False, True, "shared"])
 def test_teacher_forced_logits_match_single_sequence(t3, cached, shared_voice):
     """Rows of different prefix lengths, voices and CFG settings, one joining the running batch at step 3 and
     one dropped at step 6: each row's logits at every step are those of its sequence run alone. cached: the
     voices' prefixes come from a PrefixCache (shared_voice: requests 0 and 3 speak in one voice, the CFG pair
-    of one and the single row of the other copying one entry)."""
+    of one and the single row of the other copying one entry); "shared": and are attended in place
+    (SharedPrefix: the rows' caches hold their text and speech only, a group per voice)."""
     requests = _requests()
     if shared_voice:
         requests[3] = replace(requests[3], cond=requests[0].cond)
@@ -87,10 +88,12 @@ def test_teacher_forced_logits_match_single_sequence(t3, cached, shared_voice):
     prefixes = PrefixCache(t3) if cached else None
     with torch.inference_mode():
         ref = [t3(r.cond, r.text_tokens, forced[j], cfg=r.rows == 2) for j, r in enumerate(requests)]
-        decoder = BatchDecoder(t3, prefixes)
+        decoder = BatchDecoder(t3, prefixes, shared_prefix_slots=1 if cached == "shared" else None)
         live = [j for j in range(len(requests)) if j != joining]
         cond, uncond = decoder.admit([requests[j] for j in live])
-        assert decoder.seq_start.tolist() == [21, 21, 14, 14, 0]  # left padding of the shorter prefixes
+        assert decoder.sharing == (cached == "shared")
+        # left padding of the shorter prefixes (shared: of the texts alone, the voices being of one length)
+        assert decoder.seq_start.tolist() == [21, 21, 14, 14, 0]
         got = [[] for _ in requests]
         for i in range(steps + 1):
             for p, j in enumerate(live):
@@ -101,7 +104,10 @@ def test_teacher_forced_logits_match_single_sequence(t3, cached, shared_voice):
                 c, u = decoder.admit([requests[joining]])
                 got[joining].append(torch.stack((c[0], u[0])))
                 live.append(joining)
-                assert decoder.seq_start.tolist()[-1] == 39 + join_at  # its prefix ends just before the next slot
+                # its prefix (shared: its text) ends just before the next slot
+                assert decoder.seq_start.tolist()[-1] == (7 if cached == "shared" else 39) + join_at
+                voices = len({id(requests[j].cond) for j in live})  # the joiner's among them: another group
+                assert cached != "shared" or decoder.shared.members.shape[0] == voices
             if i == drop_at:
                 decoder.keep([p for p, j in enumerate(live) if j != dropped])
                 live.remove(dropped)

@@ -183,10 +183,11 @@ def small_t3():
     return t3
 
 
-@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("cached", [False, True, "shared"])
 def test_batched_turbo_rows_decode_as_alone(small_t3, cached):
     """Rows of three voices (prompts of 375, 335 and 295 tokens), each as it decodes alone; with a PrefixCache
-    the voices' prompts are computed once each (here the third voice is the first's again) and copied."""
+    the voices' prompts are computed once each (here the third voice is the first's again) and copied, or
+    ("shared") attended in place: two groups, the shorter prompt padded and masked (SharedPrefix)."""
     conds = [T3Cond(**_cond(seed=10 + j, prompt_len=375 - 40 * j)) for j in range(2)]
     conds.append(conds[0])
     requests = [DecodeRequest(conds[j], _text(20 + j, 5 + 7 * j),
@@ -196,7 +197,8 @@ def test_batched_turbo_rows_decode_as_alone(small_t3, cached):
                               max_new_tokens=18 + 6 * j, generator=torch.Generator().manual_seed(50 + j))
                 for j in range(3)]
     prefixes = PrefixCache(small_t3) if cached else None
-    batched = generate_speech_tokens_batch(small_t3, requests, check_every=3, prefix_cache=prefixes)
+    batched = generate_speech_tokens_batch(small_t3, requests, check_every=3, prefix_cache=prefixes,
+                                           shared_prefix_slots=2 * 375 if cached == "shared" else None)
     for j, r in enumerate(requests):
         alone = decode_alone(small_t3, replace(r, generator=torch.Generator().manual_seed(50 + j)))
         assert torch.equal(batched[j], alone), j

@@ -189,7 +189,9 @@ class Engine:
             prior, block_size = self.flash_prior, self.settings.block_size
             return dict(new_batch=lambda every: FlashBatch(t3, prior, block_size),
                         problem=lambda r: request_problem(t3, r))
-        return dict(new_batch=new_decode_batch(t3, self.settings.t3_step, self.settings.t3_sampler, PrefixCache(t3)))
+        settings = self.settings
+        return dict(new_batch=new_decode_batch(t3, settings.t3_step, settings.t3_sampler, PrefixCache(t3),
+                                               settings.t3_shared_prefix_slots))
 
     def close(self) -> None:
         """Stop the scheduler thread and drop its batch; later calls raise."""

@@ -65,6 +65,9 @@ MODEL_NAMES = ("chatterbox", *TURBO_MODELS, "multilingual", "flash")  # the fami
 DEFAULT_PRESET = "fast"
 MAX_RETRIES = 10  # a chunk's regenerations at most: each costs a whole chunk
 MAX_CHARS = 300  # longest chunk of text one T3 call speaks
+# a CPU batch reads a voice's prefix once (SharedPrefix) where copies under its rows would take this many
+# slots: 4 Turbo rows (1,500) step 1.18x faster, 2 rows (750) 1.01x (BENCHMARKS.md section 33)
+SHARED_PREFIX_SLOTS_CPU = 1024
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,10 @@ class EngineSettings:
     # x86 CPUs that emulate bf16: T3's bf16 weights on FBGEMM's fp16 GEMM, its activations float32
     # (engine.quantize.pack_fp16_)
     t3_packed_fp16: bool = False
+    # the dynamic batches attend to the voices' prefixes in place instead of copying them under every row, when
+    # a fresh batch's copies of one voice would take this many slots (engine.batch_decode.BatchDecoder);
+    # None: always copied
+    t3_shared_prefix_slots: int | None = None
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,8 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           t3_upcast_rows=16 if emulated and precision != "fp32" else None,
                           # on x86 ones FBGEMM's fp16 GEMM multiplies the same weights 2.5-4.6x faster than
                           # emulated bf16 from 4 rows up, and 1.5x faster than float32 at a prefill's 400 rows
-                          t3_packed_fp16=packed_fp16 and precision == "bf16")
+                          t3_packed_fp16=packed_fp16 and precision == "bf16",
+                          t3_shared_prefix_slots=SHARED_PREFIX_SLOTS_CPU if device.type == "cpu" else None)
 
 
 def call_settings(engine: EngineSettings, *, fast_inference: bool = True, temperature=0.8, cfg_weight=0.5,

@@ -23,7 +23,11 @@ sample is discarded.
 Every sequence begins with its voice's conditioning (T3.cond_embeds: speaker, prompt speech, exaggeration;
 Turbo's is 375 prompt tokens, 15 s), whose keys and values depend on the voice alone: with a `PrefixCache`
 they are computed once per voice and copied under each sequence that begins with it, so a prefill runs over
-the text alone (a window of 4 Turbo chunks in one voice: ~500 positions instead of ~1,600).
+the text alone (a window of 4 Turbo chunks in one voice: ~500 positions instead of ~1,600). With
+`shared_prefix_slots` they are not copied at all: the rows' caches hold what follows the voice, and attention
+reads each voice's prefix once for all its rows (models/llama.py: `SharedPrefix`). That pays where the copies
+would be long: 4 Turbo rows of one voice (4 x 375 prefix slots) step 1.18x faster on a CPU, 2 rows no faster,
+and Chatterbox's 34-slot prefixes never reach it (BENCHMARKS.md section 33).
 
 The batch owns its KV cache (`BatchDecoder.cache`); the model is only read, so exact-path decodes and other
 batches may run on it at the same time. Admitting requests either succeeds or leaves the batch as it was
@@ -42,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.llama import AttentionProbe, LlamaCache
+from ..models.llama import AttentionProbe, LlamaCache, SharedPrefix
 from ..models.t3 import T3, T3Cond
 from .alignment import AlignmentGuard, aligned_heads
 from .sampling import (PROCESSORS, SAMPLERS, SAMPLING_RANGES, TOP_K_MAX, RowSamplingParams,
@@ -119,10 +123,22 @@ class BatchDecoder:
     `step` every live request's logits for its next token: conditional and unconditional, (N, V) each
     (the conditional ones twice for a request without CFG). `cache` holds the live rows (None when there
     are none). prefix_cache: voices' conditioning computed once (`PrefixCache`); None: every prefill whole.
+    shared_prefix_slots: with a prefix cache, a fresh batch whose first requests' rows in one voice would hold
+    at least this many prefix slots (rows x the voice's prefix length) attends to the voices' prefixes where
+    the prefix cache holds them (`shared`, for the live rows) until it empties; None: they are copied under
+    every row.
     """
 
-    def __init__(self, t3: T3, prefix_cache: PrefixCache | None = None):
-        self.t3, self.prefix_cache = t3, prefix_cache
+    def __init__(self, t3: T3, prefix_cache: PrefixCache | None = None, shared_prefix_slots: int | None = None):
+        if shared_prefix_slots is not None and (prefix_cache is None or not isinstance(shared_prefix_slots, int)
+                                               or shared_prefix_slots < 1):
+            raise ValueError(f"shared_prefix_slots must be None or a positive integer with a prefix cache, "
+                             f"got {shared_prefix_slots!r}")
+        self.t3, self.prefix_cache, self.shared_prefix_slots = t3, prefix_cache, shared_prefix_slots
+        self.sharing = False  # this batch's layout: the voices' prefixes outside the cache
+        self.shared: SharedPrefix | None = None  # the live rows' voices while sharing
+        self._voices: list[LlamaCache] = []  # each live request's voice prefix while sharing
+        self._stacked: tuple[tuple[int, ...], list] | None = None  # the last SharedPrefix's voices and layers
         self.device = device = t3.speech_emb.weight.device
         self.cache: LlamaCache | None = None
         self.seq_start = torch.zeros(0, dtype=torch.long, device=device)  # (B,) each row's first slot
@@ -141,9 +157,13 @@ class BatchDecoder:
         than the batch's history first moves every live row's cache to the right to make room in front.
         If it raises, the live requests are as they were (their cache possibly moved) and go on."""
         t3 = self.t3
-        prefixes = self._prefixes(requests)  # (R_j, P_j, D)
-        width, budget = max(p.shape[1] for p in prefixes), max(self._slots(r) for r in requests)
         old_rows, new_rows = len(self.seq_start), sum(r.rows for r in requests)
+        voices = [self.prefix_cache.get(r.cond) for r in requests] if self.prefix_cache is not None else []
+        sharing = self.sharing if old_rows else self._share(requests, voices)
+        prefixes = self._prefixes(requests)  # (R_j, P_j, D)
+        if sharing:  # the rows' own part: what follows the voice
+            prefixes = [p[:, v.max_seq_len :] for p, v in zip(prefixes, voices)]
+        width, budget = max(p.shape[1] for p in prefixes), max(self._slots(r) for r in requests)
         if old_rows:
             if width > self.next_slot:
                 self._shift(self.next_slot - width)
@@ -159,19 +179,22 @@ class BatchDecoder:
             starts = torch.tensor([next_slot - p.shape[1] for p in prefixes for _ in range(p.shape[0])],
                                   device=self.device)
             x = torch.cat([F.pad(p, (0, 0, width - p.shape[1], 0)) for p in prefixes])  # (R, width, D)
-            run = (width if self.prefix_cache is None
+            run = (width if self.prefix_cache is None or sharing
                    else self._cached_prefixes(requests, prefixes, cache, old_rows, next_slot))
             # the last `run` slots are computed: every row's text and what of its voice (or padding) lies there
             x = x[:, width - run :]
             slots = torch.arange(next_slot - run, next_slot, device=self.device)
-            h = t3.tfmr(x, slots, cache, kv_len=next_slot, seq_start=starts,
-                        rows=slice(old_rows, old_rows + new_rows), probe=self.probe if watch else None)[:, -1]
+            shared = (self._shared_prefix([v for v, r in zip(voices, requests) for _ in range(r.rows)]) if sharing
+                      else None)
+            h = t3.tfmr(x, slots, cache, kv_len=next_slot, seq_start=starts, rows=slice(old_rows, old_rows + new_rows),
+                        probe=self.probe if watch else None, shared=shared)[:, -1]
             logits = self._out(h)  # (R, V)
         except BaseException:
             if old_rows:
                 cache.resize(old_rows, needed)  # the joiners' rows leave again
             raise
         self.cache, self.next_slot, self._slots_needed = cache, next_slot, needed
+        self.sharing, self._voices = sharing, (self._voices + voices if sharing else [])
         self.seq_start = torch.cat((self.seq_start, starts))
         self.text_start = torch.cat((self.text_start, torch.tensor(
             [p.shape[1] - len(r.text_tokens) - 2 for p, r in zip(prefixes, requests)], device=self.device)))
@@ -182,6 +205,27 @@ class BatchDecoder:
         local = [f - old_rows for f in first]
         self._watched(watch, local, starts[local])
         return logits[local], logits[[f + r.rows - 1 for f, r in zip(local, requests)]]
+
+    def _share(self, requests: list[DecodeRequest], voices: list[LlamaCache]) -> bool:
+        """Whether a fresh batch of `requests` shares its voices' prefixes: one voice's copies under its rows
+        would take `shared_prefix_slots` slots."""
+        if self.shared_prefix_slots is None:
+            return False
+        slots: dict[int, int] = {}
+        for r, voice in zip(requests, voices):
+            slots[id(voice)] = slots.get(id(voice), 0) + r.rows * voice.max_seq_len
+        return max(slots.values()) >= self.shared_prefix_slots
+
+    def _shared_prefix(self, row_voices: list[LlamaCache]) -> SharedPrefix:
+        """The `SharedPrefix` of rows in these voices (one per row), its stacked prefixes kept for the next
+        call while the batch's voices stay the same."""
+        distinct = list({id(v): v for v in row_voices}.values())
+        group = {id(v): g for g, v in enumerate(distinct)}
+        key = tuple(group)
+        layers = self._stacked[1] if self._stacked is not None and self._stacked[0] == key else None
+        shared = SharedPrefix.of(distinct, [group[id(v)] for v in row_voices], layers)
+        self._stacked = (key, shared.layers)
+        return shared
 
     def _cached_prefixes(self, requests: list[DecodeRequest], prefixes: list[Tensor], cache: LlamaCache,
                          first_row: int, next_slot: int) -> int:
@@ -236,6 +280,7 @@ class BatchDecoder:
             for row in request_rows:
                 request[row] = j
         self.row_request = torch.tensor(request, dtype=torch.long, device=self.device)  # (B,) live request of each row
+        self.shared = self._shared_prefix([self._voices[j] for j in request]) if self.sharing and rows else None
 
     def step(self, tokens: Tensor, watch: bool = False) -> tuple[Tensor, Tensor]:
         """Feed each live request's latest token (N, 1) at its own speech position; logits for the next.
@@ -244,7 +289,7 @@ class BatchDecoder:
         slot = self.next_slot
         slots = torch.arange(slot, slot + 1, device=self.device)
         h = self.t3.tfmr(x, slots, self.cache, kv_len=slot + 1, seq_start=self.seq_start,
-                         probe=self.probe if watch else None)[:, -1]  # (B, D)
+                         probe=self.probe if watch else None, shared=self.shared)[:, -1]  # (B, D)
         self._watched(watch, self.cond_rows, self.seq_start[self.cond_rows])
         self.next_slot += 1
         self.positions += 1
@@ -265,7 +310,8 @@ class BatchDecoder:
         if n:
             self.cache.keep_rows(rows, kv_len=self.next_slot)
         else:
-            self.cache = None
+            self.cache, self.sharing, self._stacked = None, False, None
+        self._voices = [self._voices[j] for j in live] if self.sharing else []
         self.seq_start = self.seq_start[rows]
         self.positions = self.positions[live]
         self.text_start = self.text_start[live]
@@ -286,16 +332,17 @@ class _Live:
 class DecodeBatch:
     """Requests sampling together on one `BatchDecoder`: they join with `admit` (between checks) and
     `advance` runs the batch to its next check, reporting new tokens and dropping finished requests.
-    sampler: "multinomial" (one draw per row on its generator) or "keyed" (sampling.SAMPLERS)."""
+    sampler: "multinomial" (one draw per row on its generator) or "keyed" (sampling.SAMPLERS); prefix_cache,
+    shared_prefix_slots: `BatchDecoder`'s."""
 
     def __init__(self, t3: T3, check_every: int = 4, sampler: str = "multinomial",
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, shared_prefix_slots: int | None = None):
         if not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         self.t3, self.check_every, self.sampler = t3, check_every, sampler
-        self.decoder = BatchDecoder(t3, prefix_cache)
+        self.decoder = BatchDecoder(t3, prefix_cache, shared_prefix_slots)
         self.live: list[_Live] = []
         device, vocab = self.decoder.device, t3.cfg.speech_tokens_dict_size
         self._params = RowSamplingParams.stack([], device)
@@ -419,17 +466,19 @@ class DecodeBatch:
 @torch.inference_mode()
 def generate_speech_tokens_batch(t3: T3, requests: list[DecodeRequest], *, check_every: int = 4,
                                  on_tokens: Callable[[int, list[int]], None] | None = None,
-                                 sampler: str = "multinomial", prefix_cache: PrefixCache | None = None) -> list[Tensor]:
+                                 sampler: str = "multinomial", prefix_cache: PrefixCache | None = None,
+                                 shared_prefix_slots: int | None = None) -> list[Tensor]:
     """Sample speech tokens for every request in one batch; returns each request's tokens (N_j,), the stop
     token included when it was sampled, as `generate_speech_tokens` returns them.
 
     check_every: steps between the host syncs that find finished requests and drop them from the batch.
     on_tokens: called at every such sync as on_tokens(j, tokens of request j so far) for each request that
     got new tokens (token-level streaming); the list must not be modified.
-    sampler: "multinomial" or "keyed" (DecodeBatch). prefix_cache: voices' prefixes computed once (`PrefixCache`).
+    sampler: "multinomial" or "keyed" (DecodeBatch). prefix_cache: voices' prefixes computed once (`PrefixCache`),
+    attended in place from `shared_prefix_slots` prefix slots in one voice (`BatchDecoder`).
     """
     validate_requests(t3, requests, request_problem, "DecodeRequest")
-    return decode_all(DecodeBatch(t3, check_every, sampler, prefix_cache), requests, on_tokens)
+    return decode_all(DecodeBatch(t3, check_every, sampler, prefix_cache, shared_prefix_slots), requests, on_tokens)
 
 
 def decode_all(batch, requests: list, on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Tensor]:

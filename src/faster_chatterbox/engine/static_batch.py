@@ -300,13 +300,15 @@ class StaticDecodeBatch:
         return out.clone()
 
 
-def new_decode_batch(t3: T3, step: str, sampler: str, prefix_cache: PrefixCache | None = None):
+def new_decode_batch(t3: T3, step: str, sampler: str, prefix_cache: PrefixCache | None = None,
+                     shared_prefix_slots: int | None = None):
     """The scheduler's batch maker (`T3Scheduler(new_batch=)`) for EngineSettings.t3_step / t3_sampler:
-    check_every -> a batch of `t3`; the dynamic batches share `prefix_cache` (voices' prefixes once)."""
+    check_every -> a batch of `t3`; the dynamic batches share `prefix_cache` (voices' prefixes once), and
+    attend to them in place from `shared_prefix_slots` prefix slots in one voice (`BatchDecoder`)."""
     if step not in STEPS:
         raise ValueError(f"t3_step must be one of {', '.join(STEPS)}, got {step!r}")
     if step == "dynamic":
-        return lambda check_every: DecodeBatch(t3, check_every, sampler, prefix_cache)
+        return lambda check_every: DecodeBatch(t3, check_every, sampler, prefix_cache, shared_prefix_slots)
     if sampler != "keyed":
         raise ValueError(f"t3_step {step!r} draws with the keyed sampler, not {sampler!r}")
     return lambda check_every: StaticDecodeBatch(t3, check_every, step)

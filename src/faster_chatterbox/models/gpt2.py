@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .llama import KVCache, LlamaCache, positions_and_mask
+from .llama import KVCache, LlamaCache, SharedPrefix, attend_with_prefix, positions_and_mask
 
 
 @dataclass
@@ -66,17 +66,20 @@ class Attention(nn.Module):
         self.c_attn = Conv1D(cfg.dim, 3 * cfg.dim)  # q, k, v fused
         self.c_proj = Conv1D(cfg.dim, cfg.dim)
 
-    def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache, rows: slice) -> Tensor:
-        # x: (B, S, D) for cache rows `rows`; input_pos: (S,); mask: (S, kv_len) or (B, 1, S, kv_len) bool
+    def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache, rows: slice,
+                prefix: tuple[Tensor, Tensor, SharedPrefix] | None = None) -> Tensor:
+        # x: (B, S, D) for cache rows `rows`; input_pos: (S,); mask: (S, kv_len) or (B, 1, S, kv_len) bool;
+        # prefix: this layer's part of a shared prefix (models/llama.py: `attend_with_prefix`)
         B, S, D = x.shape
         q, k, v = (t.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
                    for t in self.c_attn(x).split(D, dim=2))  # (B, H, S, hd) each
         k_all, v_all = cache.update(input_pos, k, v, rows)  # (B, H, max_seq_len, hd)
         kv_len = mask.shape[-1]
         # in the cache's dtype, as models/llama.py: a float32 cache under bf16 weights is faster on CPU
-        y = F.scaled_dot_product_attention(q.to(k_all.dtype), k_all[:, :, :kv_len], v_all[:, :, :kv_len],
-                                           attn_mask=mask).to(x.dtype)  # (B, H, S, hd)
-        return self.c_proj(y.transpose(1, 2).reshape(B, S, D))
+        q, k_all, v_all = q.to(k_all.dtype), k_all[:, :, :kv_len], v_all[:, :, :kv_len]
+        y = (attend_with_prefix(q, k_all, v_all, mask, *prefix)[0] if prefix is not None
+             else F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask))  # (B, H, S, hd)
+        return self.c_proj(y.to(x.dtype).transpose(1, 2).reshape(B, S, D))
 
 
 class MLP(nn.Module):
@@ -97,8 +100,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache, rows: slice) -> Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos, mask, cache, rows)
+    def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache, rows: slice,
+                prefix: tuple[Tensor, Tensor, SharedPrefix] | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), input_pos, mask, cache, rows, prefix)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -119,18 +123,22 @@ class GPT2(nn.Module):
         return LlamaCache(self.cfg, batch, max_seq_len, dtype or self.kv_dtype or weight.dtype, weight.device)
 
     def forward(self, x: Tensor, input_pos: Tensor, cache: LlamaCache, kv_len: int | None = None,
-                seq_start: Tensor | None = None, rows: slice = slice(None), probe: None = None) -> Tensor:
+                seq_start: Tensor | None = None, rows: slice = slice(None), probe: None = None,
+                shared: SharedPrefix | None = None) -> Tensor:
         """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
         As `Llama.forward`: keys and values written at input_pos in cache rows `rows`, attention over slots
         [0, kv_len) causally masked; seq_start (B,): each row's first slot (left padding), its positions
         counted from there (Hugging Face's positions of an unpadded sequence: 0, 1, ...). probe: Llama's
         attention probe (the multilingual alignment guard) has no GPT-2 counterpart; it must be None.
+        shared: as Llama's, a `SharedPrefix` each row's sequence begins with, its positions going on from there.
         """
         if probe is not None:
             raise ValueError("attention probes (the alignment guard) need the Llama backbone")
         pos, mask = positions_and_mask(input_pos, kv_len or cache.max_seq_len, seq_start)
+        if shared is not None:
+            pos = pos + shared.row_offset[:, None]  # (B, S)
         x = x + self.wpe(pos).to(x.dtype)  # (S, D) or (B, S, D)
-        for block, layer_cache in zip(self.h, cache.layers):
-            x = block(x, input_pos, mask, layer_cache, rows)
+        for i, (block, layer_cache) in enumerate(zip(self.h, cache.layers)):
+            x = block(x, input_pos, mask, layer_cache, rows, (*shared.layers[i], shared) if shared is not None else None)
         return self.ln_f(x)

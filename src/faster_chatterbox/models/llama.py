@@ -16,7 +16,6 @@ on the device, the keys are scattered to them, so a decode step has one shape wh
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -85,8 +84,13 @@ class RMSNorm(nn.Module):
 def rope_tables(inv_freq: Tensor, max_seq_len: int) -> tuple[Tensor, Tensor]:
     """cos, sin (max_seq_len, head_dim) of positions 0 .. max_seq_len - 1, in float32 whatever the model dtype
     (cast on use, as Hugging Face does). inv_freq: (head_dim/2,)"""
-    freqs = torch.arange(max_seq_len, device=inv_freq.device, dtype=torch.float32)[:, None] * inv_freq
-    angles = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
+    return rope_at(inv_freq, torch.arange(max_seq_len, device=inv_freq.device))
+
+
+def rope_at(inv_freq: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """cos, sin (*positions.shape, head_dim) of any positions, float32: the tables' values, computed alone."""
+    freqs = positions.to(torch.float32)[..., None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos(), angles.sin()
 
 
@@ -165,8 +169,8 @@ class LlamaCache:
             self.layers = [KVCache(batch, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, device)
                            for _ in range(cfg.n_layers)]
             # (head_dim/2,); None for a backbone with learned positions instead of RoPE (models/gpt2.py)
-            self._inv_freq = llama3_inv_freq(cfg, device) if isinstance(cfg, LlamaConfig) else None
-            self.rope_cos, self.rope_sin = (rope_tables(self._inv_freq, max_seq_len) if self._inv_freq is not None
+            self.inv_freq = llama3_inv_freq(cfg, device) if isinstance(cfg, LlamaConfig) else None
+            self.rope_cos, self.rope_sin = (rope_tables(self.inv_freq, max_seq_len) if self.inv_freq is not None
                                             else (None, None))  # (max_seq_len, head_dim)
         self.batch, self.max_seq_len = batch, max_seq_len
 
@@ -180,8 +184,8 @@ class LlamaCache:
         the current rows hold (rows joining a running batch; a batch outgrowing its slots). Reuses the
         allocation when it is large enough. If an allocation fails the cache keeps its rows and slots."""
         with torch.inference_mode(False):
-            grown = max_seq_len > self.max_seq_len and self._inv_freq is not None
-            tables = rope_tables(self._inv_freq, max_seq_len) if grown else (self.rope_cos, self.rope_sin)
+            grown = max_seq_len > self.max_seq_len and self.inv_freq is not None
+            tables = rope_tables(self.inv_freq, max_seq_len) if grown else (self.rope_cos, self.rope_sin)
             for layer in self.layers:
                 layer.reserve(batch, max_seq_len)
             # nothing below allocates: every layer has the room
@@ -245,18 +249,130 @@ class AttentionProbe:
     heads: dict[int, tuple[int, ...]]
     weights: list[Tensor] = field(default_factory=list)
 
-    def at(self, layer: int) -> Callable[[Tensor, Tensor, Tensor], None] | None:
+    def at(self, layer: int) -> LayerProbe | None:
         heads = self.heads.get(layer)
-        return None if heads is None else lambda q, k, mask: self._record(heads, q, k, mask)
+        return None if heads is None else LayerProbe(heads, self.weights)
 
-    def _record(self, heads: tuple[int, ...], q: Tensor, k: Tensor, mask: Tensor) -> None:
+
+@dataclass
+class LayerProbe:
+    """One layer's part of an `AttentionProbe`: records into its `weights`."""
+
+    heads: tuple[int, ...]
+    weights: list[Tensor]
+
+    def from_keys(self, q: Tensor, k: Tensor, mask: Tensor) -> None:
         # q: (B, H, S, hd); k: (B, H_kv, kv_len, hd); mask: (S, kv_len) or (B, 1, S, kv_len)
         group = q.shape[1] // k.shape[1]
-        for head in heads:
+        for head in self.heads:
             scores = q[:, head, -1:].float() @ k[:, head // group].float().transpose(-1, -2)  # (B, 1, kv_len)
             scores = scores / math.sqrt(q.shape[-1])
             visible = mask[..., -1:, :].reshape(-1, 1, mask.shape[-1])  # (1 or B, 1, kv_len)
             self.weights.append(scores.masked_fill(~visible, -math.inf).softmax(dim=-1)[:, 0])
+
+    def from_weights(self, attention: Tensor) -> None:
+        # attention: (B, H, S, kv_len), softmax already taken (over a shared prefix too: `attend_with_prefix`)
+        for head in self.heads:
+            self.weights.append(attention[:, head, -1].float())
+
+
+@dataclass
+class SharedPrefix:
+    """Keys and values that groups of a forward's rows share in front of their own cache slots (a voice's
+    conditioning under every sequence in that voice, engine/batch_decode.py): attention reads them once per
+    group instead of once per row, and the rows' caches hold only what follows them.
+
+    layers[i] = (k, v) of layer i, (G, H_kv, P, hd): group g's prefix in its first lengths[g] slots (zero and
+    masked past them). row_group, row_rank (B,): each row's group and its place among the group's rows;
+    members (G, M): each group's rows, padded with row 0 (M: the largest group). A row's positions go on
+    from its group's prefix: its first own slot is position lengths[row_group]. Made by `of`.
+    """
+
+    layers: list[tuple[Tensor, Tensor]]
+    lengths: Tensor  # (G,) long
+    row_group: Tensor  # (B,) long
+    row_rank: Tensor  # (B,) long
+    members: Tensor  # (G, M) long
+
+    @classmethod
+    def of(cls, prefixes: list[LlamaCache], row_group: list[int],
+           layers: list[tuple[Tensor, Tensor]] | None = None) -> SharedPrefix:
+        """prefixes: each group's prefix, a 1-row cache of exactly its slots; row_group[b]: row b's group.
+        layers: those of an earlier SharedPrefix of the same prefixes (not stacked again)."""
+        device = prefixes[0].layers[0].k.device
+        lengths = [p.max_seq_len for p in prefixes]
+        if layers is not None:
+            pass
+        elif len(prefixes) == 1:
+            layers = [(layer.k, layer.v) for layer in prefixes[0].layers]  # no copy
+        else:  # right-padded to the longest, zeros masked
+            layers = []
+            for per_group in zip(*(p.layers for p in prefixes)):
+                k = per_group[0].k.new_zeros(len(prefixes), *per_group[0].k.shape[1:2], max(lengths),
+                                             per_group[0].k.shape[3])
+                v = torch.zeros_like(k)
+                for g, layer in enumerate(per_group):
+                    k[g, :, : lengths[g]], v[g, :, : lengths[g]] = layer.k[0], layer.v[0]
+                layers.append((k, v))
+        rank, seen = [], [0] * len(prefixes)
+        for g in row_group:
+            rank.append(seen[g])
+            seen[g] += 1
+        members = [[0] * max(seen) for _ in prefixes]
+        for b, (g, r) in enumerate(zip(row_group, rank)):
+            members[g][r] = b
+        as_long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        return cls(layers, as_long(lengths), as_long(row_group), as_long(rank), as_long(members))
+
+    @property
+    def row_offset(self) -> Tensor:
+        """(B,) each row's prefix length: the position of its first own slot."""
+        return self.lengths[self.row_group]
+
+
+def attend_with_prefix(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, prefix_k: Tensor, prefix_v: Tensor,
+                       shared: SharedPrefix, weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Softmax attention of q over [its group's shared prefix, its own keys], as if they were one sequence.
+
+    q: (B, H, S, hd); k, v: (B, H_kv, L, hd) the rows' own slots; mask (S, L) or (B, 1, S, L) bool over them;
+    prefix_k, prefix_v: (G, H_kv, P, hd), `shared`'s layer. Returns y (B, H, S, hd) and, with `weights`, the
+    attention on the own slots (B, H, S, L) (what a probe records). The prefix is read once per group, all
+    its rows' queries at once, instead of once per row.
+
+    On CPU (no weights asked) the two parts run on torch's flash kernel, which also gives each query's
+    log-sum-exp, and are merged by their softmax mass: y = y_own + (y_prefix - y_own) * sigmoid(lse_prefix -
+    lse_own). Elsewhere, or with `weights`, one softmax over the concatenated scores (plain matmuls).
+    """
+    B, H, S, hd = q.shape
+    if H != k.shape[1]:  # grouped-query attention: each key head serves H / H_kv query heads
+        k, v, prefix_k, prefix_v = (t.repeat_interleave(H // k.shape[1], dim=1) for t in (k, v, prefix_k, prefix_v))
+    G, M = shared.members.shape
+    P = prefix_k.shape[2]
+    grouped_q = q[shared.members.view(-1)].view(G, M, H, S, hd).transpose(1, 2).reshape(G, H, M * S, hd)
+    prefix_mask = (torch.arange(P, device=q.device) < shared.lengths[:, None])[:, None, None]  # (G, 1, 1, P)
+
+    def to_rows(grouped: Tensor) -> Tensor:  # (G, H, M * S, ...) -> (B, H, S, ...): each row's own queries
+        return grouped.view(G, H, M, S, *grouped.shape[3:])[shared.row_group, :, shared.row_rank]
+
+    if q.device.type == "cpu" and not weights:
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # (output, log-sum-exp)
+        additive = lambda m: torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, -math.inf)  # noqa: E731
+        y_prefix, lse_prefix = flash(grouped_q, prefix_k, prefix_v, attn_mask=additive(prefix_mask))[:2]
+        y_own, lse_own = flash(q, k, v, attn_mask=additive(mask.expand(B, 1, S, k.shape[2])))[:2]
+        share = torch.sigmoid(to_rows(lse_prefix[..., None])[..., 0] - lse_own)  # (B, H, S)
+        return torch.lerp(y_own, to_rows(y_prefix), share[..., None]), None
+    scale = 1 / math.sqrt(hd)
+    # keys on the left of the matmuls: a GEMV over the keys per head (a small-M GEMM against transposed keys
+    # is several times slower with MKL on CPU)
+    own = (k @ q.transpose(-1, -2)).transpose(-1, -2) * scale  # (B, H, S, L)
+    on_prefix = (prefix_k @ grouped_q.transpose(-1, -2)).transpose(-1, -2) * scale  # (G, H, M * S, P)
+    on_prefix = to_rows(on_prefix.masked_fill(~prefix_mask, -math.inf))  # (B, H, S, P)
+    attention = torch.cat((on_prefix, own.masked_fill(~mask, -math.inf)), dim=-1).softmax(dim=-1)
+    on_prefix, on_own = attention.split((P, k.shape[2]), dim=-1)
+    grouped = on_prefix.new_zeros(G, M, H, S, P)
+    grouped[shared.row_group, shared.row_rank] = on_prefix
+    y_prefix = grouped.transpose(1, 2).reshape(G, H, M * S, P) @ prefix_v  # (G, H, M * S, hd)
+    return on_own @ v + to_rows(y_prefix), on_own if weights else None
 
 
 class Attention(nn.Module):
@@ -269,9 +385,11 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache,
-                rows: slice = slice(None), probe: Callable[[Tensor, Tensor, Tensor], None] | None = None) -> Tensor:
+                rows: slice = slice(None), probe: LayerProbe | None = None,
+                prefix: tuple[Tensor, Tensor, SharedPrefix] | None = None) -> Tensor:
         # x: (B, S, D) for cache rows `rows`; cos, sin: (S, head_dim) or (B, 1, S, head_dim); input_pos: (S,);
-        # mask: (S, kv_len) or (B, 1, S, kv_len) bool; probe(q, k, mask): sees this layer's queries and keys
+        # mask: (S, kv_len) or (B, 1, S, kv_len) bool; probe: records this layer's attention;
+        # prefix: this layer's keys and values of a `SharedPrefix` (and it), attended before the cache
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, hd)
         k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
@@ -279,14 +397,20 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_all, v_all = cache.update(input_pos, k, v, rows)  # (B, H_kv, max_seq_len, hd)
         kv_len = mask.shape[-1]
-        if probe is not None:
-            probe(q, k_all[:, :, :kv_len], mask)
         # Attention runs in the cache's dtype: a float32 cache under bf16 weights is faster on CPU.
-        y = F.scaled_dot_product_attention(
-            q.to(k_all.dtype), k_all[:, :, :kv_len], v_all[:, :, :kv_len], attn_mask=mask,
-            enable_gqa=self.n_heads != self.n_kv_heads,
-        ).to(x.dtype)  # (B, H, S, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
+        if prefix is not None:
+            y, weights = attend_with_prefix(q.to(k_all.dtype), k_all[:, :, :kv_len], v_all[:, :, :kv_len], mask,
+                                            *prefix, weights=probe is not None)
+            if probe is not None:
+                probe.from_weights(weights)
+        else:
+            if probe is not None:
+                probe.from_keys(q, k_all[:, :, :kv_len], mask)
+            y = F.scaled_dot_product_attention(
+                q.to(k_all.dtype), k_all[:, :, :kv_len], v_all[:, :, :kv_len], attn_mask=mask,
+                enable_gqa=self.n_heads != self.n_kv_heads,
+            )  # (B, H, S, hd)
+        return self.o_proj(y.to(x.dtype).transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
@@ -309,8 +433,9 @@ class TransformerBlock(nn.Module):
         self.mlp = FeedForward(cfg)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache,
-                rows: slice = slice(None), probe: Callable[[Tensor, Tensor, Tensor], None] | None = None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask, cache, rows, probe)
+                rows: slice = slice(None), probe: LayerProbe | None = None,
+                prefix: tuple[Tensor, Tensor, SharedPrefix] | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask, cache, rows, probe, prefix)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -332,17 +457,21 @@ class Llama(nn.Module):
 
     def forward(self, x: Tensor, input_pos: Tensor, cache: LlamaCache, kv_len: int | None = None,
                 seq_start: Tensor | None = None, rows: slice = slice(None),
-                probe: AttentionProbe | None = None, visible_until: Tensor | None = None) -> Tensor:
+                probe: AttentionProbe | None = None, visible_until: Tensor | None = None,
+                shared: SharedPrefix | None = None) -> Tensor:
         """x: (B, S, D) input embeddings at cache slots input_pos (S,) -> final-norm hidden states (B, S, D).
 
         Writes the keys and values of x into `cache` (rows `rows`, slots input_pos); attention covers cache
         slots [0, kv_len) (default: the whole cache), causally masked by position.
         seq_start: (B,) first slot of each row's sequence when rows are left-padded; None: all rows start at 0.
         rows: the cache rows x belongs to (default: all), e.g. the prefill of sequences joining a batch.
-        probe: collects the attention weights of a few heads at the last position (`AttentionProbe`).
+        probe: collects the attention weights of a few heads at the last position (`AttentionProbe`); with
+        `shared`, over the cache slots (normalised over the prefix too).
         visible_until: (S,) or per row (B, S), the last slot each new position attends to; default its own
         (causal). A block decoded in parallel (block diffusion) passes its last slot: its positions see each
         other, and the cache before them.
+        shared: a prefix each row's sequence begins with, held outside the cache (`SharedPrefix`): attention
+        covers it before the cache slots, and the rows' positions go on from its length.
         input_pos (B, S) instead: each row's own slots (its positions, every sequence starting at slot 0).
         """
         kv_len = kv_len or cache.max_seq_len
@@ -352,13 +481,18 @@ class Llama(nn.Module):
             sin = cache.rope_sin[input_pos].to(x.dtype)[:, None]
         else:
             pos, mask = positions_and_mask(input_pos, kv_len, seq_start, visible_until)
-            cos, sin = cache.rope_cos[pos].to(x.dtype), cache.rope_sin[pos].to(x.dtype)  # (S | B, S, head_dim)
-            if seq_start is not None:
-                cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
+            if shared is not None:  # positions past the cache's tables
+                cos, sin = rope_at(cache.inv_freq, pos + shared.row_offset[:, None])  # (B, S, head_dim)
+                cos, sin = cos.to(x.dtype)[:, None], sin.to(x.dtype)[:, None]  # (B, 1, S, head_dim)
+            else:
+                cos, sin = cache.rope_cos[pos].to(x.dtype), cache.rope_sin[pos].to(x.dtype)  # (S | B, S, head_dim)
+                if seq_start is not None:
+                    cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
         if probe is not None:
             probe.weights.clear()
         for i, (layer, layer_cache) in enumerate(zip(self.layers, cache.layers)):
-            x = layer(x, cos, sin, input_pos, mask, layer_cache, rows, probe.at(i) if probe is not None else None)
+            x = layer(x, cos, sin, input_pos, mask, layer_cache, rows, probe.at(i) if probe is not None else None,
+                      (*shared.layers[i], shared) if shared is not None else None)
         return self.norm(x)
 
 
