@@ -23,15 +23,18 @@ by the CPU (devices.native_bf16) changes.
 --unpacked PRESET...: also those presets resolved as if FBGEMM's fp16 GEMM did not run here (devices.fbgemm_fp16
 False: T3's bf16 Linears on oneDNN's bf16 GEMM, fastest in int8), to measure on an x86 CPU that emulates bf16
 what packing T3's weights for FBGEMM changes.
+--copied-prefixes PRESET...: also those presets with the voice's prefix copied under every row of a batch
+(EngineSettings.t3_shared_prefix_slots None) instead of read once per step (models/llama.py SharedPrefix).
 
     python benchmarks/family_speed.py --model turbo|nano|multilingual [--checkpoint DIR] [--tokens N] [--rounds 3]
                                       [--threads 2] [--native-settings fast fastest] [--unpacked fast fastest]
-                                      [--json F]
+                                      [--copied-prefixes fast fastest] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from unittest import mock
@@ -137,6 +141,7 @@ def main() -> None:
     ap.add_argument("--no-upstream", action="store_true")
     ap.add_argument("--native-settings", nargs="*", default=[], choices=("exact", "fast", "fastest"))
     ap.add_argument("--unpacked", nargs="*", default=[], choices=("fast", "fastest"))
+    ap.add_argument("--copied-prefixes", nargs="*", default=[], choices=("fast", "fastest"))
     ap.add_argument("--json")
     args = ap.parse_args()
     if (args.native_settings or args.unpacked) and args.model == "multilingual":
@@ -151,11 +156,14 @@ def main() -> None:
             avoid_invalid_speech_ids(ckpt)
     models = {preset: model["cls"].from_local(ckpt, device="cpu", preset=preset, watermark=False, **model.get("load", {}))
               for preset in ("exact", "fast", "fastest")}
-    variants = [(preset, "native_bf16", True, "native-bf16 settings") for preset in args.native_settings]
-    variants += [(preset, "fbgemm_fp16", False, "unpacked") for preset in args.unpacked]
-    for preset, check, answer, label in variants:
-        with mock.patch.object(settings_module, check, lambda device: answer):
+    variants = [(preset, "native_bf16", True, {}, "native-bf16 settings") for preset in args.native_settings]
+    variants += [(preset, "fbgemm_fp16", False, {}, "unpacked") for preset in args.unpacked]
+    variants += [(preset, None, None, dict(t3_shared_prefix_slots=None), "copied prefixes")
+                 for preset in args.copied_prefixes]
+    for preset, check, answer, changes, label in variants:
+        with mock.patch.object(settings_module, check, lambda device: answer) if check else contextlib.nullcontext():
             settings = engine_settings(preset, "cpu", model="nano" if model.get("load") else args.model)
+        settings = replace(settings, **changes)
         models[f"{preset} ({label})"] = model["cls"].from_local(
             ckpt, device="cpu", watermark=False, settings=settings, **model.get("load", {}))
     upstream = None
