@@ -29,15 +29,8 @@ from faster_chatterbox.engine.sampling import SamplingParams
 from faster_chatterbox.family import random_checkpoint
 from faster_chatterbox.tts import ChatterboxTTS
 from faster_chatterbox.tts_turbo import ChatterboxTurboTTS
+from t3_packed import TEXTS  # the same 8 sentences (benchmarks/ is on the path of a script run from it)
 
-TEXTS = ["Oh, hello there. I was just thinking about the trip we took last summer.",
-         "Up the coast and into the hills, do you remember the little bakery by the harbour?",
-         "They had the best bread I have ever eaten, and the owner told us stories.",
-         "The storms of nineteen eighty seven went on until dark, he said.",
-         "We walked back along the cliffs while the lights came on in the town below.",
-         "Nobody wanted to leave, and we promised to come back the next summer.",
-         "We never did, of course, but I still think about that bread.",
-         "Maybe this year we should finally go back and see if it is still there."]
 LAYOUTS = {"copied": None, "shared": 1}
 
 
