@@ -285,7 +285,9 @@ class SharedPrefix:
     layers[i] = (k, v) of layer i, (G, H_kv, P, hd): group g's prefix in its first lengths[g] slots (zero and
     masked past them). row_group, row_rank (B,): each row's group and its place among the group's rows;
     members (G, M): each group's rows, padded with row 0 (M: the largest group). A row's positions go on
-    from its group's prefix: its first own slot is position lengths[row_group]. Made by `of`.
+    from its group's prefix: its first own slot is position lengths[row_group]. key_bias (G, 1, 1, P): 0 on
+    each group's slots, -inf past them, added to the prefix's scores (made once, not in every layer's step).
+    Made by `of`.
     """
 
     layers: list[tuple[Tensor, Tensor]]
@@ -293,27 +295,17 @@ class SharedPrefix:
     row_group: Tensor  # (B,) long
     row_rank: Tensor  # (B,) long
     members: Tensor  # (G, M) long
+    key_bias: Tensor  # (G, 1, 1, P), the keys' dtype
 
     @classmethod
     def of(cls, prefixes: list[LlamaCache], row_group: list[int],
            layers: list[tuple[Tensor, Tensor]] | None = None) -> SharedPrefix:
         """prefixes: each group's prefix, a 1-row cache of exactly its slots; row_group[b]: row b's group.
         layers: those of an earlier SharedPrefix of the same prefixes (not stacked again)."""
-        device = prefixes[0].layers[0].k.device
+        first = prefixes[0].layers[0].k
         lengths = [p.max_seq_len for p in prefixes]
-        if layers is not None:
-            pass
-        elif len(prefixes) == 1:
-            layers = [(layer.k, layer.v) for layer in prefixes[0].layers]  # no copy
-        else:  # right-padded to the longest, zeros masked
-            layers = []
-            for per_group in zip(*(p.layers for p in prefixes)):
-                k = per_group[0].k.new_zeros(len(prefixes), *per_group[0].k.shape[1:2], max(lengths),
-                                             per_group[0].k.shape[3])
-                v = torch.zeros_like(k)
-                for g, layer in enumerate(per_group):
-                    k[g, :, : lengths[g]], v[g, :, : lengths[g]] = layer.k[0], layer.v[0]
-                layers.append((k, v))
+        if layers is None:
+            layers = cls._stack(prefixes, lengths)
         rank, seen = [], [0] * len(prefixes)
         for g in row_group:
             rank.append(seen[g])
@@ -321,8 +313,26 @@ class SharedPrefix:
         members = [[0] * max(seen) for _ in prefixes]
         for b, (g, r) in enumerate(zip(row_group, rank)):
             members[g][r] = b
-        as_long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-        return cls(layers, as_long(lengths), as_long(row_group), as_long(rank), as_long(members))
+        as_long = lambda values: torch.tensor(values, dtype=torch.long, device=first.device)  # noqa: E731
+        valid = torch.arange(max(lengths), device=first.device) < as_long(lengths)[:, None]  # (G, P)
+        key_bias = torch.zeros(valid.shape, dtype=first.dtype, device=first.device).masked_fill_(~valid, -math.inf)
+        return cls(layers, as_long(lengths), as_long(row_group), as_long(rank), as_long(members),
+                   key_bias[:, None, None])
+
+    @staticmethod
+    def _stack(prefixes: list[LlamaCache], lengths: list[int]) -> list[tuple[Tensor, Tensor]]:
+        """Each layer's prefixes as one (G, H_kv, P, hd) pair, right-padded with zeros; one group: its own."""
+        if len(prefixes) == 1:
+            return [(layer.k, layer.v) for layer in prefixes[0].layers]  # no copy
+        layers = []
+        for per_group in zip(*(p.layers for p in prefixes)):
+            _, heads, _, head_dim = per_group[0].k.shape
+            k = per_group[0].k.new_zeros(len(prefixes), heads, max(lengths), head_dim)
+            v = torch.zeros_like(k)
+            for g, layer in enumerate(per_group):
+                k[g, :, : lengths[g]], v[g, :, : lengths[g]] = layer.k[0], layer.v[0]
+            layers.append((k, v))
+        return layers
 
     @property
     def row_offset(self) -> Tensor:
@@ -349,16 +359,15 @@ def attend_with_prefix(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, prefix_k: 
     G, M = shared.members.shape
     P = prefix_k.shape[2]
     grouped_q = q[shared.members.view(-1)].view(G, M, H, S, hd).transpose(1, 2).reshape(G, H, M * S, hd)
-    prefix_mask = (torch.arange(P, device=q.device) < shared.lengths[:, None])[:, None, None]  # (G, 1, 1, P)
 
     def to_rows(grouped: Tensor) -> Tensor:  # (G, H, M * S, ...) -> (B, H, S, ...): each row's own queries
         return grouped.view(G, H, M, S, *grouped.shape[3:])[shared.row_group, :, shared.row_rank]
 
     if q.device.type == "cpu" and not weights:
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # (output, log-sum-exp)
-        additive = lambda m: torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, -math.inf)  # noqa: E731
-        y_prefix, lse_prefix = flash(grouped_q, prefix_k, prefix_v, attn_mask=additive(prefix_mask))[:2]
-        y_own, lse_own = flash(q, k, v, attn_mask=additive(mask.expand(B, 1, S, k.shape[2])))[:2]
+        own_bias = torch.zeros((B, 1, S, k.shape[2]), dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
+        y_prefix, lse_prefix = flash(grouped_q, prefix_k, prefix_v, attn_mask=shared.key_bias)[:2]
+        y_own, lse_own = flash(q, k, v, attn_mask=own_bias)[:2]
         share = torch.sigmoid(to_rows(lse_prefix[..., None])[..., 0] - lse_own)  # (B, H, S)
         return torch.lerp(y_own, to_rows(y_prefix), share[..., None]), None
     scale = 1 / math.sqrt(hd)
@@ -366,7 +375,7 @@ def attend_with_prefix(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, prefix_k: 
     # is several times slower with MKL on CPU)
     own = (k @ q.transpose(-1, -2)).transpose(-1, -2) * scale  # (B, H, S, L)
     on_prefix = (prefix_k @ grouped_q.transpose(-1, -2)).transpose(-1, -2) * scale  # (G, H, M * S, P)
-    on_prefix = to_rows(on_prefix.masked_fill(~prefix_mask, -math.inf))  # (B, H, S, P)
+    on_prefix = to_rows(on_prefix + shared.key_bias)  # (B, H, S, P)
     attention = torch.cat((on_prefix, own.masked_fill(~mask, -math.inf)), dim=-1).softmax(dim=-1)
     on_prefix, on_own = attention.split((P, k.shape[2]), dim=-1)
     grouped = on_prefix.new_zeros(G, M, H, S, P)
