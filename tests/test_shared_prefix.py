@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from unittest import mock
+
+import numpy as np
 
 import pytest
 import torch
@@ -99,11 +102,29 @@ def test_a_batch_shares_its_prefixes_from_the_threshold_on():
             assert decoder.sharing is sharing and (decoder.shared is not None) is sharing
             decoder.keep([])  # emptied: the next fresh batch decides again
             assert not decoder.sharing and decoder.shared is None
-    for bad in (0, 2.5, "4"):
+    assert BatchDecoder(t3, cache, shared_prefix_slots=np.int64(8)).shared_prefix_slots == 8
+    for bad in (0, 2.5, "4", True):
         with pytest.raises(ValueError, match="shared_prefix_slots"):
             BatchDecoder(t3, cache, shared_prefix_slots=bad)
     with pytest.raises(ValueError, match="prefix cache"):
         BatchDecoder(t3, None, shared_prefix_slots=8)
+
+
+def test_a_joiner_in_a_live_voice_does_not_restack_the_live_prefixes():
+    """Two voices live (their prefixes stacked into one padded pair per layer); a request joining in one of
+    them prefills against its own voice alone and leaves the live rows' stack as it was: no re-stacking."""
+    t3 = _model()
+    requests = _requests()[:3]
+    cache = PrefixCache(t3)
+    with torch.inference_mode():
+        decoder = BatchDecoder(t3, cache, shared_prefix_slots=1)
+        decoder.admit(requests[:2])
+        live = decoder.shared.layers
+        with mock.patch.object(SharedPrefix, "_stack", wraps=SharedPrefix._stack) as stack:
+            decoder.admit([replace(requests[2], cond=requests[0].cond)])
+        assert decoder.shared.layers is live
+        assert all(len(call.args[0]) == 1 for call in stack.call_args_list)  # the joiner's one voice: no copy
+        assert decoder.shared.row_group.tolist() == [0, 0, 1, 1, 0, 0]
 
 
 def test_guarded_rows_sharing_their_voice_decode_as_alone():

@@ -36,6 +36,7 @@ batches may run on it at the same time. Admitting requests either succeeds or le
 
 from __future__ import annotations
 
+import numbers
 import threading
 import weakref
 from collections import OrderedDict
@@ -130,10 +131,12 @@ class BatchDecoder:
     """
 
     def __init__(self, t3: T3, prefix_cache: PrefixCache | None = None, shared_prefix_slots: int | None = None):
-        if shared_prefix_slots is not None and (prefix_cache is None or not isinstance(shared_prefix_slots, int)
-                                               or shared_prefix_slots < 1):
-            raise ValueError(f"shared_prefix_slots must be None or a positive integer with a prefix cache, "
-                             f"got {shared_prefix_slots!r}")
+        if shared_prefix_slots is not None:  # any integer type (numpy's too), not a bool
+            if (prefix_cache is None or isinstance(shared_prefix_slots, bool)
+                    or not isinstance(shared_prefix_slots, numbers.Integral) or shared_prefix_slots < 1):
+                raise ValueError(f"shared_prefix_slots must be None or a positive integer with a prefix cache, "
+                                 f"got {shared_prefix_slots!r}")
+            shared_prefix_slots = int(shared_prefix_slots)
         self.t3, self.prefix_cache, self.shared_prefix_slots = t3, prefix_cache, shared_prefix_slots
         self.sharing = False  # this batch's layout: the voices' prefixes outside the cache
         self.shared: SharedPrefix | None = None  # the live rows' voices while sharing
@@ -184,8 +187,8 @@ class BatchDecoder:
             # the last `run` slots are computed: every row's text and what of its voice (or padding) lies there
             x = x[:, width - run :]
             slots = torch.arange(next_slot - run, next_slot, device=self.device)
-            shared = (self._shared_prefix([v for v, r in zip(voices, requests) for _ in range(r.rows)]) if sharing
-                      else None)
+            shared = (self._shared_prefix([v for v, r in zip(voices, requests) for _ in range(r.rows)], keep=False)
+                      if sharing else None)
             h = t3.tfmr(x, slots, cache, kv_len=next_slot, seq_start=starts, rows=slice(old_rows, old_rows + new_rows),
                         probe=self.probe if watch else None, shared=shared)[:, -1]
             logits = self._out(h)  # (R, V)
@@ -216,15 +219,17 @@ class BatchDecoder:
             slots[id(voice)] = slots.get(id(voice), 0) + r.rows * voice.max_seq_len
         return max(slots.values()) >= self.shared_prefix_slots
 
-    def _shared_prefix(self, row_voices: list[LlamaCache]) -> SharedPrefix:
-        """The `SharedPrefix` of rows in these voices (one per row), its stacked prefixes kept for the next
-        call while the batch's voices stay the same."""
+    def _shared_prefix(self, row_voices: list[LlamaCache], keep: bool = True) -> SharedPrefix:
+        """The `SharedPrefix` of rows in these voices (one per row). keep: its stacked prefixes are kept for the
+        next call while the batch's voices stay the same (the live rows'; not a prefill's joiners', which would
+        make the live rows' stack be rebuilt after every admission)."""
         distinct = list({id(v): v for v in row_voices}.values())
         group = {id(v): g for g, v in enumerate(distinct)}
         key = tuple(group)
         layers = self._stacked[1] if self._stacked is not None and self._stacked[0] == key else None
         shared = SharedPrefix.of(distinct, [group[id(v)] for v in row_voices], layers)
-        self._stacked = (key, shared.layers)
+        if keep:
+            self._stacked = (key, shared.layers)
         return shared
 
     def _cached_prefixes(self, requests: list[DecodeRequest], prefixes: list[Tensor], cache: LlamaCache,
