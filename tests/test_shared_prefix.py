@@ -57,7 +57,7 @@ def test_attention_over_a_shared_prefix_is_attention_over_both(lengths, rows, qu
     start = torch.randint(0, own, (rows,), generator=g)  # each row's first own slot: padding before it
     slot, query = torch.arange(L), torch.arange(own, L)[:, None]
     mask = ((slot <= query) & (slot >= start[:, None, None]))[:, None]  # (B, 1, S, L)
-    y, attention = attend_with_prefix(q, k, v, mask, *shared.layers[0], shared, weights=weights)
+    y, attention = attend_with_prefix(q, k, v, shared.own_key_bias(mask), *shared.layers[0], shared, weights=weights)
 
     # each row's own prefix, padded to the longest with masked zeros as SharedPrefix pads it
     pk, pv = shared.layers[0][0][shared.row_group], shared.layers[0][1][shared.row_group]
@@ -85,6 +85,28 @@ def test_groups_of_different_lengths_are_padded_and_stacked_once():
     assert alone.layers[0][0] is long.layers[0].k  # one group: the prefix cache's own tensors, no copy
     again = SharedPrefix.of([short, long], [0, 1], shared.layers)
     assert again.layers is shared.layers
+
+
+def test_the_own_slots_bias_is_made_once_per_forward():
+    """A causal (S, L) mask becomes each row's additive bias (B, 1, S, L) in the keys' dtype; a two-layer
+    decode over a shared prefix makes it once, not in each layer."""
+    cfg = LlamaConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=4, head_dim=8)
+    shared = SharedPrefix.of([_prefix(cfg, 5, 0)], [0, 0, 0])
+    causal = torch.arange(4) <= torch.arange(2, 4)[:, None]  # (S=2, L=4)
+    bias = shared.own_key_bias(causal)
+    assert bias.shape == (3, 1, 2, 4) and bias.dtype == torch.float32
+    assert torch.equal(bias[1, 0] == 0, causal) and torch.isinf(bias[2, 0, 0, 3])
+    requests = _requests()[:2]
+    requests[1] = replace(requests[1], cond=requests[0].cond)
+    with torch.inference_mode():
+        t3 = _model()
+        decoder = BatchDecoder(t3, PrefixCache(t3), shared_prefix_slots=1)
+        decoder.admit(requests)
+        with mock.patch.object(SharedPrefix, "own_key_bias", autospec=True,
+                               side_effect=SharedPrefix.own_key_bias) as made:
+            decoder.step(torch.zeros((2, 1), dtype=torch.long))
+    assert t3.cfg.llama.n_layers > 1
+    assert decoder.sharing and made.call_count == 1
 
 
 def test_a_batch_shares_its_prefixes_from_the_threshold_on():

@@ -68,8 +68,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache, rows: slice,
                 prefix: tuple[Tensor, Tensor, SharedPrefix] | None = None) -> Tensor:
-        # x: (B, S, D) for cache rows `rows`; input_pos: (S,); mask: (S, kv_len) or (B, 1, S, kv_len) bool;
-        # prefix: this layer's part of a shared prefix (models/llama.py: `attend_with_prefix`)
+        # x: (B, S, D) for cache rows `rows`; input_pos: (S,); mask: (S, kv_len) or (B, 1, S, kv_len) bool
+        # (with `prefix`: its additive `own_key_bias`); prefix: this layer's part of a shared prefix (models/llama.py: `attend_with_prefix`)
         B, S, D = x.shape
         q, k, v = (t.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
                    for t in self.c_attn(x).split(D, dim=2))  # (B, H, S, hd) each
@@ -138,6 +138,7 @@ class GPT2(nn.Module):
         pos, mask = positions_and_mask(input_pos, kv_len or cache.max_seq_len, seq_start)
         if shared is not None:
             pos = pos + shared.row_offset[:, None]  # (B, S)
+            mask = shared.own_key_bias(mask)  # the additive form attend_with_prefix takes, made once
         x = x + self.wpe(pos).to(x.dtype)  # (S, D) or (B, S, D)
         for i, (block, layer_cache) in enumerate(zip(self.h, cache.layers)):
             x = block(x, input_pos, mask, layer_cache, rows, (*shared.layers[i], shared) if shared is not None else None)

@@ -339,13 +339,21 @@ class SharedPrefix:
         """(B,) each row's prefix length: the position of its first own slot."""
         return self.lengths[self.row_group]
 
+    def own_key_bias(self, mask: Tensor) -> Tensor:
+        """The rows' mask over their own slots, (S, L) or (B, 1, S, L) bool, as the additive bias (B, 1, S, L)
+        in the keys' dtype (0 where seen, -inf where hidden) that `attend_with_prefix` takes: made once per
+        forward, not in every layer."""
+        B, (S, L) = self.row_group.shape[0], mask.shape[-2:]
+        bias = torch.zeros((B, 1, S, L), dtype=self.key_bias.dtype, device=mask.device)
+        return bias.masked_fill_(~mask, -math.inf)
 
-def attend_with_prefix(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, prefix_k: Tensor, prefix_v: Tensor,
+
+def attend_with_prefix(q: Tensor, k: Tensor, v: Tensor, own_bias: Tensor, prefix_k: Tensor, prefix_v: Tensor,
                        shared: SharedPrefix, weights: bool = False) -> tuple[Tensor, Tensor | None]:
     """Softmax attention of q over [its group's shared prefix, its own keys], as if they were one sequence.
 
-    q: (B, H, S, hd); k, v: (B, H_kv, L, hd) the rows' own slots; mask (S, L) or (B, 1, S, L) bool over them;
-    prefix_k, prefix_v: (G, H_kv, P, hd), `shared`'s layer. Returns y (B, H, S, hd) and, with `weights`, the
+    q: (B, H, S, hd); k, v: (B, H_kv, L, hd) the rows' own slots; own_bias (B, 1, S, L) added to the scores on
+    them (`SharedPrefix.own_key_bias`: 0 where a query sees a slot, -inf where not); prefix_k, prefix_v: (G, H_kv, P, hd), `shared`'s layer. Returns y (B, H, S, hd) and, with `weights`, the
     attention on the own slots (B, H, S, L) (what a probe records). The prefix is read once per group, all
     its rows' queries at once, instead of once per row.
 
@@ -365,7 +373,6 @@ def attend_with_prefix(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, prefix_k: 
 
     if q.device.type == "cpu" and not weights:
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # (output, log-sum-exp)
-        own_bias = torch.zeros((B, 1, S, k.shape[2]), dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
         y_prefix, lse_prefix = flash(grouped_q, prefix_k, prefix_v, attn_mask=shared.key_bias)[:2]
         y_own, lse_own = flash(q, k, v, attn_mask=own_bias)[:2]
         share = torch.sigmoid(to_rows(lse_prefix[..., None])[..., 0] - lse_own)  # (B, H, S)
@@ -376,7 +383,7 @@ def attend_with_prefix(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, prefix_k: 
     own = (k @ q.transpose(-1, -2)).transpose(-1, -2) * scale  # (B, H, S, L)
     on_prefix = (prefix_k @ grouped_q.transpose(-1, -2)).transpose(-1, -2) * scale  # (G, H, M * S, P)
     on_prefix = to_rows(on_prefix + shared.key_bias)  # (B, H, S, P)
-    attention = torch.cat((on_prefix, own.masked_fill(~mask, -math.inf)), dim=-1).softmax(dim=-1)
+    attention = torch.cat((on_prefix, own + own_bias), dim=-1).softmax(dim=-1)
     on_prefix, on_own = attention.split((P, k.shape[2]), dim=-1)
     grouped = on_prefix.new_zeros(G, M, H, S, P)
     grouped[shared.row_group, shared.row_rank] = on_prefix
@@ -397,7 +404,8 @@ class Attention(nn.Module):
                 rows: slice = slice(None), probe: LayerProbe | None = None,
                 prefix: tuple[Tensor, Tensor, SharedPrefix] | None = None) -> Tensor:
         # x: (B, S, D) for cache rows `rows`; cos, sin: (S, head_dim) or (B, 1, S, head_dim); input_pos: (S,);
-        # mask: (S, kv_len) or (B, 1, S, kv_len) bool; probe: records this layer's attention;
+        # mask: (S, kv_len) or (B, 1, S, kv_len) bool (with `prefix`: its additive `own_key_bias`);
+        # probe: records this layer's attention;
         # prefix: this layer's keys and values of a `SharedPrefix` (and it), attended before the cache
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, hd)
@@ -497,6 +505,8 @@ class Llama(nn.Module):
                 cos, sin = cache.rope_cos[pos].to(x.dtype), cache.rope_sin[pos].to(x.dtype)  # (S | B, S, head_dim)
                 if seq_start is not None:
                     cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, head_dim)
+        if shared is not None:
+            mask = shared.own_key_bias(mask)  # the additive form attend_with_prefix takes, made once
         if probe is not None:
             probe.weights.clear()
         for i, (layer, layer_cache) in enumerate(zip(self.layers, cache.layers)):
