@@ -1,11 +1,12 @@
 """A model of the family on this CPU, each preset against upstream's: T3 decode step and end to end.
 
 Full-size random weights of `--model` (turbo: GPT-2 medium T3 and meanflow S3Gen; nano: Turbo with GPT-2 small;
-multilingual: the v2 Llama T3 with CFG and the CFM S3Gen, a French text), written once (init-random --model
+multilingual: the v2 Llama T3 with CFG and the CFM S3Gen, a French text; chatterbox: English, the Llama T3 with
+CFG, the CFM S3Gen, section 18's 300-character text), written once (init-random --model
 NAME); random weights
 never sample the stop token, so every decode runs to its cap:
   T3 step   ms per token of one sequence's decode (generate_speech_tokens: one row for Turbo, the CFG pair
-            for Multilingual) with each preset's T3 (exact float32, fast bf16, fastest int8; float32 KV cache):
+            for English and Multilingual) with each preset's T3 (exact float32, fast bf16, fastest int8; float32 KV cache):
             (time of N tokens - time of 1) / (N - 1), N = --step-tokens.
   end to end  `synthesize` of a ~300-character text: exact speaks it as one untouched chunk, as upstream; fast
             and fastest spread its sentences over the batch's rows and decode them as one batch. Each decode
@@ -21,12 +22,12 @@ Variants are interleaved over --rounds rounds; medians. RTF = wall seconds / aud
 prefills, int8 for fastest) whatever this CPU has, to measure on an AVX2 CPU what resolving the settings
 by the CPU (devices.native_bf16) changes.
 --unpacked PRESET...: also those presets resolved as if FBGEMM's fp16 GEMM did not run here (devices.fbgemm_fp16
-False: T3's bf16 Linears on oneDNN's bf16 GEMM, fastest in int8), to measure on an x86 CPU that emulates bf16
-what packing T3's weights for FBGEMM changes.
+False: T3's bf16 Linears on oneDNN's bf16 GEMM, fastest in int8), to measure on an x86 CPU without AMX what
+packing T3's weights for FBGEMM changes.
 --copied-prefixes PRESET...: also those presets with the voice's prefix copied under every row of a batch
 (EngineSettings.t3_shared_prefix_slots None) instead of read once per step (models/llama.py SharedPrefix).
 
-    python benchmarks/family_speed.py --model turbo|nano|multilingual [--checkpoint DIR] [--tokens N] [--rounds 3]
+    python benchmarks/family_speed.py --model chatterbox|turbo|nano|multilingual [--checkpoint DIR] [--tokens N] [--rounds 3]
                                       [--threads 2] [--native-settings fast fastest] [--unpacked fast fastest]
                                       [--copied-prefixes fast fastest] [--json F]
 """
@@ -55,18 +56,25 @@ from faster_chatterbox.checks import expected_tokens
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.random_checkpoint import avoid_invalid_speech_ids, write_random_checkpoint
 from faster_chatterbox.settings import engine_settings
+from faster_chatterbox.tts import ChatterboxTTS
 from faster_chatterbox.tts_multilingual import ChatterboxMultilingualTTS
 from faster_chatterbox.tts_turbo import ChatterboxTurboTTS
 
 TURBO_TEXT = ("Oh, hello there [chuckle]. I was just thinking about the trip we took last summer, up the coast and "
               "into the hills. Do you remember the little bakery by the harbour? They had the best bread I have ever "
               "eaten, and the owner told us stories about the storms of nineteen eighty seven until dark.")
+ENGLISH_TEXT = ("The old lighthouse keeper climbed the spiral stairs every evening, counting each of the one hundred "
+                "and twelve steps. At the top, he wiped the salt from the great lens and lit the lamp. Ships far out "
+                "at sea saw the beam sweep across the dark water, and they knew the rocks were near. He liked it all.")
 FRENCH_TEXT = ("Le vieux gardien du phare montait l'escalier chaque soir, en comptant les marches une par une. En "
                "haut, il essuyait le sel de la grande lentille et allumait la lampe. Les bateaux au large voyaient "
                "le faisceau balayer l'eau sombre, et ils savaient que les rochers etaient proches.")
 # per model: our facade, its text and call arguments, the sampling of the step measurement (upstream's
 # defaults), and upstream's class, its T3 method whose token cap the child overrides, and that cap's keyword
 MODELS = {
+    "chatterbox": dict(cls=ChatterboxTTS, text=ENGLISH_TEXT, call={},
+                       step=dict(cfg_weight=0.5, min_p=0.05, top_p=1.0, repetition_penalty=1.2),
+                       upstream=("chatterbox.tts", "ChatterboxTTS", "inference", "max_new_tokens", 0)),
     "turbo": dict(cls=ChatterboxTurboTTS, text=TURBO_TEXT, call={},
                   step=dict(cfg_weight=0.0, min_p=0.0, top_p=0.95, top_k=1000),
                   upstream=("chatterbox.tts_turbo", "ChatterboxTurboTTS", "inference_turbo", "max_gen_len", -1)),
@@ -145,7 +153,7 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     if (args.native_settings or args.unpacked) and args.model == "multilingual":
-        ap.error("--native-settings and --unpacked are for turbo and nano (a multilingual load also resolves its "
+        ap.error("--native-settings and --unpacked are for chatterbox, turbo and nano (a multilingual load also resolves its "
                  "T3 file's rules)")
     torch.set_num_threads(args.threads)
     model = MODELS[args.model]

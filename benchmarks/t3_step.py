@@ -7,7 +7,7 @@ puts the KV length at ~`--context`. Each round runs every variant in turn (A/B a
 a fresh batch, the request admitted, one check of warm-up, then `--steps` timed steps; medians over rounds.
 The compiled variant's first step (compilation) is timed apart.
 
-    python benchmarks/t3_step.py [--threads 2] [--precision bf16] [--rounds 3] [--steps 16] [--inductor]
+    python benchmarks/t3_step.py [--threads 2] [--precision bf16 [--packed-fp16]] [--rounds 3] [--steps 16] [--inductor]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from t3_precision import _fp32_kv, load_t3, progress, random_inputs  # noqa: E402
 
 from faster_chatterbox.engine.batch_decode import DecodeBatch, DecodeRequest  # noqa: E402
+from faster_chatterbox.engine.quantize import reduce_precision_  # noqa: E402
 from faster_chatterbox.engine.static_batch import StaticDecodeBatch  # noqa: E402
 
 
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "int8"])
+    ap.add_argument("--packed-fp16", action="store_true",
+                    help="bf16 weights on FBGEMM's fp16 GEMM, float32 activations (engine.quantize.pack_fp16_)")
     ap.add_argument("--context", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=16)
@@ -77,7 +80,10 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t3, _ = load_t3(args.checkpoint, 0)
-    t3 = _fp32_kv(args.precision)(t3) if device.type == "cpu" and args.precision != "fp32" else t3
+    if args.packed_fp16:  # the float32 KV cache and activations are pack_fp16_'s own
+        t3 = reduce_precision_(t3, "bf16", packed_fp16=True)
+    else:
+        t3 = _fp32_kv(args.precision)(t3) if device.type == "cpu" and args.precision != "fp32" else t3
     t3 = t3.to(device)
     cond, text = random_inputs(t3, 1, text_len=args.context - 40)  # 34 conditioning + text + 2 BOS
     budget = 4 + args.steps + 4
@@ -98,6 +104,7 @@ def main() -> None:
             tokens[name] = toks
     base = statistics.median(times["dynamic, multinomial (before)"])
     result = {"device": str(device), "threads": args.threads, "precision": args.precision, "context": args.context,
+              "packed_fp16": args.packed_fp16,
               "variants": {name: {"ms_per_step": statistics.median(t), "all_ms": [round(x, 2) for x in t],
                                   "first_check_s": [round(x, 2) for x in firsts[name]],
                                   "speed_up": base / statistics.median(t)} for name, t in times.items()},

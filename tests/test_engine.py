@@ -195,7 +195,8 @@ def test_voice_library(fast, clips, tmp_path):
 
 
 def test_settings_are_resolved_in_one_place(monkeypatch):
-    monkeypatch.setattr(settings_module, "native_bf16", lambda device: True)  # an AVX512-BF16 or AMX CPU
+    monkeypatch.setattr(settings_module, "native_bf16", lambda device: True)  # an AMX CPU
+    monkeypatch.setattr(settings_module, "amx_tiles", lambda device: True)
     fast_cpu = engine_settings("fast", "cpu")
     assert fast_cpu.t3_precision == "bf16" and fast_cpu.kv_dtype == torch.float32 and fast_cpu.max_batch == 8
     exact = call_settings(engine_settings("exact", "cpu"), seed=1)
@@ -227,6 +228,31 @@ def test_cpus_that_emulate_bf16_keep_s3gen_in_float32_and_pack_or_upcast_t3(monk
     exact = engine_settings("exact", "cpu", model=model)
     assert (exact.t3_precision, exact.s3gen_dtype, exact.t3_upcast_rows, exact.t3_packed_fp16) == (
         "fp32", torch.float32, None, False)
+
+
+@pytest.mark.parametrize("model", ["chatterbox", "turbo"])
+def test_x86_cpus_with_native_bf16_but_no_amx_pack_fasts_t3_and_keep_int8(monkeypatch, model):
+    """A Zen 4 (AVX512-BF16, no AMX tiles): fast's T3 on FBGEMM's fp16 GEMM, fastest's int8 kept (faster still
+    there), S3Gen bf16 as on any CPU with native bf16, no float32 upcast of prefills."""
+    monkeypatch.setattr(settings_module, "native_bf16", lambda device: True)
+    monkeypatch.setattr(settings_module, "amx_tiles", lambda device: False)
+    monkeypatch.setattr(settings_module, "fbgemm_fp16", lambda device: device.type == "cpu")  # as on x86
+    for preset, precision, packed in (("fast", "bf16", True), ("fastest", "int8", False)):
+        s = engine_settings(preset, "cpu", model=model)
+        assert (s.t3_precision, s.t3_packed_fp16, s.s3gen_dtype, s.t3_upcast_rows, s.kv_dtype) == (
+            precision, packed, torch.bfloat16, None, torch.float32)
+    assert not engine_settings("exact", "cpu", model=model).t3_packed_fp16
+    assert not engine_settings("fast", "cuda", model=model).t3_packed_fp16
+
+
+def test_amx_tiles_reads_the_cpu(monkeypatch):
+    import faster_chatterbox.devices as devices
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert devices.amx_tiles(torch.device("cpu")) is amx
+    assert not devices.amx_tiles(torch.device("cuda"))
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert devices.amx_tiles(torch.device("cpu")) is False
 
 
 def test_fbgemm_fp16_is_found_on_x86_cpus_only(monkeypatch):

@@ -42,6 +42,14 @@ def native_bf16(device: torch.device) -> bool:
     return any(check is not None and check() for check in checks)
 
 
+def amx_tiles(device: torch.device) -> bool:
+    """Whether `device` is a CPU with AMX tiles (Intel Sapphire Rapids and later), on which oneDNN's bf16 GEMM
+    multiplies in the tiles: there T3's bf16 weights stay on it. Without them (AVX512-BF16 alone, as on AMD's
+    Zen 4, or AVX2) FBGEMM's fp16 GEMM multiplies a decode step's rows faster (BENCHMARKS.md 32, 35)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return device.type == "cpu" and check is not None and bool(check())
+
+
 @functools.cache
 def _fbgemm_fp16_runs() -> bool:
     try:  # x86 builds have it, on CPUs with AVX2; a tiny layer packed and run says whether this one does
@@ -54,5 +62,6 @@ def _fbgemm_fp16_runs() -> bool:
 def fbgemm_fp16(device: torch.device) -> bool:
     """Whether `device` runs FBGEMM's fp16-weight GEMM (`torch.ops.quantized.linear_dynamic_fp16`: float32 rows,
     fp16 weights): x86 CPUs with AVX2, not ARM ones or GPUs. Where bf16 is emulated it multiplies a bf16 layer's
-    weights 2.5-4.6x faster than the bf16 GEMM from 4 rows up (engine.quantize.PackedFp16Linear)."""
+    weights 2.5-4.6x faster than the bf16 GEMM from 4 rows up, and ~1.8x faster at a decode step's 2 rows on a
+    Zen 4 with native bf16 (engine.quantize.PackedFp16Linear; BENCHMARKS.md 32, 35)."""
     return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines and _fbgemm_fp16_runs()

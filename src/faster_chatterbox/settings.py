@@ -37,7 +37,9 @@ On CPUs that emulate bf16 (AVX2 without AVX512-BF16 or AMX: `devices.native_bf16
 in float32 (BENCHMARKS.md 31). On x86 ones (FBGEMM: `devices.fbgemm_fp16`) T3's bf16 weights are packed for
 FBGEMM's fp16 GEMM, which multiplies them exactly, in float32, 2.5-4.6x faster than emulated bf16 from 4 rows
 up and as fast as packed int8, so fastest's T3 is bf16 there too (BENCHMARKS.md 32); on others (ARM) decode
-steps keep the bf16 or packed int8 weights and prefills (more than 16 rows) multiply in float32.
+steps keep the bf16 or packed int8 weights and prefills (more than 16 rows) multiply in float32. x86 CPUs
+with native bf16 but no AMX (`devices.amx_tiles`; AMD Zen 4) pack fast's T3 the same way (its decode steps
+~1.8x faster than on oneDNN's bf16 GEMM, BENCHMARKS.md 35) and keep fastest's int8.
 On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
 more: 32 requests per T3 batch, two S3Gen renders at a time, 8 chunks per render, T3 decoded a window ahead.
 """
@@ -54,7 +56,7 @@ import numpy as np
 import torch
 
 from .checks import CheckLimits
-from .devices import fbgemm_fp16, native_bf16
+from .devices import amx_tiles, fbgemm_fp16, native_bf16
 from .engine.block_diffusion import FlashParams, params_problem
 from .engine.sampling import LLAMA_ORDER, SAMPLING_RANGES, TOP_K_MAX, TURBO_ORDER, SamplingParams, check_range
 from .text.multilingual import check_language
@@ -222,10 +224,12 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
     turbo = model in TURBO_MODELS
     cuda, emulated = device.type == "cuda", not native_bf16(device)
-    # where bf16 is emulated, FBGEMM's fp16 GEMM multiplies the bf16 weights as fast as the packed int8 kernel
-    # at 1-4 rows and faster from 8 (BENCHMARKS.md 32): int8 would lose quality for nothing there
-    packed_fp16 = emulated and fbgemm_fp16(device)
-    precision = "bf16" if (cuda or packed_fp16) and row.t3_precision == "int8" else row.t3_precision
+    # FBGEMM's fp16 GEMM multiplies T3's bf16 weights (rows and sums in float32) faster than oneDNN's bf16 GEMM
+    # at a decode step's rows on x86 CPUs without AMX: where bf16 is emulated as fast as the packed int8 kernel
+    # at 1-4 rows and faster from 8 (BENCHMARKS.md 32), so int8 would lose quality for nothing there; with
+    # native bf16 (Zen 4) the CFG pair's step 1.8x faster, int8 faster still (35). AMX keeps oneDNN.
+    packed_fp16 = fbgemm_fp16(device) and not amx_tiles(device)
+    precision = "bf16" if (cuda or packed_fp16 and emulated) and row.t3_precision == "int8" else row.t3_precision
     # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster (BENCHMARKS.md 4)
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     # an emulated bf16 S3Gen is 5-7x slower than float32 (BENCHMARKS.md 31): it stays float32 there
@@ -246,8 +250,8 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           # the packed int8 kernel are faster even emulated, up to ~16 rows; a prefill is bound
                           # by the arithmetic, which float32 does at full speed (BENCHMARKS.md 31)
                           t3_upcast_rows=16 if emulated and precision != "fp32" else None,
-                          # on x86 ones FBGEMM's fp16 GEMM multiplies the same weights 2.5-4.6x faster than
-                          # emulated bf16 from 4 rows up, and 1.5x faster than float32 at a prefill's 400 rows
+                          # emulated, FBGEMM's fp16 GEMM multiplies the same weights 2.5-4.6x faster from 4
+                          # rows up, and 1.5x faster than float32 at a prefill's 400 rows
                           t3_packed_fp16=packed_fp16 and precision == "bf16",
                           t3_shared_prefix_slots=SHARED_PREFIX_SLOTS_CPU if device.type == "cpu" else None)
 
