@@ -10,7 +10,8 @@ tokens on both sides: the same T3 work to do. Per model and round:
                after 25 tokens, i.e. after 2 blocks for Flash)
 Flash's `num_steps` per block can be swept with --flash-steps (the preset's by default).
 
-    python benchmarks/flash_vs_ar.py [--tokens 96] [--rounds 2] [--device cpu] [--flash-steps 5 3] [--json FILE]
+    python benchmarks/flash_vs_ar.py [--tokens 96] [--rounds 2] [--device cpu] [--flash-steps 5 3] [--unpacked]
+                                     [--json FILE]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import soundfile as sf
@@ -66,6 +68,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--flash-steps", type=int, nargs="*", default=[], help="Flash num_steps to compare")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--unpacked", action="store_true",
+                    help="also both models with T3's bf16 weights on oneDNN (EngineSettings.t3_packed_fp16 False) "
+                         "where their settings pack them for FBGEMM (x86 CPUs without AMX)")
     ap.add_argument("--json", help="append the results as one JSON line")
     args = ap.parse_args()
     if args.threads:
@@ -79,6 +84,12 @@ def main() -> None:
     variants = [("ar fast", ar, "ar", {})]
     steps = args.flash_steps or [FLASH_PRESETS["fast"].num_steps]
     variants += [(f"flash fast (K={k})", flash, "flash", dict(num_steps=k)) for k in steps]
+    if args.unpacked and flash.settings.t3_packed_fp16:
+        for name, cls, tts, ckpt in (("ar", ChatterboxTTS, ar, random_checkpoint_dir()),
+                                     ("flash", ChatterboxFlashTTS, flash, flash_checkpoint_dir())):
+            unpacked = cls.from_local(ckpt, args.device, watermark=False,
+                                      settings=replace(tts.settings, t3_packed_fp16=False))
+            variants.append((f"{name} fast (unpacked)", unpacked, name, {}))
     run_once(ar, voices["ar"], 16, 0, {})  # warm-up: first calls allocate
     run_once(flash, voices["flash"], 16, 0, {})
     rows: dict[str, list[dict]] = {name: [] for name, *_ in variants}

@@ -1,6 +1,6 @@
 """The reduced-precision T3 decode step against the number of rows: bf16 (`fast`) and int8 (`fastest`), each
-with a float32 or a bf16 KV cache, int8 with the kernel rule of the previous commit and this one, side by side
-in one process.
+with a float32 or a bf16 KV cache, int8 with the kernel rule of the previous commit and this one, and on x86
+the bf16 weights packed for FBGEMM's fp16 GEMM (`pack_fp16_`), side by side in one process.
 
 Full-size T3, random weights. R requests with their CFG pairs
 (2 R rows) decode together in the continuous batch (`DecodeBatch`, multinomial sampling: the default step),
@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from t3_precision import load_t3, progress, random_inputs  # noqa: E402
 
+from faster_chatterbox.devices import fbgemm_fp16  # noqa: E402
 from faster_chatterbox.engine import quantize  # noqa: E402
 from faster_chatterbox.engine.batch_decode import DecodeBatch, DecodeRequest  # noqa: E402
 from faster_chatterbox.engine.quantize import reduce_precision_  # noqa: E402
@@ -58,6 +59,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     fp32, _ = load_t3(None, 0)
     models = {p: reduce_precision_(copy.deepcopy(fp32), p) for p in ("int8", "bf16")}
+    if fbgemm_fp16(torch.device("cpu")):  # x86: the bf16 weights on FBGEMM's fp16 GEMM, activations float32
+        models["bf16 packed"] = reduce_precision_(copy.deepcopy(fp32), "bf16", packed_fp16=True)
     inputs = [random_inputs(fp32, 10 + k, text_len=60 + 5 * k) for k in range(max(args.requests))]
     del fp32
 
@@ -67,6 +70,7 @@ def main() -> None:
 
     # (name, precision, KV dtype, int8 rule)
     variants = [("bf16, fp32 KV", "bf16", torch.float32, None), ("bf16, bf16 KV", "bf16", torch.bfloat16, None)]
+    variants += [("bf16 packed fp16, fp32 KV", "bf16 packed", torch.float32, None)] if "bf16 packed" in models else []
     variants += [(f"int8 {rule}, {kv} KV", "int8", dtype, limits) for rule, limits in RULES.items()
                  for kv, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
                  if not (rule.startswith("weight-only") and kv == "bf16")]

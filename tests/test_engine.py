@@ -13,7 +13,7 @@ from faster_chatterbox import CallSettings, ChatterboxTTS, NoSpeechError, Voice
 from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
 import faster_chatterbox.settings as settings_module
-from faster_chatterbox.settings import call_settings, engine_settings, stream_seed
+from faster_chatterbox.settings import call_settings, engine_settings, flash_engine_settings, stream_seed
 
 TEXT = "A voice of its own, for this call alone."
 
@@ -225,6 +225,7 @@ def test_cpus_that_emulate_bf16_keep_s3gen_in_float32_and_pack_or_upcast_t3(monk
         s = engine_settings(preset, "cpu", model=model)
         assert (s.t3_precision, s.s3gen_dtype, s.t3_upcast_rows, s.kv_dtype, s.t3_packed_fp16) == (
             precision, torch.float32, 16, torch.float32, fbgemm)
+        assert s.t3_packed_bf16_past_rows is None  # emulated bf16 is slower at every row count
     exact = engine_settings("exact", "cpu", model=model)
     assert (exact.t3_precision, exact.s3gen_dtype, exact.t3_upcast_rows, exact.t3_packed_fp16) == (
         "fp32", torch.float32, None, False)
@@ -232,8 +233,9 @@ def test_cpus_that_emulate_bf16_keep_s3gen_in_float32_and_pack_or_upcast_t3(monk
 
 @pytest.mark.parametrize("model", ["chatterbox", "turbo"])
 def test_x86_cpus_with_native_bf16_but_no_amx_pack_fasts_t3_and_keep_int8(monkeypatch, model):
-    """A Zen 4 (AVX512-BF16, no AMX tiles): fast's T3 on FBGEMM's fp16 GEMM, fastest's int8 kept (faster still
-    there), S3Gen bf16 as on any CPU with native bf16, no float32 upcast of prefills."""
+    """A Zen 4 (AVX512-BF16, no AMX tiles): fast's T3 on FBGEMM's fp16 GEMM up to 16 rows and oneDNN's bf16
+    GEMM past them, fastest's int8 kept (faster still there), S3Gen bf16 as on any CPU with native bf16, no
+    float32 upcast of prefills."""
     monkeypatch.setattr(settings_module, "native_bf16", lambda device: True)
     monkeypatch.setattr(settings_module, "amx_tiles", lambda device: False)
     monkeypatch.setattr(settings_module, "fbgemm_fp16", lambda device: device.type == "cpu")  # as on x86
@@ -241,8 +243,13 @@ def test_x86_cpus_with_native_bf16_but_no_amx_pack_fasts_t3_and_keep_int8(monkey
         s = engine_settings(preset, "cpu", model=model)
         assert (s.t3_precision, s.t3_packed_fp16, s.s3gen_dtype, s.t3_upcast_rows, s.kv_dtype) == (
             precision, packed, torch.bfloat16, None, torch.float32)
+        assert s.t3_packed_bf16_past_rows == (16 if packed else None)
     assert not engine_settings("exact", "cpu", model=model).t3_packed_fp16
     assert not engine_settings("fast", "cuda", model=model).t3_packed_fp16
+    flash = flash_engine_settings("fast", "cpu")  # its T3 multiplies blocks: oneDNN's bf16 GEMM throughout
+    assert (flash.t3_precision, flash.t3_packed_fp16, flash.t3_packed_bf16_past_rows) == ("bf16", False, None)
+    monkeypatch.setattr(settings_module, "native_bf16", lambda device: False)
+    assert flash_engine_settings("fast", "cpu").t3_packed_fp16  # where bf16 is emulated FBGEMM serves it too
 
 
 def test_amx_tiles_reads_the_cpu(monkeypatch):

@@ -257,6 +257,24 @@ def test_packed_fp16_linear_multiplies_the_bf16_weights_in_float32(shape, bias):
 
 
 @needs_fbgemm
+@pytest.mark.parametrize("rows", [1, 7, 16, 17, 203])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_fp16_linear_hands_many_rows_to_the_bf16_gemm(rows, bias):
+    """bf16_past_rows (CPUs with native bf16): up to that many rows the packed kernel's float32 product, past
+    it the bf16 layer's own `F.linear` exactly (whatever the leading dims: rows count over all of them); the
+    bf16 copy stays out of the state dict."""
+    linear = nn.Linear(64, 24, bias=bias).to(torch.bfloat16)
+    layer = PackedFp16Linear(linear.weight, linear.bias, bf16_past_rows=16)
+    plain = PackedFp16Linear.from_linear(linear)
+    x = torch.randn(1, rows, 64, generator=torch.Generator().manual_seed(rows))  # float32, as pack_fp16_ runs
+    y = layer(x)
+    assert y.dtype == torch.float32 and y.shape == (1, rows, 24)
+    expected = plain(x) if rows <= 16 else F.linear(x.to(torch.bfloat16), linear.weight, linear.bias).float()
+    assert torch.equal(y, expected)
+    assert not dict(layer.state_dict()) and "bf16 past 16 rows" in repr(layer)
+
+
+@needs_fbgemm
 def test_packed_fp16_refuses_weights_past_fp16s_range(t3_fp32):
     """A weight past 65504 would saturate in fp16: PackedFp16Linear refuses it by name, and pack_fp16_ keeps
     such a layer a float32 Linear of its bf16-rounded weights while the others are packed."""
@@ -294,6 +312,10 @@ def test_reduce_precision_packs_the_bf16_weights_in_a_float32_t3(t3_fp32, inputs
         ref, a, b = (t3(*inputs, torch.zeros(3, dtype=torch.long), cfg=True).float()
                      for t3 in (t3_fp32, plain, packed))
     assert rel_error(b, a) < 2e-2 and rel_error(b, ref) < rel_error(a, ref)
+    hybrid = reduce_precision_(copy.deepcopy(t3_fp32), "bf16", packed_fp16=True, packed_bf16_past_rows=4)
+    layers = [m for m in hybrid.modules() if isinstance(m, PackedFp16Linear)]
+    assert layers and {m.bf16_past_rows for m in layers} == {4} and {m.weight.dtype for m in layers} == {torch.bfloat16}
+    assert {m.bf16_past_rows for m in packed.modules() if isinstance(m, PackedFp16Linear)} == {None}
     for precision in ("fp32", "int8"):  # nothing to pack (settings replaced by hand may still ask)
         asked = reduce_precision_(copy.deepcopy(t3_fp32), precision, packed_fp16=True)
         assert kinds(asked) == kinds(reduce_precision_(copy.deepcopy(t3_fp32), precision)), precision

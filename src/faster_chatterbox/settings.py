@@ -70,6 +70,9 @@ MAX_CHARS = 300  # longest chunk of text one T3 call speaks
 # a CPU batch reads a voice's prefix once (SharedPrefix) where copies under its rows would take this many
 # slots: 4 Turbo rows (1,500) step 1.18x faster, 2 rows (750) 1.01x (BENCHMARKS.md section 33)
 SHARED_PREFIX_SLOTS_CPU = 1024
+# where FBGEMM's fp16 GEMM takes T3's steps on a CPU with native bf16, rows past this go to oneDNN's bf16 GEMM:
+# 16 is where the two crossed over the English T3's Linears on a quiet Zen 4 (BENCHMARKS.md 34, 35)
+PACKED_BF16_PAST_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,10 @@ class EngineSettings:
     # x86 CPUs that emulate bf16: T3's bf16 weights on FBGEMM's fp16 GEMM, its activations float32
     # (engine.quantize.pack_fp16_)
     t3_packed_fp16: bool = False
+    # with t3_packed_fp16 on CPUs with native bf16: inputs of more rows than this (prefills, Flash's blocks)
+    # multiply on oneDNN's bf16 GEMM by a second, bf16 copy of the weights (engine.quantize.PackedFp16Linear);
+    # None: every row count packed
+    t3_packed_bf16_past_rows: int | None = None
     # the dynamic batches attend to the voices' prefixes in place instead of copying them under every row, when
     # a fresh batch's copies of one voice would take this many slots (engine.batch_decode.BatchDecoder);
     # None: always copied
@@ -227,9 +234,11 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
     # FBGEMM's fp16 GEMM multiplies T3's bf16 weights (rows and sums in float32) faster than oneDNN's bf16 GEMM
     # at a decode step's rows on x86 CPUs without AMX: where bf16 is emulated as fast as the packed int8 kernel
     # at 1-4 rows and faster from 8 (BENCHMARKS.md 32), so int8 would lose quality for nothing there; with
-    # native bf16 (Zen 4) the CFG pair's step 1.8x faster, int8 faster still (35). AMX keeps oneDNN.
-    packed_fp16 = fbgemm_fp16(device) and not amx_tiles(device)
+    # native bf16 (Zen 4) the CFG pair's step 1.8x faster, int8 faster still (35). AMX keeps oneDNN, and so does
+    # Flash's T3 with native bf16: its forwards are blocks (32 rows a chunk), its T3 0.89x as fast packed (35)
+    packed_fp16 = fbgemm_fp16(device) and not amx_tiles(device) and (emulated or model != "flash")
     precision = "bf16" if (cuda or packed_fp16 and emulated) and row.t3_precision == "int8" else row.t3_precision
+    packed_t3 = packed_fp16 and precision == "bf16"
     # bf16 attention is slow on CPU: a float32 KV cache makes a decode step 8-25% faster (BENCHMARKS.md 4)
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     # an emulated bf16 S3Gen is 5-7x slower than float32 (BENCHMARKS.md 31): it stays float32 there
@@ -252,7 +261,10 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           t3_upcast_rows=16 if emulated and precision != "fp32" else None,
                           # emulated, FBGEMM's fp16 GEMM multiplies the same weights 2.5-4.6x faster from 4
                           # rows up, and 1.5x faster than float32 at a prefill's 400 rows
-                          t3_packed_fp16=packed_fp16 and precision == "bf16",
+                          t3_packed_fp16=packed_t3,
+                          # with native bf16 (Zen 4) FBGEMM is 1.2-1.8x faster at a step's 2-8 rows, oneDNN's
+                          # bf16 GEMM 1.15-2.1x at a prefill's 400 rows and a Flash block's 32 (BENCHMARKS.md 35)
+                          t3_packed_bf16_past_rows=PACKED_BF16_PAST_ROWS if packed_t3 and not emulated else None,
                           t3_shared_prefix_slots=SHARED_PREFIX_SLOTS_CPU if device.type == "cpu" else None)
 
 

@@ -118,7 +118,8 @@ class ChatterboxTTS:
         resolved = resolve_device(device)
         if settings.s3gen_dtype != torch.float32:
             s3gen.set_decoder_dtype(settings.s3gen_dtype)
-        reduce_precision_(t3, settings.t3_precision, settings.t3_upcast_rows, settings.t3_packed_fp16)
+        reduce_precision_(t3, settings.t3_precision, settings.t3_upcast_rows, settings.t3_packed_fp16,
+                          settings.t3_packed_bf16_past_rows)
         t3.tfmr.kv_dtype = settings.kv_dtype
 
         conds = None

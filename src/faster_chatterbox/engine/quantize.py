@@ -12,8 +12,9 @@ result (`load_weights` would cast float weights into the int8 buffers).
   reduce_precision_(t3, "fp32" | "bf16" | "int8")   the presets: int8 = int8 backbone Linears + to_bf16_.
   upcast_rows=N       on CPUs that emulate bf16: bf16 Linears multiply inputs of more than N rows in float32
                       (`Bf16Linear`); int8 ones the packed kernel up to N rows, float32 past them.
-  pack_fp16_(t3)      on x86 CPUs that emulate bf16: the bf16 weights on FBGEMM's fp16 GEMM (`PackedFp16Linear`),
-                      the rest of T3 and the activations float32 (reduce_precision_(..., packed_fp16=True)).
+  pack_fp16_(t3)      on x86 CPUs without AMX: the bf16 weights on FBGEMM's fp16 GEMM (`PackedFp16Linear`),
+                      the rest of T3 and the activations float32 (reduce_precision_(..., packed_fp16=True));
+                      with native bf16, prefills' rows on oneDNN's bf16 GEMM (bf16_past_rows).
 
 benchmarks/t3_precision.py measures speed and quality against float32 for each.
 """
@@ -172,9 +173,13 @@ class PackedFp16Linear(nn.Module):
     rounded to bf16. The same bytes as bf16, and on a 2-core AVX2 EPYC 2.5-4.6x faster than the emulated bf16
     GEMM from 4 rows up, and faster than the float32 one at every row count to a prefill's 400
     (BENCHMARKS.md 32). Returns the input's dtype (float32 in `pack_fp16_`'s T3). The packed weights are a
-    TorchScript object, not a buffer: they stay on the CPU and out of the state dict (and pickle)."""
+    TorchScript object, not a buffer: they stay on the CPU and out of the state dict (and pickle).
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+    bf16_past_rows (CPUs with native bf16 but no AMX): inputs of more rows than this (prefills) multiply on
+    oneDNN's bf16 GEMM instead, by a bf16 copy of the weights (twice the weight memory): there it is faster
+    than FBGEMM at a prefill's hundreds of rows and slower at a decode step's few (BENCHMARKS.md 35)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, bf16_past_rows: int | None = None):
         super().__init__()
         if not self.fits(weight):
             raise ValueError(f"PackedFp16Linear wants 2-d weights within fp16's range (|w| <= {FP16_MAX}), got "
@@ -182,6 +187,11 @@ class PackedFp16Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float(),
                                                               None if bias is None else bias.detach().float())
+        self.bf16_past_rows = bf16_past_rows
+        if bf16_past_rows is not None:  # not persistent: the state dict stays empty, as without them
+            self.register_buffer("weight", weight.detach().to(torch.bfloat16), persistent=False)
+            self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16),
+                                 persistent=False)
 
     @staticmethod
     def fits(weight: Tensor) -> bool:
@@ -193,10 +203,13 @@ class PackedFp16Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: (..., in) -> (..., out)
+        if self.bf16_past_rows is not None and x.numel() // self.in_features > self.bf16_past_rows:
+            return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
         return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed for FBGEMM"
+        past = "" if self.bf16_past_rows is None else f", bf16 past {self.bf16_past_rows} rows"
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed for FBGEMM{past}"
 
 
 class Float32Linear(nn.Linear):
@@ -277,14 +290,14 @@ def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
     return t3
 
 
-def pack_fp16_(t3: T3) -> T3:
+def pack_fp16_(t3: T3, bf16_past_rows: int | None = None) -> T3:
     """bf16 weights in a float32 T3, in place, for x86 CPUs that emulate bf16: every Linear's weights (and
     bias) rounded to bf16, as `to_bf16_` rounds them, and packed for FBGEMM's fp16 GEMM (`PackedFp16Linear`; a
     layer with a weight past fp16's range keeps its rounded weights in float32); the speech head a
     `Float32Linear`; embeddings, norms and the activations float32. The Linears multiply by the bf16 preset's
     weights, the rest is nearer float32 than `to_bf16_`'s model (logits 4.4x nearer), and a 4-row Turbo step
     is 1.19x faster than with bf16 activations there, whose elementwise ops are emulated too (BENCHMARKS.md
-    32)."""
+    32). bf16_past_rows: each packed layer's (`PackedFp16Linear`), for CPUs with native bf16."""
     for name, child in list(t3.named_modules()):
         if type(child) is not nn.Linear:
             continue
@@ -294,7 +307,7 @@ def pack_fp16_(t3: T3) -> T3:
         if name == "speech_head":
             replacement = Float32Linear.from_linear(child)  # float32 weights, as to_bf16_ keeps them
         elif PackedFp16Linear.fits(weight):
-            replacement = PackedFp16Linear(weight, bias)
+            replacement = PackedFp16Linear(weight, bias, bf16_past_rows)
         else:  # past fp16's range: the rounded weights, multiplied in float32
             with torch.no_grad():
                 child.weight.copy_(weight)
@@ -306,7 +319,8 @@ def pack_fp16_(t3: T3) -> T3:
     return t3
 
 
-def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, packed_fp16: bool = False) -> T3:
+def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, packed_fp16: bool = False,
+                      packed_bf16_past_rows: int | None = None) -> T3:
     """One of PRECISIONS, in place, on a loaded float32 T3.
 
     fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (q/k/v/o, gate/up/down; GPT-2's q/k/v,
@@ -314,8 +328,9 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, pa
     A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`).
     upcast_rows (CPUs that emulate bf16): every bf16 nn.Linear becomes a `Bf16Linear` with that threshold,
     and the Int8Linears take it (packed kernel up to it, float32 past it).
-    packed_fp16 (x86 CPUs that emulate bf16): bf16 by `pack_fp16_` instead of `to_bf16_`; fp32 and int8 weights
-    have nothing to pack, and ignore it as fp32 ignores upcast_rows.
+    packed_fp16 (x86 CPUs without AMX): bf16 by `pack_fp16_` instead of `to_bf16_`, its layers on oneDNN's bf16
+    GEMM past `packed_bf16_past_rows` rows (CPUs with native bf16); fp32 and int8 weights have nothing to pack,
+    and ignore it as fp32 ignores upcast_rows.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -326,7 +341,7 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, pa
     if precision != "fp32":
         conv1d_to_linear_(t3.tfmr)
     if packed_fp16 and precision == "bf16":
-        return pack_fp16_(t3)
+        return pack_fp16_(t3, packed_bf16_past_rows)
     if precision == "int8":
         quantize_int8_(t3.tfmr, scale_dtype=torch.bfloat16)
     if precision != "fp32":
