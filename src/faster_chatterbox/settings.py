@@ -38,8 +38,9 @@ in float32 (BENCHMARKS.md 31). On x86 ones (FBGEMM: `devices.fbgemm_fp16`) T3's 
 FBGEMM's fp16 GEMM, which multiplies them exactly, in float32, 2.5-4.6x faster than emulated bf16 from 4 rows
 up and as fast as packed int8, so fastest's T3 is bf16 there too (BENCHMARKS.md 32); on others (ARM) decode
 steps keep the bf16 or packed int8 weights and prefills (more than 16 rows) multiply in float32. x86 CPUs
-with native bf16 but no AMX (`devices.amx_tiles`; AMD Zen 4) pack fast's T3 the same way (its decode steps
-~1.8x faster than on oneDNN's bf16 GEMM, BENCHMARKS.md 35) and keep fastest's int8.
+with native bf16 but no AMX (`devices.amx_tiles`; AMD Zen 4) pack fast's T3 the same way for its decode
+steps (~1.8x faster than on oneDNN's bf16 GEMM) and hand inputs of more than 16 rows (prefills) to oneDNN,
+keep fastest's int8, and leave Flash's block-decoding T3 on oneDNN (BENCHMARKS.md 35).
 On CUDA the reduced presets keep T3 in bf16 (weight-only int8 does not pay without fused kernels) and batch
 more: 32 requests per T3 batch, two S3Gen renders at a time, 8 chunks per render, T3 decoded a window ahead.
 """
