@@ -165,14 +165,15 @@ class Bf16Linear(nn.Linear):
 
 
 class PackedFp16Linear(nn.Module):
-    """A bf16 Linear for x86 CPUs that emulate bf16 (AVX2): its weights packed for FBGEMM's fp16 GEMM
+    """A bf16 Linear for x86 CPUs without AMX: its weights packed for FBGEMM's fp16 GEMM
     (`torch.ops.quantized.linear_dynamic_fp16`, what dynamic fp16 quantization runs), which multiplies float32
     rows by fp16 weights with float32 sums. The weights are the bf16 ones unchanged: a bf16 number's 8
     significant bits fit fp16's 11 for magnitudes from 2^-17 to 65504 (smaller ones move by less than 2^-25;
     `fits` refuses larger ones), so this is the bf16 layer with its rows and sums kept in float32 instead of
     rounded to bf16. The same bytes as bf16, and on a 2-core AVX2 EPYC 2.5-4.6x faster than the emulated bf16
     GEMM from 4 rows up, and faster than the float32 one at every row count to a prefill's 400
-    (BENCHMARKS.md 32). Returns the input's dtype (float32 in `pack_fp16_`'s T3). The packed weights are a
+    (BENCHMARKS.md 32); on a Zen 4 with native bf16 1.4-2.8x faster than oneDNN's bf16 GEMM at 1-8 rows
+    (35). Returns the input's dtype (float32 in `pack_fp16_`'s T3). The packed weights are a
     TorchScript object, not a buffer: they stay on the CPU and out of the state dict (and pickle).
 
     bf16_past_rows (CPUs with native bf16 but no AMX): inputs of more rows than this (prefills) multiply on
@@ -291,7 +292,7 @@ def to_bf16_(t3: T3, *, fp32_logits: bool = True) -> T3:
 
 
 def pack_fp16_(t3: T3, bf16_past_rows: int | None = None) -> T3:
-    """bf16 weights in a float32 T3, in place, for x86 CPUs that emulate bf16: every Linear's weights (and
+    """bf16 weights in a float32 T3, in place, for x86 CPUs without AMX: every Linear's weights (and
     bias) rounded to bf16, as `to_bf16_` rounds them, and packed for FBGEMM's fp16 GEMM (`PackedFp16Linear`; a
     layer with a weight past fp16's range keeps its rounded weights in float32); the speech head a
     `Float32Linear`; embeddings, norms and the activations float32. The Linears multiply by the bf16 preset's
