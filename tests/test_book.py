@@ -194,9 +194,7 @@ def test_ctrl_c_stops_a_local_book_cleanly(tmp_path):
     from faster_chatterbox.random_checkpoint import write_random_checkpoint
 
     ckpt = write_random_checkpoint(tmp_path / "ckpt", seed=1, small=True)
-    # 32 chunks (2 headings, 30 paragraphs): work left when the interrupt lands (BOOK's few could all end first)
-    paragraphs = [f"Paragraph number {i} of this chapter is here." for i in range(15)]
-    (tmp_path / "b.txt").write_text("\n\n".join(["Chapter 1", *paragraphs, "Chapter 2", *paragraphs]))
+    (tmp_path / "b.txt").write_text(BOOK)
     out = tmp_path / "out"
     src = Path(__file__).resolve().parents[1] / "src"
     # one thread: on this shared 2-core machine two OpenMP threads can run 20x slower under load
@@ -204,7 +202,12 @@ def test_ctrl_c_stops_a_local_book_cleanly(tmp_path):
            "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "faster_chatterbox.cli", "render-book", str(tmp_path / "b.txt"), "-o", str(out),
                "--checkpoint", str(ckpt), "--device", "cpu", "--max-new-tokens", "10", "--no-watermark"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    # as a terminal's Ctrl-C finds it: SIGINT neither ignored nor blocked (as some test before may leave this
+    # process: the child inherits both, and Python then installs no KeyboardInterrupt handler)
+    def restore():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=restore)
     deadline = time.monotonic() + 120
     while not (out / "chunks").is_dir() or not any((out / "chunks").glob("*.wav")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
@@ -212,7 +215,7 @@ def test_ctrl_c_stops_a_local_book_cleanly(tmp_path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130 and "interrupted" in proc.stderr.read()
     done = json.loads((out / "manifest.json").read_text())["chunks"]
-    assert 1 <= len(done) < 32 and not list(out.rglob(".*"))  # no hidden staging file left behind
+    assert 1 <= len(done) < 5 and not list(out.rglob(".*"))  # no hidden staging file left behind
 
 
 def test_the_documented_serve_config_is_valid(tmp_path):
