@@ -72,7 +72,8 @@ MAX_CHARS = 300  # longest chunk of text one T3 call speaks
 # slots: 4 Turbo rows (1,500) step 1.18x faster, 2 rows (750) 1.01x (BENCHMARKS.md section 33)
 SHARED_PREFIX_SLOTS_CPU = 1024
 # where FBGEMM's fp16 GEMM takes T3's steps on a CPU with native bf16, rows past this go to oneDNN's bf16 GEMM:
-# 16 is where the two crossed over the English T3's Linears on a quiet Zen 4 (BENCHMARKS.md 34, 35)
+# over the English T3's Linears on a quiet Zen 4 FBGEMM was 1.5x faster at 16 rows, oneDNN 1.06x at 32
+# (BENCHMARKS.md 35)
 PACKED_BF16_PAST_ROWS = 16
 
 
@@ -111,7 +112,7 @@ class EngineSettings:
     # this (prefills) in float32, and int8 ones their dequantized weights; None: always bf16. Unused where
     # t3_packed_fp16 (its kernel serves prefills too)
     t3_upcast_rows: int | None = None
-    # x86 CPUs that emulate bf16: T3's bf16 weights on FBGEMM's fp16 GEMM, its activations float32
+    # x86 CPUs without AMX: T3's bf16 weights on FBGEMM's fp16 GEMM, its activations float32
     # (engine.quantize.pack_fp16_)
     t3_packed_fp16: bool = False
     # with t3_packed_fp16 on CPUs with native bf16: inputs of more rows than this (prefills, Flash's blocks)

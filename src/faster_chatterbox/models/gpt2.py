@@ -69,7 +69,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache, rows: slice,
                 prefix: tuple[Tensor, Tensor, SharedPrefix] | None = None) -> Tensor:
         # x: (B, S, D) for cache rows `rows`; input_pos: (S,); mask: (S, kv_len) or (B, 1, S, kv_len) bool
-        # (with `prefix`: its additive `own_key_bias`); prefix: this layer's part of a shared prefix (models/llama.py: `attend_with_prefix`)
+        # (with `prefix`: its additive `own_key_bias`); prefix: this layer's part of a shared prefix
+        # (models/llama.py: `attend_with_prefix`)
         B, S, D = x.shape
         q, k, v = (t.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
                    for t in self.c_attn(x).split(D, dim=2))  # (B, H, S, hd) each

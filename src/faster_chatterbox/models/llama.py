@@ -353,7 +353,8 @@ def attend_with_prefix(q: Tensor, k: Tensor, v: Tensor, own_bias: Tensor, prefix
     """Softmax attention of q over [its group's shared prefix, its own keys], as if they were one sequence.
 
     q: (B, H, S, hd); k, v: (B, H_kv, L, hd) the rows' own slots; own_bias (B, 1, S, L) added to the scores on
-    them (`SharedPrefix.own_key_bias`: 0 where a query sees a slot, -inf where not); prefix_k, prefix_v: (G, H_kv, P, hd), `shared`'s layer. Returns y (B, H, S, hd) and, with `weights`, the
+    them (`SharedPrefix.own_key_bias`: 0 where a query sees a slot, -inf where not); prefix_k, prefix_v:
+    (G, H_kv, P, hd), `shared`'s layer. Returns y (B, H, S, hd) and, with `weights`, the
     attention on the own slots (B, H, S, L) (what a probe records). The prefix is read once per group, all
     its rows' queries at once, instead of once per row.
 
