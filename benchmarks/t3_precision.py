@@ -15,13 +15,16 @@ copy of the same float32 model converted by engine/quantize.py, all in one proce
                 max: the probability mass that moved (0 = same distribution, 1 = disjoint)
         cut     fraction of steps where min_p keeps a different set of tokens
         top1    agreement of the argmax of the raw CFG-combined logits
+      With --stepwise the logits come as a decode computes them: the prefix in one forward, then one
+      position per forward (kernels that a layer picks by its row count, as Int8Linear and the packed
+      layers' bf16_past_rows do, then run as in a decode); otherwise from one forward over all positions.
       Random weights give flat logits; a "peaky" model (speech head x`--head-scale`, exact in every
       dtype for a power of two) is measured too. fp32's entropy (final distribution) is reported.
   (c) kernels (CPU): one pass over the backbone's Linears with M bf16 rows, for the three int8 matmuls
       Int8Linear chooses between (by M) and bf16 F.linear; and the step's attention (every layer's SDPA
       for the CFG pair at KV length `--context`) in float32 and bf16. Medians over `--rounds`.
 
-    python benchmarks/t3_precision.py [--checkpoint DIR] [--steps 300] [--rounds 5] [--json FILE]
+    python benchmarks/t3_precision.py [--checkpoint DIR] [--steps 300] [--rounds 5] [--stepwise] [--json FILE]
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ from torch import nn
 from faster_chatterbox.bench import _machine
 from faster_chatterbox.checkpoint import load_weights, read_safetensors, skip_weight_init
 from faster_chatterbox.config import ChatterboxConfig
+from faster_chatterbox.devices import fbgemm_fp16
 from faster_chatterbox.engine.quantize import (Int8Linear, int8_mm_dequant, int8_mm_dynamic, int8_mm_packed,
                                                quantize_int8_, reduce_precision_, to_bf16_)
 from faster_chatterbox.engine.sampling import SamplingParams, cfg_combine, next_token_probs, sample
 from faster_chatterbox.engine.t3_decode import generate_speech_tokens
 from faster_chatterbox.models.t3 import T3, T3Cond
 from faster_chatterbox.random_checkpoint import _randomize_
+from faster_chatterbox.settings import PACKED_BF16_PAST_ROWS
 from faster_chatterbox.tts import Conditionals
 
 
@@ -86,6 +91,19 @@ def _fp32_kv(precision: str):
     return convert
 
 
+def _packed(bf16_past_rows: int | None):
+    """bf16 weights on FBGEMM's fp16 GEMM with a float32 KV cache (`fast` on x86 CPUs without AMX), inputs of
+    more than `bf16_past_rows` rows on oneDNN's bf16 GEMM (None: every row count packed)."""
+    def convert(t3: T3) -> T3:
+        reduce_precision_(t3, "bf16", packed_fp16=True, packed_bf16_past_rows=bf16_past_rows)
+        t3.tfmr.kv_dtype = torch.float32
+        return t3
+    return convert
+
+
+PACKED = {"packed fp16, fp32 KV (fast, emulated bf16)": _packed(None),
+          f"packed fp16 to {PACKED_BF16_PAST_ROWS} rows, fp32 KV (fast, native bf16 without AMX)":
+              _packed(PACKED_BF16_PAST_ROWS)}
 VARIANTS = {
     "fp32": lambda t3: reduce_precision_(t3, "fp32"),
     "bf16": lambda t3: reduce_precision_(t3, "bf16"),
@@ -95,6 +113,7 @@ VARIANTS = {
     "bf16, bf16 logits": lambda t3: to_bf16_(t3, fp32_logits=False),
     "int8": lambda t3: reduce_precision_(t3, "int8"),
     "int8, int8 head": _int8_with_int8_head,
+    **(PACKED if fbgemm_fp16(torch.device("cpu")) else {}),
 }
 
 
@@ -231,6 +250,25 @@ def teacher_forced_logits(t3: T3, cond: T3Cond, text: torch.Tensor, tokens: torc
     return t3(cond, text, tokens, cfg=True)[:, :-1].float()
 
 
+@torch.inference_mode()
+def stepwise_logits(t3: T3, cond: T3Cond, text: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`teacher_forced_logits` as a decode computes them: the prefix (BOS last) in one forward, then each of
+    tokens[:-1] in a forward of its own (2 rows), through the KV cache."""
+    device = t3.speech_emb.weight.device
+    x = t3.decode_prefix(cond, text, cfg=True)  # (2, P, D)
+    rows, prefill_len = x.shape[:2]
+    cache = t3.tfmr.new_cache(rows, prefill_len + len(tokens))
+    cache_pos = torch.arange(prefill_len + len(tokens), device=device)
+    h = t3.tfmr(x, cache_pos[:prefill_len], cache, kv_len=prefill_len)[:, -1]  # (2, D)
+    logits = [t3.speech_head(h).float()]
+    for i, token in enumerate(tokens[:-1]):
+        x = t3.speech_embeds(token.view(1, 1), cache_pos[i + 1 : i + 2]).expand(rows, -1, -1)  # (2, 1, D)
+        pos = prefill_len + i
+        h = t3.tfmr(x, cache_pos[pos : pos + 1], cache, kv_len=pos + 1)[:, -1]
+        logits.append(t3.speech_head(h).float())
+    return torch.stack(logits, dim=1)  # (2, S, V)
+
+
 def compare(ref: torch.Tensor, low: torch.Tensor, tokens: torch.Tensor, start_token: int,
             params: SamplingParams) -> dict:
     """Step-by-step distances between the sampling distributions of logits `low` and `ref` (2, S, V)."""
@@ -259,17 +297,19 @@ def compare(ref: torch.Tensor, low: torch.Tensor, tokens: torch.Tensor, start_to
     return out
 
 
-def measure_quality(models: dict[str, T3], cond: T3Cond, text: torch.Tensor, steps: int, seed: int) -> dict:
+def measure_quality(models: dict[str, T3], cond: T3Cond, text: torch.Tensor, steps: int, seed: int,
+                    stepwise: bool = False) -> dict:
     fp32 = models["fp32"]
+    logits_of = stepwise_logits if stepwise else teacher_forced_logits
     progress(f"quality: sampling {steps} tokens with fp32")
     torch.manual_seed(seed)
     tokens = generate_speech_tokens(fp32, cond, text, max_new_tokens=steps)  # (S,)
     params = SamplingParams()
-    ref = teacher_forced_logits(fp32, cond, text, tokens)
-    result = {"tokens": len(tokens)}
+    ref = logits_of(fp32, cond, text, tokens)
+    result = {"tokens": len(tokens), "stepwise": stepwise}
     for name, t3 in models.items():
         progress(f"quality: teacher-forcing {name}")
-        low = teacher_forced_logits(t3, cond, text, tokens)
+        low = logits_of(t3, cond, text, tokens)
         result[name] = compare(ref, low, tokens, fp32.cfg.start_speech_token, params)
     return result
 
@@ -298,8 +338,9 @@ def print_tables(result: dict) -> None:
               + ", ".join(f"{dtype} {ms:.1f}" for dtype, ms in result["attention_ms"].items()))
     for label, q in result["quality"].items():
         entropy = q["fp32"]["entropy_fp32"]
-        print(f"\nquality vs fp32, {label}: {q['tokens']} teacher-forced steps, fp32 entropy {entropy:.2f} nats "
-              f"(final distribution)\n")
+        how = "one position per forward" if q.get("stepwise") else "one forward"
+        print(f"\nquality vs fp32, {label}: {q['tokens']} teacher-forced steps ({how}), fp32 entropy "
+              f"{entropy:.2f} nats (final distribution)\n")
         print("| variant | KL mean | KL max | TV mean | TV max | min_p cut differs | top-1 agree |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for name in speed:
@@ -315,6 +356,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=300,
                     help="teacher-forced steps for the quality figures (0: skip them)")
+    ap.add_argument("--stepwise", action="store_true",
+                    help="teacher-force one position per forward, as a decode runs (see (b))")
     ap.add_argument("--head-scale", type=float, default=4.0, help="speech head factor of the peaky model")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--timed-steps", type=int, default=8, help="timed decode steps per variant and round")
@@ -343,11 +386,11 @@ def main() -> None:
         result["attention_ms"] = measure_attention(fp32, args.context, args.rounds)
     result["quality"] = {}
     if args.steps:
-        result["quality"]["model as loaded"] = measure_quality(models, cond, text, args.steps, args.seed)
+        result["quality"]["model as loaded"] = measure_quality(models, cond, text, args.steps, args.seed, args.stepwise)
         for t3 in models.values():
             scale_head_(t3, args.head_scale)
         label = f"peaky (head x{args.head_scale:g})"
-        result["quality"][label] = measure_quality(models, cond, text, args.steps, args.seed)
+        result["quality"][label] = measure_quality(models, cond, text, args.steps, args.seed, args.stepwise)
     print_tables(result)
     if args.json:
         with args.json.open("a") as f:

@@ -210,6 +210,8 @@ class ScriptedT3:
         """Nothing to hold back: each submit above has decoded before it returns."""
         return contextlib.nullcontext()
 
+    held = paused
+
 
 def test_a_calls_first_chunk_is_urgent_and_its_later_ones_are_not(fast, monkeypatch):
     """The scheduler lets urgent requests go first (tests/test_scheduler.py): that is each call's chunk 0."""
@@ -256,6 +258,41 @@ def test_token_streaming_gives_audio_every_few_tokens(fast):
     assert len(audio) == n * 960 and np.isfinite(audio).all()
     seams = [(int(p.start_s * fast.sr) - 480, int(p.start_s * fast.sr) + 480) for p in pieces[1:-1]]
     assert measure_joins(audio, fast.sr, seams).clicks == 0
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_the_first_piece_renders_while_t3_is_held_where_the_settings_say(small_ckpt, monkeypatch, hold):
+    """EngineSettings.hold_t3_for_first_piece (CPUs): the scheduler is held while a streamed call's first
+    piece renders, and only then; the audio is the same either way."""
+    settings = replace(engine_settings("fast", "cpu"), hold_t3_for_first_piece=hold)
+    tts = ChatterboxTTS.from_local(small_ckpt, device="cpu", settings=settings, watermark=False)
+    holding, held_renders = [], []
+    held = tts.engine.scheduler.held
+
+    @contextlib.contextmanager
+    def spied_held():
+        with held():
+            holding.append(True)
+            try:
+                yield
+            finally:
+                holding.pop()
+
+    monkeypatch.setattr(tts.engine.scheduler, "held", spied_held)
+    render = tts.engine.s3gen.render
+    monkeypatch.setattr(tts.engine.s3gen, "render",
+                        lambda *a, **kw: held_renders.append(bool(holding)) or render(*a, **kw))
+    text, call = SENTENCE.format(1) * 2, {"seed": 3, "max_new_tokens": 160, "token_budget_factor": None}
+    audio = np.concatenate([p.audio for p in tts.generate_stream(text, **call)])
+    assert len(held_renders) >= 3 and held_renders == [hold] + [False] * (len(held_renders) - 1)
+    if hold:
+        unheld = ChatterboxTTS.from_local(small_ckpt, device="cpu", watermark=False,
+                                          settings=replace(settings, hold_t3_for_first_piece=False))
+        assert np.array_equal(audio, np.concatenate([p.audio for p in unheld.generate_stream(text, **call)]))
+    assert engine_settings("fast", "cpu").hold_t3_for_first_piece  # the CFM decoder's long first render
+    assert not engine_settings("fast", "cpu", model="turbo").hold_t3_for_first_piece  # meanflow's short one
+    assert not engine_settings("fast", "cpu", "meanflow").hold_t3_for_first_piece
+    assert not engine_settings("fast", "cuda").hold_t3_for_first_piece
 
 
 def test_joint_sequences_are_runs_of_consecutive_chunks_within_the_cap():

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from concurrent.futures import CancelledError
 from dataclasses import replace
@@ -133,6 +134,40 @@ def test_scheduler_shares_batches_between_threads(t3):
         assert torch.equal(results[j], ref[j]), j
     assert forward.max_rows > 2  # requests really shared a backbone batch (one request has <= 2 rows)
     assert forward.max_rows <= 6  # never more than max_batch requests (<= 2 rows each)
+
+
+def test_a_held_scheduler_computes_nothing_until_the_hold_ends(t3):
+    """While held, a running request stops at the batch's next check and one submitted meanwhile does not
+    join (no forward runs); when the hold ends both decode to their solo tokens. A close ends a hold too."""
+    requests = _requests(budgets=(40, 12), seed=95)
+    ref = _solos(t3, requests, 95)
+    scheduler = T3Scheduler(t3, max_batch=4, check_every=4)
+    reports, hold_started = [], threading.Event()
+
+    def listen(tokens):
+        reports.append(len(tokens))
+        hold_started.wait(60)  # a check reached before the hold waits for it: the next step would be after
+
+    with _Spy(t3.tfmr, "forward") as forward:
+        running = scheduler.submit(requests[0], on_tokens=listen)
+        with scheduler.held():
+            hold_started.set()
+            joiner = scheduler.submit(requests[1])
+            time.sleep(1.0)  # the thread's time to reach its hold
+            calls = forward.calls
+            time.sleep(0.5)
+            assert forward.calls == calls and len(reports) <= 1
+            assert not running.done() and not joiner.done()
+        results = running.result(timeout=120), joiner.result(timeout=120)
+    assert [r.tolist() for r in results] == [ref[0].tolist(), ref[1].tolist()]
+
+    held = scheduler.submit(replace(requests[1], generator=torch.Generator().manual_seed(96)))
+    with scheduler.held():
+        closer = threading.Thread(target=scheduler.close)
+        closer.start()
+        closer.join(120)
+        assert not closer.is_alive()  # close finished the request despite the hold
+    assert held.result(timeout=1).tolist() == ref[1].tolist()
 
 
 def test_scheduler_cancellation_and_callback_errors(t3):

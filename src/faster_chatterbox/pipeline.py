@@ -333,7 +333,8 @@ class Engine:
         alone here, as its audio is wanted first; later windows render jointly as in synthesize). The first
         chunk is cut to at most `call.first_chunk_chars` and decoded alone; with
         `call.token_streaming` (and continuous batching) its audio comes every few tokens, otherwise when the
-        chunk is done. The next window's T3 is decoded while the current one is rendered."""
+        chunk is done; its first piece renders with T3 held where `hold_t3_for_first_piece` (CPUs, CFM). The
+        next window's T3 is decoded while the current one is rendered."""
         with self._rng_turn(call), torch.inference_mode():
             job = self._job(text, voice, call)
             job.chunks = short_first(job.chunks, call.first_chunk_chars)
@@ -750,7 +751,9 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
             start = max(0, emitted - streaming.context)
             begin = time.perf_counter()
             # context + new + lookahead, each render drawing on from the chunk's stream
-            wav = _render_group(engine, job, [tokens[start:]], [noise_gen], urgent=index == 0)[0]
+            alone = first and index == 0 and engine.settings.hold_t3_for_first_piece
+            with engine.scheduler.held() if alone else contextlib.nullcontext():
+                wav = _render_group(engine, job, [tokens[start:]], [noise_gen], urgent=index == 0)[0]
             clock.add("s3gen_s", time.perf_counter() - begin)
             lead = 0 if first else min(overlap, (emitted - start) * spt)
             audio = wav[(emitted - start) * spt - lead : (ready - start) * spt]

@@ -92,6 +92,12 @@ class EngineSettings:
     # where batching does not pay (0.94x: BENCHMARKS.md section 7, benchmarks/s3gen_speed.md)
     render_batch: int
     decode_ahead: bool  # submit the next window's T3 while this window renders
+    # T3's batch waits while a streamed call's first piece renders (engine.scheduler.T3Scheduler.held), which
+    # then has the CPU's cores to itself: with the CFM decoder (8 steps over the 10 s prompt) the first audio
+    # 1.5x sooner, the next pieces 1.5-2.3 s later; the meanflow decoder's first audio came 1.5 s sooner but
+    # its second piece 1.5 s later, a longer gap after a 1 s first piece, so it renders beside T3
+    # (BENCHMARKS.md 36)
+    hold_t3_for_first_piece: bool = False
     decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
     # silence tokens after each chunk's speech tokens, as Turbo feeds its meanflow decoder (Flash feeds none)
     trailing_silence: int = 0
@@ -245,10 +251,12 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
     kv_dtype = torch.float32 if precision != "fp32" and device.type == "cpu" else None
     # an emulated bf16 S3Gen is 5-7x slower than float32 (BENCHMARKS.md 31): it stays float32 there
     s3gen_dtype = torch.float32 if emulated else row.s3gen_dtype
+    decoder = "meanflow" if turbo else decoder
     return EngineSettings(preset, str(device), precision, kv_dtype, s3gen_dtype, row.tokenize_voice_once,
                           max_batch=32 if cuda else 8, urgent_rows=8 if cuda else 1, render_slots=2 if cuda else 1,
-                          render_batch=8 if cuda else 1, decode_ahead=cuda, decoder="meanflow" if turbo else decoder,
-                          trailing_silence=3 if (turbo or decoder == "meanflow") and model != "flash" else 0,
+                          render_batch=8 if cuda else 1, decode_ahead=cuda,
+                          hold_t3_for_first_piece=not cuda and decoder == "cfm", decoder=decoder,
+                          trailing_silence=3 if decoder == "meanflow" and model != "flash" else 0,
                           model=model, sampling_order=TURBO_ORDER if turbo else LLAMA_ORDER,
                           alignment_guard=alignment_guard, drop_final_token=drop_final_token,
                           # The keyed draws pay where the step is captured or compiled (one launch per step); on

@@ -84,6 +84,7 @@ class T3Scheduler:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None  # running while there are requests
         self._pauses = 0  # open `paused()` contexts
+        self._holds = 0  # open `held()` contexts
         self._closed = self._cancelling = False
         _open.add(self)
 
@@ -116,6 +117,20 @@ class T3Scheduler:
         finally:
             with self._wake:
                 self._pauses -= 1
+                self._wake.notify()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Within `with`, the thread computes nothing: the running batch stops at its next check and no
+        request joins, until the last hold ends. What a caller's first audio renders with the CPU's cores
+        to itself (a decode step beside it would take half of them). `close` ends holds."""
+        with self._wake:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._holds -= 1
                 self._wake.notify()
 
     def close(self, cancel: bool = False) -> None:
@@ -159,7 +174,7 @@ class T3Scheduler:
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         while True:
             with self._wake:
-                while self._pauses and not self._closed and not running:
+                while not self._closed and (self._holds or self._pauses and not running):
                     self._wake.wait()
                 if self._cancelling:
                     for ticket in running:
