@@ -50,9 +50,9 @@ def main() -> None:
     renders: list[dict] = []
     render_group = pipeline._render_group
 
-    def timed_render(engine, job, tokens, generators, urgent):
+    def timed_render(engine, job, tokens, generators, urgent, **kwargs):
         begin = time.perf_counter()
-        out = render_group(engine, job, tokens, generators, urgent)
+        out = render_group(engine, job, tokens, generators, urgent, **kwargs)
         renders.append({"start_s": begin - start, "seconds": time.perf_counter() - begin,
                         "tokens": [len(t) for t in tokens]})
         return out

@@ -154,6 +154,7 @@ class RenderRow(NamedTuple):
     tokens: list[int]
     ref: dict  # the voice's S3Gen half (Voice.gen)
     generator: torch.Generator | None
+    hold_t3: bool = False  # rendered with T3's scheduler held (a streamed call's first piece on a CPU)
 
 
 class Engine:
@@ -175,7 +176,8 @@ class Engine:
         self._global_rng_lock = threading.Lock()
         # first chunks of calls go first; chunks of calls waiting together share a batch (render_batch > 1)
         self.render_queue = RenderQueue(settings.render_slots, settings.render_batch,
-                                        functools.partial(_render_rows, s3gen, settings.trailing_silence))
+                                        functools.partial(_render_rows, s3gen, settings.trailing_silence,
+                                                          self.scheduler))
         self.voice_cache_dir: Path | None = None  # voices of clips also kept on disk, by content
         self._voices: OrderedDict[tuple, Voice] = OrderedDict()
         self._voice_lock = threading.Lock()
@@ -470,23 +472,27 @@ def _decoded(engine: Engine, tokens: list[int]) -> Decoded:
     return Decoded([t for t in tokens if t < vocab], bool(tokens) and tokens[-1] == stop, len(tokens))
 
 
-def _render_rows(s3gen: S3Gen, trailing_silence: int, key: tuple[SolveSettings, bool],
+def _render_rows(s3gen: S3Gen, trailing_silence: int, scheduler: T3Scheduler, key: tuple[SolveSettings, bool],
                  rows: list[RenderRow]) -> list[np.ndarray]:
     """The render queue's render: rows of any calls with one solve (key: the solve, and whether the rows have
-    their own streams) as one S3Gen batch, each row in its own voice."""
+    their own streams) as one S3Gen batch, each row in its own voice; with T3's `scheduler` held while it
+    runs if a row asks (the hold starts when the render does, not while the row waits in line)."""
     solve, seeded = key
     generators = [r.generator for r in rows] if seeded else None
-    return s3gen.render([r.tokens for r in rows], [r.ref for r in rows], generators, batch=len(rows),
-                        n_timesteps=solve.n_timesteps, solver=solve.solver, schedule=solve.schedule,
-                        sway_coef=solve.sway_coef, prompt_seconds=solve.prompt_seconds,
-                        f0_smoothing=F0Smoothing() if solve.f0_smoothing else None, trailing_silence=trailing_silence)
+    with scheduler.held() if any(r.hold_t3 for r in rows) else contextlib.nullcontext():
+        return s3gen.render([r.tokens for r in rows], [r.ref for r in rows], generators, batch=len(rows),
+                            n_timesteps=solve.n_timesteps, solver=solve.solver, schedule=solve.schedule,
+                            sway_coef=solve.sway_coef, prompt_seconds=solve.prompt_seconds,
+                            f0_smoothing=F0Smoothing() if solve.f0_smoothing else None,
+                            trailing_silence=trailing_silence)
 
 
 def _render_group(engine: Engine, job: Job, tokens: list[list[int]], generators: list[torch.Generator] | None,
-                  urgent: bool) -> list[np.ndarray]:
+                  urgent: bool, hold_t3: bool = False) -> list[np.ndarray]:
     """S3Gen for chunks of one call, in the call's voice with the call's solve, through the engine's render queue:
-    batched with other calls' chunks waiting at the same time with the same solve, up to `render_batch` rows."""
-    rows = [RenderRow(t, job.voice.gen, g) for t, g in zip(tokens, generators or [None] * len(tokens))]
+    batched with other calls' chunks waiting at the same time with the same solve, up to `render_batch` rows;
+    hold_t3: T3's scheduler held while they render (RenderRow.hold_t3)."""
+    rows = [RenderRow(t, job.voice.gen, g, hold_t3) for t, g in zip(tokens, generators or [None] * len(tokens))]
     return engine.render_queue.render((job.call.solve, generators is not None), rows, urgent=urgent)
 
 
@@ -751,9 +757,8 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
             start = max(0, emitted - streaming.context)
             begin = time.perf_counter()
             # context + new + lookahead, each render drawing on from the chunk's stream
-            alone = first and index == 0 and engine.settings.hold_t3_for_first_piece
-            with engine.scheduler.held() if alone else contextlib.nullcontext():
-                wav = _render_group(engine, job, [tokens[start:]], [noise_gen], urgent=index == 0)[0]
+            wav = _render_group(engine, job, [tokens[start:]], [noise_gen], urgent=index == 0,
+                                hold_t3=first and index == 0 and engine.settings.hold_t3_for_first_piece)[0]
             clock.add("s3gen_s", time.perf_counter() - begin)
             lead = 0 if first else min(overlap, (emitted - start) * spt)
             audio = wav[(emitted - start) * spt - lead : (ready - start) * spt]
