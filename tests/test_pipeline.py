@@ -295,6 +295,30 @@ def test_the_first_piece_renders_while_t3_is_held_where_the_settings_say(small_c
     assert not engine_settings("fast", "cuda").hold_t3_for_first_piece
 
 
+def test_concurrent_streams_with_held_first_pieces_finish(fast_fp32):
+    """Two calls streamed at once on threads, each first piece rendered with T3 held (the holds nest, and
+    the other call's decode waits and goes on): both finish, each with its solo length of audio (float32 T3:
+    the same tokens). The samples may differ: where a token-streamed piece ends depends on when the batch's
+    checks bring tokens, and a batch mate shifts them (BENCHMARKS.md 36)."""
+    assert fast_fp32.settings.hold_t3_for_first_piece
+    texts = [SENTENCE.format(1) * 2, SENTENCE.format(2) + " " + SENTENCE.format(3)]
+    call = {"max_new_tokens": 90, "token_budget_factor": None}
+
+    def stream(j):
+        return np.concatenate([p.audio for p in fast_fp32.generate_stream(texts[j], seed=10 + j, **call)])
+
+    solo = [stream(j) for j in range(2)]
+    together = [None, None]
+    threads = [threading.Thread(target=lambda j=j: together.__setitem__(j, stream(j))) for j in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not any(thread.is_alive() for thread in threads)
+    for j in range(2):
+        assert together[j] is not None and len(together[j]) == len(solo[j]) and np.isfinite(together[j]).all(), j
+
+
 def test_joint_sequences_are_runs_of_consecutive_chunks_within_the_cap():
     n = pipeline.JOINT_MAX_TOKENS
     tokens = {0: [1] * 10, 1: [1] * 20, 2: [], 3: [1] * 5, 4: [1] * 7, 5: [1] * (n - 12 - 2 * pipeline.JOIN_SILENCE),
