@@ -16,7 +16,7 @@ from faster_chatterbox.audio.joins import measure_joins
 from faster_chatterbox.audio.synthetic import synthetic_voice
 from faster_chatterbox.checks import audio_failure, expected_tokens, loop_length, token_failure
 from faster_chatterbox.random_checkpoint import write_random_checkpoint
-from faster_chatterbox.settings import engine_settings
+from faster_chatterbox.settings import TokenStreaming, engine_settings
 from faster_chatterbox.tts import ChatterboxTTS
 from helpers import one_intra_op_thread
 
@@ -295,28 +295,66 @@ def test_the_first_piece_renders_while_t3_is_held_where_the_settings_say(small_c
     assert not engine_settings("fast", "cuda").hold_t3_for_first_piece
 
 
-def test_concurrent_streams_with_held_first_pieces_finish(fast_fp32):
+def test_concurrent_streams_give_their_solo_audio(fast_fp32):
     """Two calls streamed at once on threads, each first piece rendered with T3 held (the holds nest, and
-    the other call's decode waits and goes on): both finish, each with its solo length of audio (float32 T3:
-    the same tokens). The samples may differ: where a token-streamed piece ends depends on when the batch's
-    checks bring tokens, and a batch mate shifts them (BENCHMARKS.md 36)."""
+    the other call's decode waits and goes on): both finish with their solo audio, sample for sample (float32
+    T3: the same tokens; token-streamed pieces end at fixed token counts, whenever the tokens came)."""
     assert fast_fp32.settings.hold_t3_for_first_piece
     texts = [SENTENCE.format(1) * 2, SENTENCE.format(2) + " " + SENTENCE.format(3)]
     call = {"max_new_tokens": 90, "token_budget_factor": None}
 
     def stream(j):
-        return np.concatenate([p.audio for p in fast_fp32.generate_stream(texts[j], seed=10 + j, **call)])
+        return [p.audio for p in fast_fp32.generate_stream(texts[j], seed=10 + j, **call)]
 
     solo = [stream(j) for j in range(2)]
-    together = [None, None]
-    threads = [threading.Thread(target=lambda j=j: together.__setitem__(j, stream(j))) for j in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert not any(thread.is_alive() for thread in threads)
-    for j in range(2):
-        assert together[j] is not None and len(together[j]) == len(solo[j]) and np.isfinite(together[j]).all(), j
+    for _ in range(2):
+        together = [None, None]
+        threads = [threading.Thread(target=lambda j=j: together.__setitem__(j, stream(j))) for j in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert not any(thread.is_alive() for thread in threads)
+        for j in range(2):
+            assert together[j] is not None and [len(a) for a in together[j]] == [len(a) for a in solo[j]], j
+            assert np.array_equal(np.concatenate(together[j]), np.concatenate(solo[j])), j
+
+
+def test_token_streamed_pieces_end_at_fixed_growing_token_counts(fast, monkeypatch):
+    """TokenStreaming: the first piece after first_tokens, then piece_tokens, doubling up to
+    max_piece_tokens, the chunk's rest last, each rendered with `lookahead` tokens after it, whatever tokens
+    each check brings: the same renders and audio when the tokens come as they are sampled and when they all
+    come at the end."""
+    streaming = replace(TokenStreaming(), first_tokens=5, piece_tokens=7, max_piece_tokens=20)
+    text = SENTENCE.format(1) * 2
+    voice, call = fast._call(text, None, seed=3, max_new_tokens=80, token_budget_factor=None)
+    job = fast.engine._job(text, voice, replace(call, token_streaming=streaming))
+    rendered = []
+    render = fast.engine.s3gen.render
+    monkeypatch.setattr(fast.engine.s3gen, "render", lambda tokens, *a, **kw: rendered.append(len(tokens[0]))
+                        or render(tokens, *a, **kw))
+
+    def streamed():
+        clock = pipeline.Clock()
+        joiner = pipeline.StreamJoiner(fast.sr, clock)
+        pieces = list(pipeline.stream_chunk_tokens(fast.engine, job, 0, joiner, clock))
+        return np.concatenate([p.audio for p in [*pieces, joiner.finish()] if p is not None])
+
+    as_sampled = streamed()
+    renders, rendered[:] = list(rendered), []
+    submit = fast.engine.scheduler.submit
+    monkeypatch.setattr(fast.engine.scheduler, "submit", lambda request, on_tokens=None, **kw: submit(request, **kw))
+    at_the_end = streamed()  # no token lists: the finished Future alone
+    n = len(pipeline.T3Work(fast.engine, job, [0], attempt=0).result(pipeline.Clock())[0].tokens)
+    ends, size = [5], 7
+    while ends[-1] + size < n:
+        ends.append(ends[-1] + size)
+        size = min(2 * size, 20)
+    ends.append(n)
+    begins = [max(0, e - streaming.context) for e in [0, *ends[:-1]]]
+    stops = [min(e + streaming.lookahead, n) for e in ends[:-1]] + [n]
+    assert n > 40 and renders == rendered == [stop - begin for begin, stop in zip(begins, stops)]
+    assert np.array_equal(as_sampled, at_the_end) and len(as_sampled) == n * fast.engine.s3gen.samples_per_token
 
 
 def test_joint_sequences_are_runs_of_consecutive_chunks_within_the_cap():

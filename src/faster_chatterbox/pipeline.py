@@ -738,7 +738,7 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
     spt = engine.s3gen.samples_per_token
     overlap = int(engine.sr * streaming.overlap_ms / 1000)
     decoded = Decoded([], False, 0)
-    emitted, done, first = 0, False, True
+    emitted, done, first, size = 0, False, True, streaming.first_tokens
     try:
         while not done:
             item = updates.get()
@@ -748,24 +748,27 @@ def stream_chunk_tokens(engine: Engine, job: Job, index: int, joiner: StreamJoin
                 item = item.result().tolist()  # raises what the decode raised
             decoded = _decoded(engine, item)
             tokens = decoded.tokens
-            ready = len(tokens) - streaming.lookahead
+            settled = len(tokens) - streaming.lookahead  # tokens with their lookahead come
             if done:
-                ready = _voiced(len(tokens)) if engine.settings.drop_final_token else len(tokens)
-            need = streaming.first_tokens if first else streaming.piece_tokens
-            if ready <= emitted or (not done and ready - emitted < need):
-                continue
-            start = max(0, emitted - streaming.context)
-            begin = time.perf_counter()
-            # context + new + lookahead, each render drawing on from the chunk's stream
-            wav = _render_group(engine, job, [tokens[start:]], [noise_gen], urgent=index == 0,
-                                hold_t3=first and index == 0 and engine.settings.hold_t3_for_first_piece)[0]
-            clock.add("s3gen_s", time.perf_counter() - begin)
-            lead = 0 if first else min(overlap, (emitted - start) * spt)
-            audio = wav[(emitted - start) * spt - lead : (ready - start) * spt]
-            piece = joiner.chunk(audio, index) if first else joiner.more(audio, lead, index)
-            first, emitted = False, ready
-            if piece is not None:
-                yield piece
+                settled = _voiced(len(tokens)) if engine.settings.drop_final_token else len(tokens)
+            # every piece that ends by `settled`, and once the chunk is done its rest: pieces end at fixed
+            # token counts whatever each update brings
+            while emitted < settled and (done or emitted + size <= settled):
+                ready = min(emitted + size, settled)
+                start = max(0, emitted - streaming.context)
+                stop = len(tokens) if ready == settled and done else ready + streaming.lookahead
+                begin = time.perf_counter()
+                # context + new + lookahead, each render drawing on from the chunk's stream
+                wav = _render_group(engine, job, [tokens[start:stop]], [noise_gen], urgent=index == 0,
+                                    hold_t3=first and index == 0 and engine.settings.hold_t3_for_first_piece)[0]
+                clock.add("s3gen_s", time.perf_counter() - begin)
+                lead = 0 if first else min(overlap, (emitted - start) * spt)
+                audio = wav[(emitted - start) * spt - lead : (ready - start) * spt]
+                piece = joiner.chunk(audio, index) if first else joiner.more(audio, lead, index)
+                size = streaming.piece_tokens if first else min(size * streaming.growth, streaming.max_piece_tokens)
+                first, emitted = False, ready
+                if piece is not None:
+                    yield piece
     finally:
         future.cancel()  # a consumer that stops early stops the decode (no-op once it is done)
     failure = token_failure(decoded.tokens, chunk.text, decoded.stopped, job.call.limits) if job.call.max_retries else None

@@ -94,9 +94,9 @@ class EngineSettings:
     decode_ahead: bool  # submit the next window's T3 while this window renders
     # T3's batch waits while a streamed call's first piece renders (engine.scheduler.T3Scheduler.held), which
     # then has the CPU's cores to itself: with the CFM decoder (8 steps over the 10 s prompt) the first audio
-    # 1.5x sooner, the next pieces 1.5-2.3 s later; the meanflow decoder's first audio came 1.5 s sooner but
-    # its second piece 1.5 s later, a longer gap after a 1 s first piece, so it renders beside T3
-    # (BENCHMARKS.md 36)
+    # 1.4-1.5x sooner, the next pieces 1.5-3.1 s later; the meanflow decoder's first audio came 1.0-1.5 s
+    # sooner but its second piece 1.5-2.1 s later, a longer gap after a 1 s first piece, so it renders beside
+    # T3 (BENCHMARKS.md 36)
     hold_t3_for_first_piece: bool = False
     decoder: str = "cfm"  # S3Gen's: "cfm" (the model's own) or "meanflow" (Turbo's, distilled for its own solve)
     # silence tokens after each chunk's speech tokens, as Turbo feeds its meanflow decoder (Flash feeds none)
@@ -151,12 +151,16 @@ class TokenStreaming:
     """Token-level streaming of a chunk: audio every few tokens instead of once per chunk (CosyVoice-style).
 
     Each piece re-renders its new tokens with up to `context` earlier tokens (and the decoder prompt) in
-    front, holds back the last `lookahead` tokens (the flow encoder looks 3 tokens ahead), and overlaps
-    the previous piece by `overlap_ms`, crossfaded.
+    front and `lookahead` tokens after them (the flow encoder looks 3 tokens ahead), and overlaps the
+    previous piece by `overlap_ms`, crossfaded. Pieces end at fixed token counts: `first_tokens`, then
+    pieces of `piece_tokens` growing by `growth` up to `max_piece_tokens` (the chunk's rest last), so a
+    call's audio does not depend on when its tokens came, and a long chunk needs few renders.
     """
 
     first_tokens: int = 25  # 1 s of speech before the first audio
-    piece_tokens: int = 50
+    piece_tokens: int = 50  # the second piece
+    growth: int = 2  # each later piece this many times the one before
+    max_piece_tokens: int = 400
     context: int = 50
     lookahead: int = 3
     overlap_ms: float = 20.0

@@ -229,8 +229,9 @@ class ChatterboxTTS:
         """Yield the audio of `text` piece by piece as soon as each is ready (arguments as `synthesize`).
 
         The first chunk is cut to at most 100 characters (at a sentence, else a clause or word boundary) and
-        decoded alone; with token_streaming (batched presets) its audio comes every 50 tokens, the first after
-        25, otherwise when the chunk is done. The T3 of each next window of chunks is decoded (by the engine's
+        decoded alone; with token_streaming (batched presets) its audio comes in pieces as T3 samples it (the
+        first after 25 tokens, then 50, 100, 200, 400 more: pieces end at those counts whenever the tokens
+        came), otherwise when the chunk is done. The T3 of each next window of chunks is decoded (by the engine's
         scheduler) while the current one is rendered. Concatenating the pieces' audio gives the whole output.
         Each piece carries its position and readiness time.
         """
