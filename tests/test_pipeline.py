@@ -309,7 +309,7 @@ def test_concurrent_streams_give_their_solo_audio(fast_fp32):
     solo = [stream(j) for j in range(2)]
     for _ in range(2):
         together = [None, None]
-        threads = [threading.Thread(target=lambda j=j: together.__setitem__(j, stream(j))) for j in range(2)]
+        threads = [threading.Thread(target=lambda j=j, out=together: out.__setitem__(j, stream(j))) for j in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
