@@ -82,28 +82,21 @@ def _rows_in_int8(t3: T3) -> T3:
 
 
 # name -> converter of a float32 T3, in place
-def _fp32_kv(precision: str):
-    """`precision` with a float32 KV cache and attention: what the presets run on CPU."""
+def _fp32_kv(precision: str, **options):
+    """`precision` (and `reduce_precision_`'s options) with a float32 KV cache and attention: what the presets
+    run on CPU."""
     def convert(t3: T3) -> T3:
-        reduce_precision_(t3, precision)
+        reduce_precision_(t3, precision, **options)
         t3.tfmr.kv_dtype = torch.float32
         return t3
     return convert
 
 
-def _packed(bf16_past_rows: int | None):
-    """bf16 weights on FBGEMM's fp16 GEMM with a float32 KV cache (`fast` on x86 CPUs without AMX), inputs of
-    more than `bf16_past_rows` rows on oneDNN's bf16 GEMM (None: every row count packed)."""
-    def convert(t3: T3) -> T3:
-        reduce_precision_(t3, "bf16", packed_fp16=True, packed_bf16_past_rows=bf16_past_rows)
-        t3.tfmr.kv_dtype = torch.float32
-        return t3
-    return convert
-
-
-PACKED = {"packed fp16, fp32 KV (fast, emulated bf16)": _packed(None),
+# bf16 weights on FBGEMM's fp16 GEMM (`fast` on x86 CPUs without AMX): every row count packed (bf16 emulated),
+# or inputs of more than PACKED_BF16_PAST_ROWS rows on oneDNN's bf16 GEMM (native bf16)
+PACKED = {"packed fp16, fp32 KV (fast, emulated bf16)": _fp32_kv("bf16", packed_fp16=True),
           f"packed fp16 to {PACKED_BF16_PAST_ROWS} rows, fp32 KV (fast, native bf16 without AMX)":
-              _packed(PACKED_BF16_PAST_ROWS)}
+              _fp32_kv("bf16", packed_fp16=True, packed_bf16_past_rows=PACKED_BF16_PAST_ROWS)}
 VARIANTS = {
     "fp32": lambda t3: reduce_precision_(t3, "fp32"),
     "bf16": lambda t3: reduce_precision_(t3, "bf16"),

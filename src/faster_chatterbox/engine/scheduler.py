@@ -122,7 +122,7 @@ class T3Scheduler:
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """Within `with`, the thread computes nothing: the running batch stops at its next check and no
-        request joins, until the last hold ends. What a caller's first audio renders with the CPU's cores
+        request joins, until the last hold ends: a caller's first audio then renders with the CPU's cores
         to itself (a decode step beside it would take half of them). `close` ends holds."""
         with self._wake:
             self._holds += 1
