@@ -42,6 +42,9 @@ SMALL = T3Config(llama=LlamaConfig(dim=256, n_layers=3, n_heads=4, n_kv_heads=2,
 BACKBONE_LINEARS = {f"layers.{i}.{name}" for i in range(3) for name in (
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+# what reduce_precision_ leaves of them: q/k/v and gate/up fused (Llama.fuse_projections)
+FUSED_BACKBONE_LINEARS = {f"layers.{i}.{name}" for i in range(3) for name in (
+    "self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
 STEPS = 60
 
 
@@ -166,6 +169,37 @@ def test_quantize_replaces_the_backbone_linears_only(t3_fp32):
         n for n in BACKBONE_LINEARS if not n.startswith("layers.0.") and n != "layers.2.mlp.up_proj"}
 
 
+def test_fused_projections_change_no_weight_and_no_output(t3_fp32, inputs):
+    """reduce_precision_ fuses q/k/v and gate/up (Llama.fuse_projections): in float32 a fused model gives the
+    separate layers' logits to float32's rounding (prefill and decode steps, GQA heads); int8 quantizes the
+    fused weight into exactly the separate layers' int8 rows and scales; bf16 rounds the same weights."""
+    fused = copy.deepcopy(t3_fp32)
+    fused.tfmr.fuse_projections()
+    names = {n for n, m in fused.tfmr.named_modules() if type(m) is nn.Linear}
+    assert names == FUSED_BACKBONE_LINEARS
+    with torch.inference_mode():
+        ref, out = (t3(*inputs, torch.zeros(3, dtype=torch.long), cfg=True) for t3 in (t3_fp32, fused))
+        assert rel_error(out, ref) < 1e-5
+        decoded = {}
+        for name, t3 in (("separate", t3_fp32), ("fused", fused)):
+            cache = t3.tfmr.new_cache(2, 40)
+            x = torch.randn(2, 40, SMALL.llama.dim, generator=torch.Generator().manual_seed(3))
+            t3.tfmr(x[:, :30], torch.arange(30), cache, 30)
+            decoded[name] = torch.cat([t3.tfmr(x[:, i : i + 1], torch.tensor([i]), cache, i + 1)
+                                       for i in range(30, 40)], dim=1)
+        assert rel_error(decoded["fused"], decoded["separate"]) < 1e-5
+    separate = reduce_precision_(copy.deepcopy(t3_fp32), "int8", fuse=False)
+    int8 = reduce_precision_(copy.deepcopy(t3_fp32), "int8")
+    for i in range(SMALL.llama.n_layers):
+        attn, alone = int8.tfmr.layers[i].self_attn, separate.tfmr.layers[i].self_attn
+        parts = (alone.q_proj, alone.k_proj, alone.v_proj)
+        assert torch.equal(attn.qkv_proj.weight, torch.cat([p.weight for p in parts]))
+        assert torch.equal(attn.qkv_proj.scales, torch.cat([p.scales for p in parts]))
+    bf16 = reduce_precision_(copy.deepcopy(t3_fp32), "bf16")
+    mlp, alone = bf16.tfmr.layers[0].mlp, reduce_precision_(copy.deepcopy(t3_fp32), "bf16", fuse=False).tfmr.layers[0].mlp
+    assert torch.equal(mlp.gate_up_proj.weight, torch.cat((alone.gate_proj.weight, alone.up_proj.weight)))
+
+
 def test_to_bf16_keeps_the_logits_and_the_state_dict_names(t3_fp32):
     t3 = to_bf16_(copy.deepcopy(t3_fp32))
     assert type(t3.speech_head) is Float32Linear and t3.speech_head.weight.dtype == torch.float32
@@ -286,9 +320,10 @@ def test_packed_fp16_refuses_weights_past_fp16s_range(t3_fp32):
     t3 = copy.deepcopy(t3_fp32)
     with torch.no_grad():
         t3.tfmr.layers[0].mlp.up_proj.weight[0, 0] = 70000.0
-    expected = t3.tfmr.layers[0].mlp.up_proj.weight.to(torch.bfloat16).float()
+    mlp = t3.tfmr.layers[0].mlp
+    expected = torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)).to(torch.bfloat16).float()
     reduce_precision_(t3, "bf16", upcast_rows=16, packed_fp16=True)
-    kept = t3.tfmr.layers[0].mlp.up_proj
+    kept = t3.tfmr.layers[0].mlp.gate_up_proj  # fused with the gate, which is kept with it
     assert type(kept) is nn.Linear and kept.weight.dtype == torch.float32 and torch.equal(kept.weight, expected)
     assert type(t3.tfmr.layers[0].mlp.down_proj) is PackedFp16Linear
 
@@ -305,7 +340,7 @@ def test_reduce_precision_packs_the_bf16_weights_in_a_float32_t3(t3_fp32, inputs
     assert kinds(plain).keys() == kinds(packed).keys()
     for name, kind in kinds(plain).items():
         assert kinds(packed)[name] is (PackedFp16Linear if kind is nn.Linear else kind), name
-    assert {f"tfmr.{name}" for name in BACKBONE_LINEARS} <= {n for n, k in kinds(packed).items()
+    assert {f"tfmr.{name}" for name in FUSED_BACKBONE_LINEARS} <= {n for n, k in kinds(packed).items()
                                                              if k is PackedFp16Linear}
     assert {p.dtype for p in packed.parameters()} == {torch.float32}
     with torch.inference_mode():

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.gpt2 import Conv1D
+from ..models.llama import Llama
 from ..models.t3 import T3
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -321,12 +322,15 @@ def pack_fp16_(t3: T3, bf16_past_rows: int | None = None) -> T3:
 
 
 def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, packed_fp16: bool = False,
-                      packed_bf16_past_rows: int | None = None) -> T3:
+                      packed_bf16_past_rows: int | None = None, fuse: bool = True) -> T3:
     """One of PRECISIONS, in place, on a loaded float32 T3.
 
-    fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (q/k/v/o, gate/up/down; GPT-2's q/k/v,
+    fp32: unchanged. bf16: `to_bf16_`. int8: the backbone's Linears (qkv/o, gate_up/down; GPT-2's q/k/v,
     projections and MLP) to int8 with bf16 scales, then `to_bf16_` (bf16 activations, float32 logits).
-    A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`).
+    A GPT-2 backbone's Conv1D layers become Linears first (`conv1d_to_linear_`); a Llama backbone's q/k/v
+    and gate/up projections are fused first (`Llama.fuse_projections`; `fuse=False` keeps them apart, for
+    side-by-side measurements). Fusing changes no weight: int8's scales are per output row, bf16 rounds
+    each weight alone.
     upcast_rows (CPUs that emulate bf16): every bf16 nn.Linear becomes a `Bf16Linear` with that threshold,
     and the Int8Linears take it (packed kernel up to it, float32 past it).
     packed_fp16 (x86 CPUs without AMX): bf16 by `pack_fp16_` instead of `to_bf16_`, its layers on oneDNN's bf16
@@ -341,6 +345,8 @@ def reduce_precision_(t3: T3, precision: str, upcast_rows: int | None = None, pa
                          f"({dtype} weights, speech head {type(t3.speech_head).__name__})")
     if precision != "fp32":
         conv1d_to_linear_(t3.tfmr)
+        if fuse and isinstance(t3.tfmr, Llama):
+            t3.tfmr.fuse_projections()
     if packed_fp16 and precision == "bf16":
         return pack_fp16_(t3, packed_bf16_past_rows)
     if precision == "int8":

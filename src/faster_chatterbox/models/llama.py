@@ -76,9 +76,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        # Hugging Face's: normalized in float32, cast back, then scaled. F.rms_norm computes that normalization
+        # bit for bit in one op instead of five (each a dispatch, 61 per decode step).
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 def rope_tables(inv_freq: Tensor, max_seq_len: int) -> tuple[Tensor, Tensor]:
@@ -400,6 +400,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.register_module("qkv_proj", None)  # q, k and v in one Linear after `fuse_projections`
+
+    def fuse_projections(self) -> None:
+        """Replace q_proj, k_proj and v_proj by one Linear of their stacked weights, `qkv_proj`: one GEMM
+        reads the three weights in one pass (`fuse_linears`)."""
+        self.qkv_proj = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def project_qkv(self, x: Tensor) -> Tensor:
+        # x: (B, S, D) -> (B, S, (H + 2 H_kv) * hd): queries, keys, values side by side
+        if self.qkv_proj is not None:
+            return self.qkv_proj(x)
+        return torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor, cache: KVCache,
                 rows: slice = slice(None), probe: LayerProbe | None = None,
@@ -409,10 +422,10 @@ class Attention(nn.Module):
         # probe: records this layer's attention;
         # prefix: this layer's keys and values of a `SharedPrefix` (and it), attended before the cache
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, hd)
-        k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, S, hd)
-        v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, H_kv = self.n_heads, self.n_kv_heads
+        heads = self.project_qkv(x).view(B, S, H + 2 * H_kv, self.head_dim).transpose(1, 2)  # (B, H + 2 H_kv, S, hd)
+        rotated = apply_rope(heads[:, : H + H_kv], cos, sin)  # queries and keys in one pass
+        q, k, v = rotated[:, :H], rotated[:, H:], heads[:, H + H_kv :]  # (B, H, S, hd), (B, H_kv, S, hd) x 2
         k_all, v_all = cache.update(input_pos, k, v, rows)  # (B, H_kv, max_seq_len, hd)
         kv_len = mask.shape[-1]
         # Attention runs in the cache's dtype: a float32 cache under bf16 weights is faster on CPU.
@@ -437,9 +450,20 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.register_module("gate_up_proj", None)  # gate and up in one Linear after `fuse_projections`
+
+    def fuse_projections(self) -> None:
+        """Replace gate_proj and up_proj by one Linear of their stacked weights, `gate_up_proj`."""
+        self.gate_up_proj = fuse_linears(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # x: (B, S, D) -> (B, S, D)
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # (B, S, ffn_dim) each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -465,6 +489,16 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.kv_dtype: torch.dtype | None = None  # dtype of the caches new_cache makes; None: the weights'
+
+    def fuse_projections(self) -> None:
+        """Every layer's q/k/v and gate/up projections as one Linear each (`Attention.fuse_projections`,
+        `FeedForward.fuse_projections`): a decode step makes 4 GEMM calls per layer instead of 7, and reads
+        the same weights in fewer, longer passes (BENCHMARKS.md 37). Call it after loading the checkpoint,
+        whose names are the separate layers'; each output is the separate layers' up to the GEMM's order of
+        summation, so the exact preset keeps them separate."""
+        for layer in self.layers:
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
 
     def new_cache(self, batch: int, max_seq_len: int, dtype: torch.dtype | None = None) -> LlamaCache:
         """A cache of `batch` rows and `max_seq_len` slots on the weights' device (make it after moving the
@@ -514,6 +548,19 @@ class Llama(nn.Module):
             x = layer(x, cos, sin, input_pos, mask, layer_cache, rows, probe.at(i) if probe is not None else None,
                       (*shared.layers[i], shared) if shared is not None else None)
         return self.norm(x)
+
+
+def fuse_linears(*linears: nn.Linear) -> nn.Linear:
+    """One Linear computing the given ones' outputs side by side (their weights stacked by rows): the same
+    input, in (dim,) -> (sum of their out_features,)."""
+    first = linears[0]
+    weight = torch.cat([linear.weight.detach() for linear in linears])  # (sum out, in)
+    fused = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=first.bias is not None,
+                                     device=weight.device, dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if first.bias is not None:
+        fused.bias = nn.Parameter(torch.cat([linear.bias.detach() for linear in linears]), requires_grad=False)
+    return fused
 
 
 def positions_and_mask(input_pos: Tensor, kv_len: int, seq_start: Tensor | None,
