@@ -195,8 +195,8 @@ def test_fused_projections_change_no_weight_and_no_output(t3_fp32, inputs):
         parts = (alone.q_proj, alone.k_proj, alone.v_proj)
         assert torch.equal(attn.qkv_proj.weight, torch.cat([p.weight for p in parts]))
         assert torch.equal(attn.qkv_proj.scales, torch.cat([p.scales for p in parts]))
-    bf16 = reduce_precision_(copy.deepcopy(t3_fp32), "bf16")
-    mlp, alone = bf16.tfmr.layers[0].mlp, reduce_precision_(copy.deepcopy(t3_fp32), "bf16", fuse=False).tfmr.layers[0].mlp
+    mlp = reduce_precision_(copy.deepcopy(t3_fp32), "bf16").tfmr.layers[0].mlp
+    alone = reduce_precision_(copy.deepcopy(t3_fp32), "bf16", fuse=False).tfmr.layers[0].mlp
     assert torch.equal(mlp.gate_up_proj.weight, torch.cat((alone.gate_proj.weight, alone.up_proj.weight)))
 
 
