@@ -1,5 +1,7 @@
 """The T3 decode step of the continuous batch: the dynamic batch (resized cache, a multinomial per row:
-the previous implementation) against the keyed sampler, the static cache's eager step and its compiled one.
+the previous implementation) against the keyed sampler, the static cache's eager step and its compiled one,
+and the reduced-precision T3 with its q/k/v and gate/up projections separate (`reduce_precision_(...,
+fuse=False)`, as before section 37) against the fused one every other variant runs.
 
 Full-size T3, random weights (or `--checkpoint DIR`), the preset's weights (`--precision bf16`: fast,
 `int8`: fastest; float32 KV cache on CPU as the presets run), one request with its CFG pair whose prefix
@@ -13,6 +15,7 @@ The compiled variant's first step (compilation) is timed apart.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -33,8 +36,13 @@ from faster_chatterbox.engine.static_batch import StaticDecodeBatch  # noqa: E40
 AUTOTUNE = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 
+# the previous implementation: the dynamic batch on the T3 of reduce_precision_(..., fuse=False)
+BEFORE = "dynamic, multinomial, separate projections (before)"
+
+
 def variants(inductor: bool) -> dict:
-    v = {"dynamic, multinomial (before)": lambda t3: DecodeBatch(t3, 4, "multinomial"),
+    v = {BEFORE: lambda t3: DecodeBatch(t3, 4, "multinomial"),
+         "dynamic, multinomial (fast)": lambda t3: DecodeBatch(t3, 4, "multinomial"),
          "dynamic, keyed": lambda t3: DecodeBatch(t3, 4, "keyed"),
          "static, eager": lambda t3: StaticDecodeBatch(t3, 4, "static")}
     if inductor:
@@ -79,12 +87,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    t3, _ = load_t3(args.checkpoint, 0)
-    if args.packed_fp16:  # the float32 KV cache and activations are pack_fp16_'s own
-        t3 = reduce_precision_(t3, "bf16", packed_fp16=True)
-    else:
-        t3 = _fp32_kv(args.precision)(t3) if device.type == "cpu" and args.precision != "fp32" else t3
-    t3 = t3.to(device)
+    loaded, _ = load_t3(args.checkpoint, 0)
+
+    def reduced(fuse: bool):
+        t3 = copy.deepcopy(loaded)
+        if args.packed_fp16:  # the float32 KV cache and activations are pack_fp16_'s own
+            return reduce_precision_(t3, "bf16", packed_fp16=True, fuse=fuse).to(device)
+        if device.type == "cpu" and args.precision != "fp32":
+            t3 = _fp32_kv(args.precision, fuse=fuse)(t3)
+        return t3.to(device)
+
+    t3 = reduced(fuse=True)
+    models = {BEFORE: reduced(fuse=False) if args.precision != "fp32" else t3}  # fp32 is never fused
+    del loaded
     cond, text = random_inputs(t3, 1, text_len=args.context - 40)  # 34 conditioning + text + 2 BOS
     budget = 4 + args.steps + 4
 
@@ -98,11 +113,11 @@ def main() -> None:
     for r in range(args.rounds):
         for name, make in runs.items():
             progress(f"round {r + 1}/{args.rounds}: {name}")
-            first, ms, toks = time_variant(t3, make, request(), args.steps, sync)
+            first, ms, toks = time_variant(models.get(name, t3), make, request(), args.steps, sync)
             firsts[name].append(first)
             times[name].append(ms)
             tokens[name] = toks
-    base = statistics.median(times["dynamic, multinomial (before)"])
+    base = statistics.median(times[BEFORE])
     result = {"device": str(device), "threads": args.threads, "precision": args.precision, "context": args.context,
               "packed_fp16": args.packed_fp16,
               "variants": {name: {"ms_per_step": statistics.median(t), "all_ms": [round(x, 2) for x in t],
@@ -111,12 +126,15 @@ def main() -> None:
               # which keyed variants drew the dynamic keyed batch's tokens (bf16: a compiled graph's reordered
               # sums may round a logit differently; in float32 they agree: tests/test_static_batch.py)
               "same_tokens_as_dynamic_keyed": {n: tokens[n] == tokens["dynamic, keyed"] for n in tokens
-                                               if "static" in n}}
+                                               if "static" in n},
+              # the fused projections sum in another order: in reduced precision a token may differ
+              "fused_same_tokens_as_separate": tokens["dynamic, multinomial (fast)"] == tokens[BEFORE]}
     print(f"| variant | ms/step (median of {args.rounds}) | rounds | first check s | vs before |")
     print("|---|---:|---|---|---:|")
     for name, v in result["variants"].items():
         print(f"| {name} | {v['ms_per_step']:.1f} | {v['all_ms']} | {v['first_check_s']} | {v['speed_up']:.2f}x |")
     print(f"same tokens as the dynamic keyed batch: {result['same_tokens_as_dynamic_keyed']}")
+    print(f"fused projections, same tokens as separate: {result['fused_same_tokens_as_separate']}")
     if args.json:
         with args.json.open("a") as f:
             f.write(json.dumps(result) + "\n")
