@@ -4,6 +4,7 @@ cost of bf16 / int8 against float32 on teacher-forced steps of a small T3 with r
 from __future__ import annotations
 
 import copy
+import gc
 from dataclasses import replace
 
 import pytest
@@ -306,6 +307,23 @@ def test_packed_fp16_linear_hands_many_rows_to_the_bf16_gemm(rows, bias):
     expected = plain(x) if rows <= 16 else F.linear(x.to(torch.bfloat16), linear.weight, linear.bias).float()
     assert torch.equal(y, expected)
     assert not dict(layer.state_dict()) and "bf16 past 16 rows" in repr(layer)
+
+
+@needs_fbgemm
+def test_packed_fp16_linear_traces_whole_and_its_copies_keep_their_weights():
+    """Under torch.compile(fullgraph=True) the layer multiplies through the `packed_fp16_linear` op (FBGEMM's
+    packed weights are a TorchScript object, which dynamo cannot trace) to the same float32 output; a deep copy
+    answers to a handle of its own, so it runs on after the original is gone."""
+    layer = PackedFp16Linear.from_linear(nn.Linear(48, 20).to(torch.bfloat16))
+    x = torch.randn(3, 7, 48, generator=torch.Generator().manual_seed(5))
+    expected, handle = layer(x), layer.handle
+    twin = copy.deepcopy(layer)
+    del layer
+    gc.collect()
+    assert twin.handle != handle
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, fullgraph=True, dynamic=False, backend="aot_eager")
+    assert torch.equal(compiled(x), expected)
 
 
 @needs_fbgemm

@@ -8,8 +8,10 @@ import copy
 import pytest
 import torch
 
+from faster_chatterbox.devices import fbgemm_fp16
 from faster_chatterbox.engine import static_batch
 from faster_chatterbox.engine.batch_decode import generate_speech_tokens_batch
+from faster_chatterbox.engine.quantize import PackedFp16Linear, reduce_precision_
 from faster_chatterbox.engine.scheduler import T3Scheduler
 from faster_chatterbox.engine.static_batch import StaticDecodeBatch, decode_step, new_decode_batch
 from faster_chatterbox.models.llama import LlamaCache
@@ -70,9 +72,21 @@ def test_joining_takes_free_slots_and_grows_by_buckets_only(t3, monkeypatch):
     assert batch.cache is None and len(batch.slots) == 4  # an empty batch holds no cache
 
 
-def test_the_step_compiles_whole_and_samples_the_eager_tokens(t3):
+def _packed_fp16(t3):
+    """The fast preset's T3 on x86 CPUs without AMX: bf16 weights packed for FBGEMM's fp16 GEMM."""
+    if not fbgemm_fp16(torch.device("cpu")):
+        pytest.skip("FBGEMM's fp16 GEMM (x86 CPUs)")
+    packed = reduce_precision_(copy.deepcopy(t3), "bf16", packed_fp16=True)
+    assert type(packed.tfmr.layers[0].self_attn.qkv_proj) is PackedFp16Linear
+    return packed
+
+
+@pytest.mark.parametrize("precision", ["fp32", "packed fp16"])
+def test_the_step_compiles_whole_and_samples_the_eager_tokens(t3, precision):
     """decode_step under torch.compile(fullgraph=True) (aot_eager here: the graph capture without inductor's
-    code generation, seconds instead of minutes) gives the eager step's tokens and state, step for step."""
+    code generation, seconds instead of minutes) gives the eager step's tokens and state, step for step; the
+    packed fp16 T3 too, whose FBGEMM weights the graph reaches through the `packed_fp16_linear` op."""
+    t3 = _packed_fp16(t3) if precision == "packed fp16" else t3
     torch._dynamo.reset()
     compiled = torch.compile(decode_step, fullgraph=True, dynamic=False, backend="aot_eager")
     with torch.inference_mode():

@@ -21,6 +21,9 @@ benchmarks/t3_precision.py measures speed and quality against float32 for each.
 
 from __future__ import annotations
 
+import itertools
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -165,6 +168,24 @@ class Bf16Linear(nn.Linear):
         return f"{super().extra_repr()}, upcast_rows={self.upcast_rows}"
 
 
+# torch.compile cannot trace a call that takes FBGEMM's packed weights (a TorchScript object), so a compiled
+# step multiplies through this opaque op instead, which finds its layer by a handle: an int, which the graph
+# holds as a constant. Eager forwards call FBGEMM directly (a custom op's dispatch costs ~10 us a call).
+_PACKED_LAYERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # handle -> PackedFp16Linear
+_handles = itertools.count()
+
+
+@torch.library.custom_op("faster_chatterbox::packed_fp16_linear", mutates_args=())
+def packed_fp16_linear(x: Tensor, handle: int, out_features: int) -> Tensor:
+    """x: (..., in) float32 -> (..., out_features) float32, by the weights of the layer registered as handle."""
+    return torch.ops.quantized.linear_dynamic_fp16(x, _PACKED_LAYERS[handle].packed)
+
+
+@packed_fp16_linear.register_fake
+def _(x: Tensor, handle: int, out_features: int) -> Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
 class PackedFp16Linear(nn.Module):
     """A bf16 Linear for x86 CPUs without AMX: its weights packed for FBGEMM's fp16 GEMM
     (`torch.ops.quantized.linear_dynamic_fp16`, what dynamic fp16 quantization runs), which multiplies float32
@@ -179,7 +200,9 @@ class PackedFp16Linear(nn.Module):
 
     bf16_past_rows (CPUs with native bf16 but no AMX): inputs of more rows than this (prefills) multiply on
     oneDNN's bf16 GEMM instead, by a bf16 copy of the weights (twice the weight memory): there it is faster
-    than FBGEMM at a prefill's hundreds of rows and slower at a decode step's few (BENCHMARKS.md 35)."""
+    than FBGEMM at a prefill's hundreds of rows and slower at a decode step's few (BENCHMARKS.md 35).
+
+    Under torch.compile it multiplies through `packed_fp16_linear`, so a compiled step traces whole."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, bf16_past_rows: int | None = None):
         super().__init__()
@@ -194,6 +217,15 @@ class PackedFp16Linear(nn.Module):
             self.register_buffer("weight", weight.detach().to(torch.bfloat16), persistent=False)
             self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16),
                                  persistent=False)
+        self._register()
+
+    def _register(self) -> None:
+        self.handle = next(_handles)
+        _PACKED_LAYERS[self.handle] = self
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._register()  # a copy (deepcopy, pickle) answers to a handle of its own
 
     @staticmethod
     def fits(weight: Tensor) -> bool:
@@ -207,6 +239,8 @@ class PackedFp16Linear(nn.Module):
         # x: (..., in) -> (..., out)
         if self.bf16_past_rows is not None and x.numel() // self.in_features > self.bf16_past_rows:
             return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+        if torch.compiler.is_compiling():
+            return packed_fp16_linear(x.float(), self.handle, self.out_features).to(x.dtype)
         return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -116,9 +116,11 @@ class KVCache:
         # cache's dtype
         k_cache, v_cache = self.k[rows], self.v[rows]
         if input_pos.dim() == 2:
-            index = input_pos[:, None, :, None].expand_as(k)  # (B, H_kv, S, head_dim)
-            k_cache.scatter_(2, index, k.to(k_cache.dtype))
-            v_cache.scatter_(2, index, v.to(v_cache.dtype))
+            # An indexed assignment (index_put_), not a scatter_: under torch.compile inductor writes it in
+            # place, where a scatter_ made it copy every layer's whole cache at every step (BENCHMARKS.md 38).
+            row = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1), against input_pos (B, S)
+            k_cache[row, :, input_pos] = k.transpose(1, 2).to(k_cache.dtype)  # (B, S, H_kv, head_dim)
+            v_cache[row, :, input_pos] = v.transpose(1, 2).to(v_cache.dtype)
         else:
             k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
             v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
