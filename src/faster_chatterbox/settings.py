@@ -268,8 +268,8 @@ def engine_settings(preset: str, device: torch.device | str, decoder: str = "cfm
                           # one row, BENCHMARKS.md 20). On CPU neither the static cache's eager step nor its
                           # inductor-compiled one (with or without freezing and autotuning) measured faster
                           # (0.88-0.98x, BENCHMARKS.md 29); on the packed fp16 T3 the compiled step with freezing
-                          # and autotuning is 1.16x faster (38), but compiles for 100-145 s per bucket and attends
-                          # over all of it. The captured step awaits gpu-check's t3_static.
+                          # and autotuning is 1.16-1.17x faster (38), but compiles for 100-160 s a graph, several
+                          # graphs per batch's life. The captured step awaits gpu-check's t3_static.
                           t3_sampler="multinomial", t3_step="dynamic",
                           # a decode step's few rows are bound by reading the weights: bf16 (half the bytes) and
                           # the packed int8 kernel are faster even emulated, up to ~16 rows; a prefill is bound

@@ -15,7 +15,9 @@ i: independent of batch mates and of when it joined) and stop detection, the sta
 Free and finished slots run too (fixed shapes) without moving. How it runs is `step`:
 
 - "static": eagerly, attending over the live part of the cache (a multiple of 64 slots);
-- "inductor": `torch.compile(fullgraph=True)` (CPU), one graph per bucket, attending over the whole bucket;
+- "inductor": `torch.compile(fullgraph=True, dynamic=True)` (CPU), attending over the live slots rounded up
+  to 64 as the eager step does; windows share a graph (a small T3 run through slot buckets 1, 2 and 4 and
+  two length buckets compiled 3 graphs, ~100 s each on a 2-core CPU);
 - "cuda_graph": one CUDA graph per bucket, captured at its first step and replayed, attending over the
   whole bucket.
 
@@ -104,11 +106,12 @@ _compiled_steps: dict = {}
 
 
 def compiled_step(backend: str = "inductor", options: dict | None = None):
-    """decode_step compiled whole (no graph breaks) for static shapes: one graph per bucket. options:
-    inductor's (for example freezing and max_autotune)."""
+    """decode_step compiled whole (no graph breaks) with dynamic shapes: kv_len (the attended window) is
+    symbolic, since on CPU attending over a whole bucket (2,048 slots for a 1,000-token budget) costs more
+    than compiling saves (BENCHMARKS.md 38). options: inductor's (for example freezing and max_autotune)."""
     key = backend, tuple(sorted((options or {}).items()))
     if key not in _compiled_steps:
-        _compiled_steps[key] = torch.compile(decode_step, fullgraph=True, dynamic=False, backend=backend,
+        _compiled_steps[key] = torch.compile(decode_step, fullgraph=True, dynamic=True, backend=backend,
                                              options=options)
     return _compiled_steps[key]
 
@@ -273,10 +276,11 @@ class StaticDecodeBatch:
     def _step(self) -> Tensor:
         if self.step_mode == "cuda_graph":
             return self._replay()
-        if self.step_mode == "inductor":
-            return compiled_step(options=self.compile_options)(self.t3, self.cache, self.state, self.cache.max_seq_len)
         window = max(slot.length for slot in self.live) + 1
-        return decode_step(self.t3, self.cache, self.state, min(self.cache.max_seq_len, -(-window // WINDOW) * WINDOW))
+        kv_len = min(self.cache.max_seq_len, -(-window // WINDOW) * WINDOW)
+        if self.step_mode == "inductor":
+            return compiled_step(options=self.compile_options)(self.t3, self.cache, self.state, kv_len)
+        return decode_step(self.t3, self.cache, self.state, kv_len)
 
     def _replay(self) -> Tensor:
         """The bucket's CUDA graph (captured at its first step, after a warm-up run on a side stream)."""
