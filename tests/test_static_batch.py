@@ -88,7 +88,7 @@ def test_the_step_compiles_whole_and_samples_the_eager_tokens(t3, precision):
     packed fp16 T3 too, whose FBGEMM weights the graph reaches through the `packed_fp16_linear` op."""
     t3 = _packed_fp16(t3) if precision == "packed fp16" else t3
     torch._dynamo.reset()
-    compiled = torch.compile(decode_step, fullgraph=True, dynamic=False, backend="aot_eager")
+    compiled = static_batch.compiled_step(backend="aot_eager")  # the "inductor" step's compile settings
     with torch.inference_mode():
         batch = StaticDecodeBatch(t3, 4)
         batch.admit([0, 1, 2], _requests(seed=31)[:3])

@@ -170,7 +170,7 @@ class Bf16Linear(nn.Linear):
 
 # torch.compile cannot trace a call that takes FBGEMM's packed weights (a TorchScript object), so a compiled
 # step multiplies through this opaque op instead, which finds its layer by a handle: an int, which the graph
-# holds as a constant. Eager forwards call FBGEMM directly (a custom op's dispatch costs ~10 us a call).
+# holds as a constant. Eager forwards call FBGEMM directly (the custom op adds ~22 us a call, BENCHMARKS.md 38).
 _PACKED_LAYERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # handle -> PackedFp16Linear
 _handles = itertools.count()
 
